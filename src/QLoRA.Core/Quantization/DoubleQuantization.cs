@@ -1,0 +1,68 @@
+namespace QLoRA.Core.Quantization;
+
+/// <summary>
+/// Double quantization of absmax constants, as bitsandbytes' <c>quantize_4bit(compress_statistics=True)</c>:
+/// <c>offset = mean(absmax)</c>; <c>absmax − offset</c> is quantized in blocks of 256 to 8-bit codes of the signed
+/// dynamic map, each nested block keeping a float32 absmax.
+/// </summary>
+public static class DoubleQuantization
+{
+    /// <summary>Compresses float32 absmax values.</summary>
+    /// <param name="absmax">One absmax per 4-bit block; finite.</param>
+    /// <param name="nestedBlockSize">Codes per nested block (bitsandbytes: 256).</param>
+    /// <exception cref="ArgumentException">The input is empty or not finite.</exception>
+    public static DoubleQuantizedAbsmax Compress(ReadOnlySpan<float> absmax, int nestedBlockSize = BlockwiseLayout.NestedBlockSize)
+    {
+        if (absmax.IsEmpty)
+        {
+            throw new ArgumentException("There are no absmax values to compress.", nameof(absmax));
+        }
+
+        ArgumentOutOfRangeException.ThrowIfLessThan(nestedBlockSize, 1);
+
+        // The mean in double, rounded once: the closest float32 to the true mean.
+        double sum = 0;
+        foreach (float a in absmax)
+        {
+            if (!float.IsFinite(a))
+            {
+                throw new ArgumentException($"Absmax value {a} is not finite.", nameof(absmax));
+            }
+
+            sum += a;
+        }
+
+        float offset = (float)(sum / absmax.Length);
+        ReadOnlySpan<float> map = DynamicMap.Signed;
+        int nestedBlocks = (int)BlockwiseLayout.BlockCount(absmax.Length, nestedBlockSize);
+        var codes = new byte[absmax.Length];
+        var nestedAbsmax = new float[nestedBlocks];
+        Span<float> centered = nestedBlockSize <= 4096 ? stackalloc float[nestedBlockSize] : new float[nestedBlockSize];
+        for (int nb = 0; nb < nestedBlocks; nb++)
+        {
+            int start = nb * nestedBlockSize;
+            int length = Math.Min(nestedBlockSize, absmax.Length - start);
+            float max = 0f;
+            for (int i = 0; i < length; i++)
+            {
+                centered[i] = absmax[start + i] - offset;
+                max = Math.Max(max, MathF.Abs(centered[i]));
+            }
+
+            nestedAbsmax[nb] = max;
+            if (max == 0f)
+            {
+                codes.AsSpan(start, length).Fill(DynamicMap.SignedZeroCode);
+                continue;
+            }
+
+            float scale = 1f / max;
+            for (int i = 0; i < length; i++)
+            {
+                codes[start + i] = DynamicMap.Quantize(map, centered[i] * scale);
+            }
+        }
+
+        return new DoubleQuantizedAbsmax(codes, nestedAbsmax, map.ToArray(), nestedBlockSize, offset);
+    }
+}

@@ -1,0 +1,116 @@
+namespace QLoRA.Core.Quantization;
+
+/// <summary>
+/// The signed 8-bit dynamic quantization map of bitsandbytes (<c>create_dynamic_map(signed=True)</c>) and its
+/// 8-bit quantizer, used by double quantization to store the absmax constants in one byte each.
+/// </summary>
+/// <remarks>
+/// The map: for i in 0..6, the 2^i midpoints of <c>linspace(0.1, 1, 2^i + 1)</c> scaled by 10^(i−6), with both
+/// signs, plus 0 and 1.0, sorted — 256 float32 values from −0.99296875 to 1.0 (computed in float32 as PyTorch
+/// does). Files carry the map they were written with (<c>nested_quant_map</c>); readers use the file's map.
+/// </remarks>
+public static class DynamicMap
+{
+    private static readonly float[] SignedMap = BuildSigned();
+
+    /// <summary>The 256 ascending values of the signed dynamic map.</summary>
+    public static ReadOnlySpan<float> Signed => SignedMap;
+
+    /// <summary>The index of 0.0 in the signed map (127): the code of an all-equal nested block.</summary>
+    public static byte SignedZeroCode { get; } = (byte)Array.IndexOf(SignedMap, 0f);
+
+    /// <summary>
+    /// The 8-bit code of <paramref name="x"/> (already scaled by 1/absmax) in an ascending 256-entry
+    /// <paramref name="code"/>: the same 7-step binary search and midpoint rule as bitsandbytes'
+    /// CUDA <c>dQuantize</c>, so codes are bit-identical to what bitsandbytes writes.
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="code"/> does not have 256 entries.</exception>
+    public static byte Quantize(ReadOnlySpan<float> code, float x)
+    {
+        if (code.Length != 256)
+        {
+            throw new ArgumentException("An 8-bit code map has 256 entries.", nameof(code));
+        }
+
+        int pivot = 127;
+        int upperPivot = 255;
+        int lowerPivot = 0;
+        float lower = -1f;
+        float upper = 1f;
+        float value = code[pivot];
+        for (int step = 64; step > 0; step >>= 1)
+        {
+            if (x > value)
+            {
+                lowerPivot = pivot;
+                lower = value;
+                pivot += step;
+            }
+            else
+            {
+                upperPivot = pivot;
+                upper = value;
+                pivot -= step;
+            }
+
+            value = code[pivot];
+        }
+
+        if (upperPivot == 255)
+        {
+            upper = code[upperPivot];
+        }
+
+        if (lowerPivot == 0)
+        {
+            lower = code[lowerPivot];
+        }
+
+        if (x > value)
+        {
+            float midpoint = (upper + value) * 0.5f;
+            return (byte)(x > midpoint ? upperPivot : pivot);
+        }
+        else
+        {
+            float midpoint = (lower + value) * 0.5f;
+            return (byte)(x < midpoint ? lowerPivot : pivot);
+        }
+    }
+
+    private static float[] BuildSigned()
+    {
+        var values = new List<float>(256);
+        for (int i = 0; i < 7; i++)
+        {
+            int steps = (1 << i) + 1;
+            float[] boundaries = LinspaceFloat32(0.1f, 1f, steps);
+            float scale = (float)Math.Pow(10, i - 6);
+            for (int j = 0; j < steps - 1; j++)
+            {
+                float mean = (boundaries[j] + boundaries[j + 1]) / 2f;
+                values.Add(scale * mean);
+                values.Add(-scale * mean);
+            }
+        }
+
+        values.Add(0f);
+        values.Add(1f);
+        values.Sort();
+        return [.. values];
+    }
+
+    // torch.linspace in float32: the first half counts up from start, the second half down from end.
+    private static float[] LinspaceFloat32(float start, float end, int steps)
+    {
+        var result = new float[steps];
+        float step = (end - start) / (steps - 1);
+        int halfway = steps / 2;
+        for (int i = 0; i < steps; i++)
+        {
+            result[i] = i < halfway ? start + (step * i) : end - (step * (steps - i - 1));
+        }
+
+        return result;
+    }
+}
