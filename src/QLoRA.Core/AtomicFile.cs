@@ -1,0 +1,84 @@
+namespace QLoRA.Core;
+
+/// <summary>
+/// A file written under a temporary name beside its destination and renamed over it only on <see cref="Commit"/>,
+/// so readers never see a partial file and a failed write leaves nothing behind.
+/// </summary>
+public sealed class AtomicFile : IDisposable
+{
+    private readonly FileStream _stream;
+    private bool _done;
+
+    private AtomicFile(string path)
+    {
+        string full = System.IO.Path.GetFullPath(path);
+        string? directory = System.IO.Path.GetDirectoryName(full);
+        if (directory is not null)
+        {
+            Directory.CreateDirectory(directory);
+        }
+
+        Path = full;
+        TempPath = $"{full}.{Guid.NewGuid():N}.tmp";
+        _stream = new FileStream(TempPath, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 20);
+    }
+
+    /// <summary>The destination path.</summary>
+    public string Path { get; }
+
+    /// <summary>The temporary path being written.</summary>
+    public string TempPath { get; }
+
+    /// <summary>The stream to write.</summary>
+    public FileStream Stream => _stream;
+
+    /// <summary>Starts writing <paramref name="path"/> (creating its directory if needed).</summary>
+    public static AtomicFile Create(string path) => new(path);
+
+    /// <summary>Writes all bytes atomically.</summary>
+    public static void WriteAllBytes(string path, ReadOnlySpan<byte> bytes)
+    {
+        using AtomicFile file = Create(path);
+        file.Stream.Write(bytes);
+        file.Commit();
+    }
+
+    /// <summary>Writes UTF-8 text (no BOM) atomically.</summary>
+    public static void WriteAllText(string path, string text) =>
+        WriteAllBytes(path, new System.Text.UTF8Encoding(false).GetBytes(text));
+
+    /// <summary>Flushes to disk and renames the temporary file over the destination.</summary>
+    /// <exception cref="InvalidOperationException">Already committed or abandoned.</exception>
+    public void Commit()
+    {
+        if (_done)
+        {
+            throw new InvalidOperationException($"{Path} was already committed or abandoned.");
+        }
+
+        _stream.Flush(flushToDisk: true);
+        _stream.Dispose();
+        File.Move(TempPath, Path, overwrite: true);
+        _done = true;
+    }
+
+    /// <summary>Deletes the temporary file unless committed.</summary>
+    public void Dispose()
+    {
+        if (_done)
+        {
+            return;
+        }
+
+        _done = true;
+        _stream.Dispose();
+        try
+        {
+            File.Delete(TempPath);
+        }
+        catch (IOException)
+        {
+            // Best effort: the temp name never collides with a real output.
+        }
+    }
+}
