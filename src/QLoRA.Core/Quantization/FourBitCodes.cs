@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Runtime.CompilerServices;
 
 namespace QLoRA.Core.Quantization;
@@ -7,10 +8,11 @@ namespace QLoRA.Core.Quantization;
 /// to its 4-bit code.
 /// </summary>
 /// <remarks>
-/// <para>NF4: the 16 codes are sorted, so the code of <c>x</c> is the number of thresholds strictly below it.
-/// Threshold <c>i</c> is the float32 value of <c>(c[i] + c[i+1]) / 2</c> computed in double from the
-/// published decimal literals, so an exact tie takes the lower code. These are the pivots of
-/// bitsandbytes' <c>dQuantizeNF4</c>.</para>
+/// <para>NF4: the 16 codes are sorted, so the code of <c>x</c> is the number of thresholds strictly below it
+/// (an exact tie takes the lower code). Threshold <c>i</c> is the midpoint <c>(c[i] + c[i+1]) / 2</c> computed in
+/// double from the published literals, written as its shortest decimal and rounded once to float32 — exactly the
+/// float literals of bitsandbytes' <c>dQuantizeNF4</c>. (Rounding the double straight to float32 would differ by
+/// one ulp at the first threshold, −0.8480964, which sits on a float32 tie.)</para>
 /// <para>FP4 is sign-magnitude: bit 3 is set when <c>x &lt; 0</c> (so −0.0 and +0.0 both take code 0), and the
 /// magnitude is placed among {0, 0.0625, 2, 3, 4, 6, 8, 12} / 12 by the pivots bitsandbytes'
 /// <c>dQuantizeFP4</c> uses (its decimal literals, which differ from exact midpoints by a few ulps for
@@ -120,7 +122,8 @@ public static class FourBitCodes
         var thresholds = new float[15];
         for (int i = 0; i < 15; i++)
         {
-            thresholds[i] = (float)((Nf4Literals[i] + Nf4Literals[i + 1]) / 2.0);
+            double midpoint = (Nf4Literals[i] + Nf4Literals[i + 1]) / 2.0;
+            thresholds[i] = float.Parse(midpoint.ToString("R", CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);
         }
 
         return thresholds;
