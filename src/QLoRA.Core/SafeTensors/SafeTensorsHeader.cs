@@ -12,6 +12,11 @@ internal static class SafeTensorsHeader
 
     public static (List<SafeTensorInfo> Tensors, Dictionary<string, string> Metadata) Parse(string path, ReadOnlySpan<byte> header, long bufferLength)
     {
+        if (!System.Text.Unicode.Utf8.IsValid(header))
+        {
+            throw new SafeTensorsFormatException(path, null, "the header is not valid JSON (invalid UTF-8)");
+        }
+
         JsonDocument document;
         try
         {

@@ -70,6 +70,11 @@ public sealed class SafeTensorsWriter : IDisposable
     /// <exception cref="InvalidOperationException">Out of order, or more bytes than the tensor holds.</exception>
     public void Write(string name, ReadOnlySpan<byte> data)
     {
+        if (data.IsEmpty && _tensors.Any(t => t.Length == 0 && t.Spec.Name == name))
+        {
+            return; // empty tensors need no bytes and are complete as declared
+        }
+
         if (_current >= _tensors.Count)
         {
             throw new InvalidOperationException($"{Path}: all declared tensors are complete; '{name}' cannot be written.");
