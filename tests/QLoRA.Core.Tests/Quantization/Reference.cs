@@ -120,7 +120,9 @@ internal static class Reference
         ushort down = (ushort)(bits >> 16);
         ushort up = (ushort)(down + 1);
         double lo = BitConverter.UInt32BitsToSingle((uint)down << 16);
-        double hi = BitConverter.UInt32BitsToSingle((uint)up << 16);
+        double hi = (up & 0x7FFF) == 0x7F80
+            ? Math.CopySign(Math.Pow(2, 128), x) // the next step past the largest finite bf16 is where infinity "sits"
+            : BitConverter.UInt32BitsToSingle((uint)up << 16);
         double dx = Math.Abs(x - lo);
         double dy = Math.Abs(hi - x);
         if (dx < dy)
