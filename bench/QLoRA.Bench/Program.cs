@@ -1,1 +1,11 @@
-System.Console.WriteLine("bench");
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Running;
+using BenchmarkDotNet.Toolchains.InProcess.Emit;
+using QLoRA.Bench;
+
+// dotnet run -c Release --project bench/QLoRA.Bench -- --filter '*'
+IConfig config = DefaultConfig.Instance
+    .AddJob(Job.Default.WithWarmupCount(3).WithIterationCount(12).WithToolchain(InProcessEmitToolchain.Instance))
+    .AddColumn(new ThroughputColumn(relative: false), new ThroughputColumn(relative: true));
+BenchmarkSwitcher.FromAssembly(typeof(QuantizationThroughput).Assembly).Run(args, config);

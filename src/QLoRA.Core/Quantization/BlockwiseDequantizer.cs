@@ -66,6 +66,20 @@ public static class BlockwiseDequantizer
             {
                 int start = b * blockSize;
                 int length = Math.Min(blockSize, count - start);
+                if (FourBitKernels.UseAvx512 && length % 32 == 0 && kind != BlockwiseQuantizer.ElementKind.F16)
+                {
+                    if (kind == BlockwiseQuantizer.ElementKind.BF16)
+                    {
+                        FourBitKernels.DequantizeBlockBf16Avx512(src + (start / 2), length, absmax[b], (ushort*)dst + start, type);
+                    }
+                    else
+                    {
+                        FourBitKernels.DequantizeBlockF32Avx512(src + (start / 2), length, absmax[b], (float*)dst + start, type);
+                    }
+
+                    continue;
+                }
+
                 float* values = kind == BlockwiseQuantizer.ElementKind.F32 ? (float*)dst + start : scratch;
                 FourBitKernels.Dequantize(src + (start / 2), length, absmax[b], values, type);
                 switch (kind)

@@ -132,6 +132,12 @@ public static partial class BlockwiseQuantizer
             {
                 int start = b * blockSize;
                 int length = Math.Min(blockSize, count - start);
+                if (FourBitKernels.UseAvx512 && length % 32 == 0 && kind != ElementKind.F16)
+                {
+                    RunFused(b, start, length, scratch);
+                    continue;
+                }
+
                 float* values = LoadBlock(src, kind, start, length, scratch);
                 uint maxBits = FourBitKernels.AbsMaxBits(values, length);
                 if (maxBits >= 0x7F80_0000u)
@@ -150,6 +156,24 @@ public static partial class BlockwiseQuantizer
                 {
                     FourBitKernels.Quantize(values, length, 1f / max, codes, type);
                 }
+            }
+        }
+
+        private void RunFused(int block, int start, int length, float* scratch)
+        {
+            byte* codes = dst + (start / 2);
+            uint maxBits = kind == ElementKind.BF16
+                ? FourBitKernels.QuantizeBlockBf16Avx512((ushort*)src + start, length, codes, type)
+                : FourBitKernels.QuantizeBlockF32Avx512((float*)src + start, length, codes, type);
+            if (maxBits >= 0x7F80_0000u)
+            {
+                ThrowNonFinite(LoadBlock(src, kind, start, length, scratch), start, length, tensorName);
+            }
+
+            absmax[block] = BitConverter.UInt32BitsToSingle(maxBits);
+            if (maxBits == 0)
+            {
+                FourBitKernels.FillZero(codes, length, type);
             }
         }
     }

@@ -33,36 +33,39 @@ public static class DoubleQuantization
         }
 
         float offset = (float)(sum / absmax.Length);
-        ReadOnlySpan<float> map = DynamicMap.Signed;
         int nestedBlocks = (int)BlockwiseLayout.BlockCount(absmax.Length, nestedBlockSize);
         var codes = new byte[absmax.Length];
         var nestedAbsmax = new float[nestedBlocks];
-        Span<float> centered = nestedBlockSize <= 4096 ? stackalloc float[nestedBlockSize] : new float[nestedBlockSize];
-        for (int nb = 0; nb < nestedBlocks; nb++)
+        float[] source = absmax.ToArray();
+        DynamicMap.Searcher searcher = DynamicMap.SignedSearcher;
+        void CompressBlocks(int first, int end)
         {
-            int start = nb * nestedBlockSize;
-            int length = Math.Min(nestedBlockSize, absmax.Length - start);
-            float max = 0f;
-            for (int i = 0; i < length; i++)
+            for (int nb = first; nb < end; nb++)
             {
-                centered[i] = absmax[start + i] - offset;
-                max = Math.Max(max, MathF.Abs(centered[i]));
-            }
+                int start = nb * nestedBlockSize;
+                int length = Math.Min(nestedBlockSize, source.Length - start);
+                float max = 0f;
+                for (int i = start; i < start + length; i++)
+                {
+                    max = Math.Max(max, MathF.Abs(source[i] - offset));
+                }
 
-            nestedAbsmax[nb] = max;
-            if (max == 0f)
-            {
-                codes.AsSpan(start, length).Fill(DynamicMap.SignedZeroCode);
-                continue;
-            }
+                nestedAbsmax[nb] = max;
+                if (max == 0f)
+                {
+                    codes.AsSpan(start, length).Fill(DynamicMap.SignedZeroCode);
+                    continue;
+                }
 
-            float scale = 1f / max;
-            for (int i = 0; i < length; i++)
-            {
-                codes[start + i] = DynamicMap.Quantize(map, centered[i] * scale);
+                float scale = 1f / max;
+                for (int i = start; i < start + length; i++)
+                {
+                    codes[i] = searcher.Quantize((source[i] - offset) * scale);
+                }
             }
         }
 
-        return new DoubleQuantizedAbsmax(codes, nestedAbsmax, map.ToArray(), nestedBlockSize, offset);
+        BlockwiseQuantizer.RunBlocks(nestedBlocks, nestedBlockSize, CompressBlocks);
+        return new DoubleQuantizedAbsmax(codes, nestedAbsmax, DynamicMap.Signed.ToArray(), nestedBlockSize, offset);
     }
 }

@@ -21,10 +21,15 @@ public static class DynamicMap
 
     /// <summary>
     /// The 8-bit code of <paramref name="x"/> (already scaled by 1/absmax) in an ascending 256-entry
-    /// <paramref name="code"/>: the same 7-step binary search and midpoint rule as bitsandbytes'
-    /// CUDA <c>dQuantize</c>, so codes are bit-identical to what bitsandbytes writes.
+    /// <paramref name="code"/>, bit-identical to bitsandbytes' CUDA <c>dQuantize</c>.
     /// </summary>
-    /// <exception cref="ArgumentException"><paramref name="code"/> does not have 256 entries.</exception>
+    /// <remarks>
+    /// bitsandbytes walks a 7-step binary search to an even leaf p (its neighbours p±1 are the last pivots it
+    /// turned at) and then compares with the float32 midpoints <c>(code[j] + code[j+1]) * 0.5f</c>; a tie goes to
+    /// the even index. That is: the code is the number of midpoints below x, plus one when x equals a midpoint
+    /// with an odd index — a branch-free search over the 255 midpoints.
+    /// </remarks>
+    /// <exception cref="ArgumentException"><paramref name="code"/> does not have 256 ascending entries.</exception>
     public static byte Quantize(ReadOnlySpan<float> code, float x)
     {
         if (code.Length != 256)
@@ -32,49 +37,47 @@ public static class DynamicMap
             throw new ArgumentException("An 8-bit code map has 256 entries.", nameof(code));
         }
 
-        int pivot = 127;
-        int upperPivot = 255;
-        int lowerPivot = 0;
-        float lower = -1f;
-        float upper = 1f;
-        float value = code[pivot];
-        for (int step = 64; step > 0; step >>= 1)
+        return new Searcher(code).Quantize(x);
+    }
+
+    /// <summary>The signed map's searcher, built once.</summary>
+    internal static Searcher SignedSearcher { get; } = new(SignedMap);
+
+    /// <summary>Midpoints of an ascending 256-entry map, padded with +∞, for branch-free code search.</summary>
+    internal sealed class Searcher
+    {
+        private readonly float[] _midpoints = new float[256];
+
+        public Searcher(ReadOnlySpan<float> code)
         {
-            if (x > value)
+            for (int j = 0; j < 255; j++)
             {
-                lowerPivot = pivot;
-                lower = value;
-                pivot += step;
+                if (!(code[j + 1] > code[j]))
+                {
+                    throw new ArgumentException($"The code map must be strictly ascending (entries {j} and {j + 1}).", nameof(code));
+                }
+
+                _midpoints[j] = (code[j] + code[j + 1]) * 0.5f;
             }
-            else
+
+            _midpoints[255] = float.PositiveInfinity;
+        }
+
+        public byte Quantize(float x)
+        {
+            ref float m = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_midpoints);
+            int position = 0;
+            for (int step = 128; step > 0; step >>= 1)
             {
-                upperPivot = pivot;
-                upper = value;
-                pivot -= step;
+                position = System.Runtime.CompilerServices.Unsafe.Add(ref m, position + step - 1) < x ? position + step : position;
             }
 
-            value = code[pivot];
-        }
+            if ((position & 1) == 1 && System.Runtime.CompilerServices.Unsafe.Add(ref m, position) == x)
+            {
+                position++;
+            }
 
-        if (upperPivot == 255)
-        {
-            upper = code[upperPivot];
-        }
-
-        if (lowerPivot == 0)
-        {
-            lower = code[lowerPivot];
-        }
-
-        if (x > value)
-        {
-            float midpoint = (upper + value) * 0.5f;
-            return (byte)(x > midpoint ? upperPivot : pivot);
-        }
-        else
-        {
-            float midpoint = (lower + value) * 0.5f;
-            return (byte)(x < midpoint ? lowerPivot : pivot);
+            return (byte)position;
         }
     }
 

@@ -9,7 +9,7 @@ namespace QLoRA.Core.Quantization;
 /// dequantize. AVX-512 and AVX2 paths with a scalar tail; <see cref="VectorWidth"/> can force a narrower path
 /// so tests cover every path on one machine.
 /// </summary>
-internal static unsafe class FourBitKernels
+internal static unsafe partial class FourBitKernels
 {
     /// <summary>Widest vector path to use in bits: 512, 256 or 0 (scalar). Defaults to the widest the CPU has.</summary>
     internal static int VectorWidth { get; set; } = DetectWidth();
@@ -204,9 +204,9 @@ internal static unsafe class FourBitKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void StorePacked16(Vector512<int> code, byte* dst)
     {
+        // vpmovqb keeps the low byte of each qword: (first << 4) | second; the higher garbage bits are dropped.
         Vector512<long> pairs = code.AsInt64();
-        Vector512<long> packed = ((pairs << 4) | (pairs >>> 32)) & Vector512.Create(0xFFL);
-        *(ulong*)dst = Avx512F.ConvertToVector128Byte(packed).AsUInt64().ToScalar();
+        *(ulong*)dst = Avx512F.ConvertToVector128Byte((pairs << 4) | (pairs >>> 32)).AsUInt64().ToScalar();
     }
 
     private static int QuantizeNf4Avx2(float* src, int count, float scale, byte* dst)

@@ -55,6 +55,38 @@ public class DoubleQuantizationTests
     }
 
     [Fact]
+    public void EightBitSearchIsBitIdenticalToBitsandbytesDQuantize()
+    {
+        float[] map = DynamicMap.Signed.ToArray();
+        var probes = new List<float> { -1.5f, -1f, 0f, -0f, 1f, 1.5f };
+        for (int j = 0; j < 256; j++)
+        {
+            probes.Add(map[j]);
+            probes.Add(MathF.BitIncrement(map[j]));
+            probes.Add(MathF.BitDecrement(map[j]));
+            if (j < 255)
+            {
+                float mid = (map[j] + map[j + 1]) * 0.5f; // every tie, and both neighbours of it
+                probes.Add(mid);
+                probes.Add(MathF.BitIncrement(mid));
+                probes.Add(MathF.BitDecrement(mid));
+            }
+        }
+
+        var rng = new Random(17);
+        for (int t = 0; t < 300_000; t++)
+        {
+            float x = (float)((rng.NextDouble() * 2) - 1);
+            probes.Add(t % 3 == 0 ? x * (float)Math.Pow(10, -rng.Next(0, 8)) : x);
+        }
+
+        foreach (float x in probes)
+        {
+            Assert.Equal(Reference.BnbDQuantize(map, x), DynamicMap.Quantize(map, x));
+        }
+    }
+
+    [Fact]
     public void CompressedAbsmaxDecodesWithinTheMapsResolution()
     {
         float[] absmax = TestSupport.Normal(1000, seed: 8).Select(v => Math.Abs(v) * 0.05f + 0.001f).ToArray();

@@ -158,4 +158,50 @@ internal static class Reference
         values.Sort();
         return [.. values];
     }
+
+    /// <summary>bitsandbytes' CUDA dQuantize (non-stochastic), transcribed step by step.</summary>
+    public static int BnbDQuantize(float[] code, float x)
+    {
+        int pivot = 127, upperPivot = 255, lowerPivot = 0;
+        float lower = -1f, upper = 1f;
+        float val = code[pivot];
+        for (int i = 64; i > 0; i >>= 1)
+        {
+            if (x > val)
+            {
+                lowerPivot = pivot;
+                lower = val;
+                pivot += i;
+            }
+            else
+            {
+                upperPivot = pivot;
+                upper = val;
+                pivot -= i;
+            }
+
+            val = code[pivot];
+        }
+
+        if (upperPivot == 255)
+        {
+            upper = code[upperPivot];
+        }
+
+        if (lowerPivot == 0)
+        {
+            lower = code[lowerPivot];
+        }
+
+        if (x > val)
+        {
+            float midpoint = (upper + val) * 0.5f;
+            return x > midpoint ? upperPivot : pivot;
+        }
+        else
+        {
+            float midpoint = (lower + val) * 0.5f;
+            return x < midpoint ? lowerPivot : pivot;
+        }
+    }
 }
