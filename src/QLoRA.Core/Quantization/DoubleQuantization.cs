@@ -57,10 +57,13 @@ public static class DoubleQuantization
                     continue;
                 }
 
-                float scale = 1f / max;
-                for (int i = start; i < start + length; i++)
+                unsafe
                 {
-                    codes[i] = searcher.Quantize((source[i] - offset) * scale);
+                    fixed (float* src = source)
+                    fixed (byte* dst = codes)
+                    {
+                        searcher.Quantize(src + start, length, offset, 1f / max, dst + start);
+                    }
                 }
             }
         }

@@ -1,3 +1,6 @@
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
 namespace QLoRA.Core.Quantization;
 
 /// <summary>
@@ -43,10 +46,13 @@ public static class DynamicMap
     /// <summary>The signed map's searcher, built once.</summary>
     internal static Searcher SignedSearcher { get; } = new(SignedMap);
 
-    /// <summary>Midpoints of an ascending 256-entry map, padded with +∞, for branch-free code search.</summary>
-    internal sealed class Searcher
+    /// <summary>
+    /// Midpoints of an ascending 256-entry map, padded with +∞, as order-preserving integer keys (so a float compare
+    /// becomes an integer compare), for branch-free scalar and AVX-512 gather searches.
+    /// </summary>
+    internal sealed unsafe class Searcher
     {
-        private readonly float[] _midpoints = new float[256];
+        private readonly int[] _keys = GC.AllocateArray<int>(256, pinned: true);
 
         public Searcher(ReadOnlySpan<float> code)
         {
@@ -57,27 +63,82 @@ public static class DynamicMap
                     throw new ArgumentException($"The code map must be strictly ascending (entries {j} and {j + 1}).", nameof(code));
                 }
 
-                _midpoints[j] = (code[j] + code[j + 1]) * 0.5f;
+                float midpoint = (code[j] + code[j + 1]) * 0.5f;
+                if (midpoint == 0f)
+                {
+                    throw new ArgumentException("A midpoint of the code map is zero; ±0 would compare unequal as keys.", nameof(code));
+                }
+
+                _keys[j] = Key(midpoint);
             }
 
-            _midpoints[255] = float.PositiveInfinity;
+            _keys[255] = Key(float.PositiveInfinity);
+        }
+
+        // Finite floats (never NaN here) ordered as signed integers: flip the magnitude bits of negatives.
+        private static int Key(float f)
+        {
+            int bits = BitConverter.SingleToInt32Bits(f);
+            return bits ^ ((bits >> 31) & 0x7FFF_FFFF);
         }
 
         public byte Quantize(float x)
         {
-            ref float m = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_midpoints);
+            int key = Key(x);
+            ref int keys = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(_keys);
             int position = 0;
             for (int step = 128; step > 0; step >>= 1)
             {
-                position = System.Runtime.CompilerServices.Unsafe.Add(ref m, position + step - 1) < x ? position + step : position;
+                position += (int)(((long)System.Runtime.CompilerServices.Unsafe.Add(ref keys, position + step - 1) - key) >> 63) & step;
             }
 
-            if ((position & 1) == 1 && System.Runtime.CompilerServices.Unsafe.Add(ref m, position) == x)
+            if ((position & 1) == 1 && System.Runtime.CompilerServices.Unsafe.Add(ref keys, position) == key)
             {
                 position++;
             }
 
             return (byte)position;
+        }
+
+        /// <summary>Codes of <c>(source[i] − offset) × scale</c> for <paramref name="count"/> values.</summary>
+        public void Quantize(float* source, int count, float offset, float scale, byte* codes)
+        {
+            int i = 0;
+            if (Avx2.IsSupported && FourBitKernels.VectorWidth >= 256)
+            {
+                fixed (int* keys = _keys)
+                {
+                    for (; i <= count - 8; i += 8)
+                    {
+                        Vector256<float> x = (Vector256.Load(source + i) - Vector256.Create(offset)) * Vector256.Create(scale);
+                        Vector256<int> code = Search8(keys, x);
+                        Vector128<short> words = Sse2.PackSignedSaturate(code.GetLower(), code.GetUpper());
+                        *(ulong*)(codes + i) = Sse2.PackUnsignedSaturate(words, words).AsUInt64().ToScalar();
+                    }
+                }
+            }
+
+            for (; i < count; i++)
+            {
+                codes[i] = Quantize((source[i] - offset) * scale);
+            }
+        }
+
+        // Eight searches at once: each step gathers one midpoint key per lane.
+        private static Vector256<int> Search8(int* keys, Vector256<float> x)
+        {
+            Vector256<int> bits = x.AsInt32();
+            Vector256<int> key = bits ^ ((bits >> 31) & Vector256.Create(0x7FFF_FFFF));
+            Vector256<int> position = Vector256<int>.Zero;
+            for (int step = 128; step > 0; step >>= 1)
+            {
+                Vector256<int> probe = Avx2.GatherVector256(keys, position + Vector256.Create(step - 1), 4);
+                position += Vector256.LessThan(probe, key) & Vector256.Create(step);
+            }
+
+            Vector256<int> atMidpoint = Vector256.Equals(Avx2.GatherVector256(keys, position, 4), key);
+            Vector256<int> odd = position & Vector256<int>.One;
+            return position - (atMidpoint & odd);
         }
     }
 

@@ -87,6 +87,28 @@ public class DoubleQuantizationTests
     }
 
     [Fact]
+    public void CompressCodesEveryAbsmaxExactlyAsBitsandbytesWould()
+    {
+        // Exercises the vectorized (gather) search through Compress, against the transcribed dQuantize.
+        float[] absmax = TestSupport.Normal(5000, seed: 44).Select(v => Math.Abs(v) * 0.03f).ToArray();
+        absmax[17] = 0f;
+        DoubleQuantizedAbsmax dq = DoubleQuantization.Compress(absmax);
+        float[] map = DynamicMap.Signed.ToArray();
+        for (int i = 0; i < absmax.Length; i++)
+        {
+            float nested = dq.NestedAbsmax[i / 256];
+            float expectedMax = 0;
+            for (int j = (i / 256) * 256; j < Math.Min(absmax.Length, ((i / 256) + 1) * 256); j++)
+            {
+                expectedMax = Math.Max(expectedMax, Math.Abs(absmax[j] - dq.Offset));
+            }
+
+            Assert.Equal(expectedMax, nested);
+            Assert.Equal(Reference.BnbDQuantize(map, (absmax[i] - dq.Offset) * (1f / nested)), dq.Codes[i]);
+        }
+    }
+
+    [Fact]
     public void CompressedAbsmaxDecodesWithinTheMapsResolution()
     {
         float[] absmax = TestSupport.Normal(1000, seed: 8).Select(v => Math.Abs(v) * 0.05f + 0.001f).ToArray();
