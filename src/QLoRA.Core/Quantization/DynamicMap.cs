@@ -53,6 +53,7 @@ public static class DynamicMap
     internal sealed unsafe class Searcher
     {
         private readonly int[] _keys = GC.AllocateArray<int>(256, pinned: true);
+        private readonly Vector256<int>[] _levels = new Vector256<int>[4];
 
         public Searcher(ReadOnlySpan<float> code)
         {
@@ -73,6 +74,18 @@ public static class DynamicMap
             }
 
             _keys[255] = Key(float.PositiveInfinity);
+            Span<int> table = stackalloc int[8];
+            for (int level = 0; level < 4; level++)
+            {
+                // Level L (step s = 128 >> L) probes keys[k·2s + s − 1] for k < 2^L: at most 8 entries.
+                int step = 128 >> level;
+                for (int k = 0; k < 8; k++)
+                {
+                    table[k] = _keys[(Math.Min(k, (1 << level) - 1) * 2 * step) + step - 1];
+                }
+
+                _levels[level] = Vector256.Create<int>(table);
+            }
         }
 
         // Finite floats (never NaN here) ordered as signed integers: flip the magnitude bits of negatives.
@@ -124,21 +137,34 @@ public static class DynamicMap
             }
         }
 
-        // Eight searches at once: each step gathers one midpoint key per lane.
-        private static Vector256<int> Search8(int* keys, Vector256<float> x)
+        // Eight searches at once. The first four levels of the search tree have at most 8 distinct probes, taken
+        // from per-level tables by permute; the last four gather. The last probe not below x is the only midpoint
+        // x can tie with, so ties need no extra load.
+        private Vector256<int> Search8(int* keys, Vector256<float> x)
         {
             Vector256<int> bits = x.AsInt32();
             Vector256<int> key = bits ^ ((bits >> 31) & Vector256.Create(0x7FFF_FFFF));
             Vector256<int> position = Vector256<int>.Zero;
-            for (int step = 128; step > 0; step >>= 1)
+            Vector256<int> lastNotBelow = Vector256.Create(keys[255]);
+            for (int level = 0; level < 4; level++)
             {
-                Vector256<int> probe = Avx2.GatherVector256(keys, position + Vector256.Create(step - 1), 4);
-                position += Vector256.LessThan(probe, key) & Vector256.Create(step);
+                int step = 128 >> level;
+                Vector256<int> probe = Avx2.PermuteVar8x32(_levels[level], position >>> (8 - level));
+                Vector256<int> below = Vector256.LessThan(probe, key);
+                position += below & Vector256.Create(step);
+                lastNotBelow = Vector256.ConditionalSelect(below, lastNotBelow, probe);
             }
 
-            Vector256<int> atMidpoint = Vector256.Equals(Avx2.GatherVector256(keys, position, 4), key);
-            Vector256<int> odd = position & Vector256<int>.One;
-            return position - (atMidpoint & odd);
+            for (int step = 8; step > 0; step >>= 1)
+            {
+                Vector256<int> probe = Avx2.GatherVector256(keys, position + Vector256.Create(step - 1), 4);
+                Vector256<int> below = Vector256.LessThan(probe, key);
+                position += below & Vector256.Create(step);
+                lastNotBelow = Vector256.ConditionalSelect(below, lastNotBelow, probe);
+            }
+
+            Vector256<int> tie = Vector256.Equals(lastNotBelow, key) & (position & Vector256<int>.One);
+            return position - tie;
         }
     }
 
