@@ -6,6 +6,6 @@ using QLoRA.Bench;
 
 // dotnet run -c Release --project bench/QLoRA.Bench -- --filter '*'
 IConfig config = DefaultConfig.Instance
-    .AddJob(Job.Default.WithWarmupCount(3).WithIterationCount(12).WithToolchain(InProcessEmitToolchain.Instance))
+    .AddJob(Job.Default.WithWarmupCount(3).WithIterationCount(20).WithToolchain(InProcessEmitToolchain.Instance))
     .AddColumn(new ThroughputColumn(relative: false), new ThroughputColumn(relative: true));
 BenchmarkSwitcher.FromAssembly(typeof(QuantizationThroughput).Assembly).Run(args, config);

@@ -21,7 +21,7 @@ public class QuantizationThroughput
     private byte[] _packed = [];
     private float[] _absmax = [];
     private BFloat16[] _output = [];
-    private int _savedWidth;
+    private static readonly int Widest = FourBitKernels.DetectWidth();
 
     [GlobalSetup]
     public void Setup()
@@ -39,11 +39,7 @@ public class QuantizationThroughput
         _absmax = new float[Count / BlockSize];
         _output = new BFloat16[Count];
         BlockwiseQuantizer.Quantize(_input, _packed, _absmax, QuantType.Nf4, BlockSize);
-        _savedWidth = FourBitKernels.VectorWidth;
     }
-
-    [IterationCleanup]
-    public void RestoreWidth() => FourBitKernels.VectorWidth = _savedWidth;
 
     /// <summary>Reads every byte once, split across cores like the quantizer: the bandwidth reference.</summary>
     [Benchmark(Baseline = true, Description = "read pass (64 MiB bf16)")]
@@ -72,6 +68,7 @@ public class QuantizationThroughput
     [Benchmark(Description = "NF4 quantize + double quant")]
     public float QuantizeDoubleQuant()
     {
+        FourBitKernels.VectorWidth = Widest;
         BlockwiseQuantizer.Quantize(_input, _packed, _absmax, QuantType.Nf4, BlockSize);
         return DoubleQuantization.Compress(_absmax).Offset;
     }
@@ -79,6 +76,7 @@ public class QuantizationThroughput
     [Benchmark(Description = "NF4 quantize")]
     public float Quantize()
     {
+        FourBitKernels.VectorWidth = Widest;
         BlockwiseQuantizer.Quantize(_input, _packed, _absmax, QuantType.Nf4, BlockSize);
         return _absmax[0];
     }
@@ -86,6 +84,7 @@ public class QuantizationThroughput
     [Benchmark(Description = "NF4 dequantize to bf16")]
     public ushort Dequantize()
     {
+        FourBitKernels.VectorWidth = Widest;
         BlockwiseDequantizer.Dequantize(_packed, _absmax, QuantType.Nf4, BlockSize, _output);
         return _output[0].Bits;
     }

@@ -36,14 +36,28 @@ public static class DoubleQuantization
         int nestedBlocks = (int)BlockwiseLayout.BlockCount(absmax.Length, nestedBlockSize);
         var codes = new byte[absmax.Length];
         var nestedAbsmax = new float[nestedBlocks];
-        float[] source = absmax.ToArray();
-        DynamicMap.Searcher searcher = DynamicMap.SignedSearcher;
-        void CompressBlocks(int first, int end)
+        unsafe
         {
-            for (int nb = first; nb < end; nb++)
+            fixed (float* source = absmax)
+            fixed (byte* destination = codes)
+            {
+                var job = new NestedJob(source, absmax.Length, offset, nestedBlockSize, destination, nestedAbsmax);
+                BlockwiseQuantizer.RunBlocks(nestedBlocks, nestedBlockSize, job.Run);
+            }
+        }
+
+        return new DoubleQuantizedAbsmax(codes, nestedAbsmax, DynamicMap.Signed.ToArray(), nestedBlockSize, offset);
+    }
+
+    private sealed unsafe class NestedJob(float* source, int count, float offset, int nestedBlockSize, byte* codes, float[] nestedAbsmax)
+    {
+        public void Run(int firstBlock, int endBlock)
+        {
+            DynamicMap.Searcher searcher = DynamicMap.SignedSearcher;
+            for (int nb = firstBlock; nb < endBlock; nb++)
             {
                 int start = nb * nestedBlockSize;
-                int length = Math.Min(nestedBlockSize, source.Length - start);
+                int length = Math.Min(nestedBlockSize, count - start);
                 float max = 0f;
                 for (int i = start; i < start + length; i++)
                 {
@@ -53,22 +67,13 @@ public static class DoubleQuantization
                 nestedAbsmax[nb] = max;
                 if (max == 0f)
                 {
-                    codes.AsSpan(start, length).Fill(DynamicMap.SignedZeroCode);
-                    continue;
+                    new Span<byte>(codes + start, length).Fill(DynamicMap.SignedZeroCode);
                 }
-
-                unsafe
+                else
                 {
-                    fixed (float* src = source)
-                    fixed (byte* dst = codes)
-                    {
-                        searcher.Quantize(src + start, length, offset, 1f / max, dst + start);
-                    }
+                    searcher.Quantize(source + start, length, offset, 1f / max, codes + start);
                 }
             }
         }
-
-        BlockwiseQuantizer.RunBlocks(nestedBlocks, nestedBlockSize, CompressBlocks);
-        return new DoubleQuantizedAbsmax(codes, nestedAbsmax, DynamicMap.Signed.ToArray(), nestedBlockSize, offset);
     }
 }

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 
 namespace QLoRA.Core.Quantization;
 
@@ -73,11 +74,12 @@ public static class FourBitCodes
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static byte QuantizeNf4(float scaled)
     {
-        ReadOnlySpan<float> t = Nf4Thresholds;
-        int code = scaled > t[7] ? 8 : 0;
-        code += scaled > t[code + 3] ? 4 : 0;
-        code += scaled > t[code + 1] ? 2 : 0;
-        code += scaled > t[code] ? 1 : 0;
+        // Branch-free tree: each comparison picks the half, its 0/1 result shifted into the code.
+        ref float t = ref MemoryMarshal.GetArrayDataReference(Nf4Thresholds);
+        int code = Bit(scaled > Unsafe.Add(ref t, 7)) << 3;
+        code |= Bit(scaled > Unsafe.Add(ref t, code + 3)) << 2;
+        code |= Bit(scaled > Unsafe.Add(ref t, code + 1)) << 1;
+        code |= Bit(scaled > Unsafe.Add(ref t, code));
         return (byte)code;
     }
 
@@ -85,14 +87,17 @@ public static class FourBitCodes
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static byte QuantizeFp4(float scaled)
     {
-        int sign = scaled < 0f ? 0b1000 : 0;
+        int sign = Bit(scaled < 0f) << 3;
         float magnitude = MathF.Abs(scaled);
-        ReadOnlySpan<float> p = Fp4Pivots;
-        int bucket = magnitude > p[3] ? 4 : 0;
-        bucket += magnitude > p[bucket + 1] ? 2 : 0;
-        bucket += magnitude > p[bucket] ? 1 : 0;
-        return (byte)(Fp4MagnitudeCodes[bucket] | sign);
+        ref float p = ref MemoryMarshal.GetArrayDataReference(Fp4Pivots);
+        int bucket = Bit(magnitude > Unsafe.Add(ref p, 3)) << 2;
+        bucket |= Bit(magnitude > Unsafe.Add(ref p, bucket + 1)) << 1;
+        bucket |= Bit(magnitude > Unsafe.Add(ref p, bucket));
+        return (byte)(Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(Fp4MagnitudeCodes), bucket) | sign);
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int Bit(bool condition) => Unsafe.BitCast<bool, byte>(condition);
 
     private static float[] BuildNf4Table()
     {

@@ -130,11 +130,19 @@ internal static unsafe partial class FourBitKernels
     internal static void QuantizeScalar(float* src, int count, float scale, byte* dst, QuantType type)
     {
         int pairs = count / 2;
-        for (int j = 0; j < pairs; j++)
+        if (type == QuantType.Nf4)
         {
-            int high = FourBitCodes.Quantize(type, src[2 * j] * scale);
-            int low = FourBitCodes.Quantize(type, src[(2 * j) + 1] * scale);
-            dst[j] = (byte)((high << 4) | low);
+            for (int j = 0; j < pairs; j++)
+            {
+                dst[j] = (byte)((FourBitCodes.QuantizeNf4(src[2 * j] * scale) << 4) | FourBitCodes.QuantizeNf4(src[(2 * j) + 1] * scale));
+            }
+        }
+        else
+        {
+            for (int j = 0; j < pairs; j++)
+            {
+                dst[j] = (byte)((FourBitCodes.QuantizeFp4(src[2 * j] * scale) << 4) | FourBitCodes.QuantizeFp4(src[(2 * j) + 1] * scale));
+            }
         }
 
         if ((count & 1) != 0)
