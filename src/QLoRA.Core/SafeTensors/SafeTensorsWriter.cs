@@ -148,8 +148,8 @@ public sealed class SafeTensorsWriter : IDisposable
         }
     }
 
-    // Compact JSON, __metadata__ first, padded with spaces to a multiple of 8 bytes so the data is aligned.
-    private static byte[] BuildHeader(List<(SafeTensorSpec Spec, long Length)> tensors, IReadOnlyDictionary<string, string>? metadata)
+    // Compact JSON, __metadata__ first, padded with spaces to a multiple of 8 bytes (or to minLength) so the data is aligned.
+    internal static byte[] BuildHeader(List<(SafeTensorSpec Spec, long Length)> tensors, IReadOnlyDictionary<string, string>? metadata, int minLength = 0)
     {
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
@@ -190,6 +190,7 @@ public sealed class SafeTensorsWriter : IDisposable
         }
 
         int padding = (int)((8 - (buffer.Length % 8)) % 8);
+        padding = Math.Max(padding, minLength - (int)buffer.Length);
         buffer.Write(Encoding.ASCII.GetBytes(new string(' ', padding)));
         return buffer.ToArray();
     }

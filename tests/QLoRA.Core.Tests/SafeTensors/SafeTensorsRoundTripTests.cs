@@ -173,4 +173,44 @@ public class SafeTensorsRoundTripTests
         File.WriteAllText(index, "{\"weight_map\": [1, 2]}");
         Assert.Throws<SafeTensorsFormatException>(() => SafeTensorsCheckpoint.Open(dir));
     }
+
+    [Theory]
+    [InlineData(1 << 16)]
+    [InlineData(8)] // too small: the writer must fall back to copying behind a larger header
+    public void AppendWriterDeclaresTensorsAsItGoes(int reserved)
+    {
+        string path = Path.Combine(TestSupport.TempDir(), "append.safetensors");
+        byte[] a = RandomBytes(4096, 1);
+        byte[] b = RandomBytes(10, 2);
+        using (var writer = new SafeTensorsAppendWriter(path, reserved))
+        {
+            writer.Begin(new SafeTensorSpec("a", DType.BF16, [32, 64]));
+            writer.Write(a.AsSpan(0, 1000));
+            writer.Write(a.AsSpan(1000));
+            writer.Add(new SafeTensorSpec("json", DType.U8, [10]), b);
+            writer.Add(new SafeTensorSpec("empty", DType.F32, [0]), []);
+            Assert.Throws<InvalidOperationException>(() => writer.Begin(new SafeTensorSpec("a", DType.U8, [1])));
+            writer.Commit(new Dictionary<string, string> { ["format"] = "pt" });
+        }
+
+        using SafeTensorsFile file = SafeTensorsFile.Open(path);
+        Assert.Equal(a, file.GetBytes("a").ToArray());
+        Assert.Equal(b, file.GetBytes("json").ToArray());
+        Assert.Equal("pt", file.Metadata["format"]);
+        Assert.Single(Directory.GetFiles(Path.GetDirectoryName(path)!));
+    }
+
+    [Fact]
+    public void AppendWriterLeavesNothingWhenAbandoned()
+    {
+        string dir = TestSupport.TempDir();
+        using (var writer = new SafeTensorsAppendWriter(Path.Combine(dir, "x.safetensors")))
+        {
+            writer.Begin(new SafeTensorSpec("a", DType.F32, [4]));
+            writer.Write(new byte[4]);
+            Assert.Throws<InvalidOperationException>(() => writer.Commit());
+        }
+
+        Assert.Empty(Directory.GetFiles(dir));
+    }
 }
