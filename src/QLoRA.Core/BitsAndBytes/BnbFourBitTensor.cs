@@ -25,12 +25,20 @@ public static class BnbFourBitTensor
     public static IReadOnlyList<(SafeTensorSpec Spec, ReadOnlyMemory<byte> Data)> Entries(string name, QuantizedTensor tensor)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
-        QuantState state = tensor.State;
-        var entries = new List<(SafeTensorSpec, ReadOnlyMemory<byte>)>
-        {
-            (new SafeTensorSpec(name, DType.U8, [state.PackedBytes, 1]), tensor.Packed),
-        };
+        return [(WeightSpec(name, tensor.State), tensor.Packed), .. AuxiliaryEntries(name, tensor.State)];
+    }
 
+    /// <summary>The entry of the packed codes: U8 [(n+1)/2, 1].</summary>
+    public static SafeTensorSpec WeightSpec(string name, QuantState state) => new(name, DType.U8, [state.PackedBytes, 1]);
+
+    /// <summary>
+    /// Every entry but the packed codes (absmax, nested statistics, quant_map, packed JSON), in the order they follow
+    /// the codes: lets a writer stream the codes first and add these once the absmax is known.
+    /// </summary>
+    public static IReadOnlyList<(SafeTensorSpec Spec, ReadOnlyMemory<byte> Data)> AuxiliaryEntries(string name, QuantState state)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        var entries = new List<(SafeTensorSpec, ReadOnlyMemory<byte>)>();
         BnbQuantStateJson json;
         switch (state.Absmax)
         {

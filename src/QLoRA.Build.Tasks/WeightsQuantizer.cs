@@ -1,0 +1,297 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using QLoRA.Core;
+using QLoRA.Core.BitsAndBytes;
+using QLoRA.Core.HuggingFace;
+using QLoRA.Core.Manifest;
+using QLoRA.Core.Quantization;
+using QLoRA.Core.SafeTensors;
+
+namespace QLoRA.Build.Tasks;
+
+/// <summary>What to quantize and where: one model (one OutputName) of a QLoRAWeights item group.</summary>
+/// <param name="Sources">The model's .safetensors files, or its model.safetensors.index.json.</param>
+/// <param name="ConfigPath">Its config.json.</param>
+/// <param name="OutputName">Folder and manifest name.</param>
+/// <param name="OutputRoot">Folder receiving <c>&lt;OutputName&gt;/</c> and <c>&lt;OutputName&gt;.qlora.json</c>.</param>
+/// <param name="Quantization">4-bit options, or null to copy every tensor unchanged (QuantType none).</param>
+/// <param name="Keep">Modules left unquantized, matched as transformers matches <c>llm_int8_skip_modules</c>.</param>
+public sealed record WeightsJob(IReadOnlyList<string> Sources, string ConfigPath, string OutputName, string OutputRoot, QuantizationOptions? Quantization, IReadOnlyList<string> Keep);
+
+/// <summary>
+/// Turns a Hugging Face checkpoint into a pre-quantized, HF-loadable folder: safetensors in the bitsandbytes 4-bit
+/// layout, config.json with a bitsandbytes quantization_config, tokenizer and generation files, and the weights
+/// manifest. Streams tensor by tensor from memory-mapped sources in bounded chunks; writes into a temporary folder
+/// that replaces the output only when complete. Errors are <see cref="WeightsBuildException"/>s with QLR codes.
+/// </summary>
+public sealed class WeightsQuantizer(Action<string> progress)
+{
+    /// <summary>Files copied from beside the config when present.</summary>
+    public static IReadOnlyList<string> CompanionFiles { get; } =
+    [
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+        "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
+    ];
+
+    // Values per quantization chunk: bounds memory per tensor (a multiple of every block size).
+    private const int ChunkValues = 1 << 24;
+
+    /// <summary>Runs the job; returns the model folder.</summary>
+    /// <exception cref="WeightsBuildException">Any failure, with its code and file; nothing partial is left behind.</exception>
+    public string Run(WeightsJob job)
+    {
+        string outputRoot = Path.GetFullPath(job.OutputRoot);
+        string finalDir = Path.Combine(outputRoot, job.OutputName);
+        string manifestPath = Path.Combine(outputRoot, job.OutputName + ".qlora.json");
+        HfModelConfig config = LoadConfig(job.ConfigPath);
+        using SourceSet source = SourceSet.Open(job.Sources);
+        CheckShapes(source, config);
+
+        string tempDir = Path.Combine(outputRoot, $".{job.OutputName}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            Directory.CreateDirectory(tempDir);
+            Dictionary<string, ManifestTensor> tensors = WriteTensors(source, job, Path.Combine(tempDir, "model.safetensors"));
+            WriteConfig(config, job, Path.Combine(tempDir, "config.json"));
+            CopyCompanions(job, tempDir);
+            ReplaceDirectory(tempDir, finalDir);
+            var tied = config.TieWordEmbeddings && !source.Contains("lm_head.weight") ? new[] { "lm_head.weight" } : [];
+            var manifest = new WeightsManifest(job.OutputName, ManifestConfig(config), tied, tensors);
+            AtomicFile.WriteAllText(manifestPath, manifest.ToJson());
+            return finalDir;
+        }
+        catch (IOException e) when (e is not FileNotFoundException)
+        {
+            throw new WeightsBuildException(BuildErrorCodes.WriteFailed, finalDir, $"writing the quantized weights failed: {e.Message}", e);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            throw new WeightsBuildException(BuildErrorCodes.WriteFailed, finalDir, $"writing the quantized weights failed: {e.Message}", e);
+        }
+        finally
+        {
+            if (Directory.Exists(tempDir))
+            {
+                Directory.Delete(tempDir, recursive: true);
+            }
+        }
+    }
+
+    private static HfModelConfig LoadConfig(string path)
+    {
+        string full = Path.GetFullPath(path);
+        if (!File.Exists(full))
+        {
+            throw new WeightsBuildException(BuildErrorCodes.MissingFile, full, "config.json not found: set the QLoRAWeights item's Config metadata to the model's config.json");
+        }
+
+        try
+        {
+            return HfModelConfig.Load(full);
+        }
+        catch (HfConfigException e)
+        {
+            throw new WeightsBuildException(BuildErrorCodes.InvalidConfig, e.FilePath, e.Message, e);
+        }
+    }
+
+    private static void CheckShapes(SourceSet source, HfModelConfig config)
+    {
+        foreach ((SafeTensorsFile file, SafeTensorInfo info) in source.Tensors)
+        {
+            long[]? expected = LlamaTensorShapes.Expected(config, info.Name, out string? problem);
+            if (problem is not null)
+            {
+                throw new WeightsBuildException(BuildErrorCodes.ConfigMismatch, file.Path, $"tensor '{info.Name}': {problem} in {config.SourcePath}");
+            }
+
+            if (expected is not null && !expected.SequenceEqual(info.Shape))
+            {
+                throw new WeightsBuildException(BuildErrorCodes.ConfigMismatch, file.Path, $"tensor '{info.Name}' has shape {info.ShapeText} but {config.SourcePath} implies [{string.Join(", ", expected)}]");
+            }
+        }
+    }
+
+    /// <summary>True when transformers would leave <paramref name="module"/> unconverted for this skip list.</summary>
+    public static bool IsKept(string module, IReadOnlyList<string> keep) =>
+        keep.Any(k => module == k || module.EndsWith("." + k, StringComparison.Ordinal) || module.StartsWith(k + ".", StringComparison.Ordinal) || module.Contains("." + k + ".", StringComparison.Ordinal));
+
+    private static bool ShouldQuantize(SafeTensorInfo info, WeightsJob job, out string module)
+    {
+        module = info.Name.EndsWith(".weight", StringComparison.Ordinal) ? info.Name[..^".weight".Length] : info.Name;
+        string last = module[(module.LastIndexOf('.') + 1)..];
+        bool linearWeight = info.Shape.Count == 2 && info.Name.EndsWith(".weight", StringComparison.Ordinal) && !last.Contains("embed", StringComparison.Ordinal);
+        return job.Quantization is not null && linearWeight && !IsKept(module, job.Keep);
+    }
+
+    private Dictionary<string, ManifestTensor> WriteTensors(SourceSet source, WeightsJob job, string path)
+    {
+        var manifest = new Dictionary<string, ManifestTensor>(StringComparer.Ordinal);
+        using var writer = new SafeTensorsAppendWriter(path, 64 + (source.Tensors.Count * 400));
+        int index = 0;
+        foreach ((SafeTensorsFile file, SafeTensorInfo info) in source.Tensors)
+        {
+            index++;
+            if (ShouldQuantize(info, job, out _))
+            {
+                QuantizationOptions options = job.Quantization!;
+                if (!info.Dtype.IsQuantizableFloat())
+                {
+                    throw new WeightsBuildException(BuildErrorCodes.UnsupportedDtype, file.Path, $"tensor '{info.Name}' is {info.Dtype}; only F32, BF16 and F16 weights can be quantized (or list the module in Keep)");
+                }
+
+                progress($"quantizing {info.Name[..^".weight".Length]} [{string.Join("×", info.Shape)}] {options.Type.ToBnbName()} … {index}/{source.Tensors.Count}");
+                string hash = QuantizeTensor(file, info, options, writer);
+                manifest[info.Name] = new ManifestTensor(info.Shape, options.Type.ToBnbName(), options.BlockSize, options.DoubleQuant, hash);
+            }
+            else
+            {
+                progress($"copying {info.Name} [{string.Join("×", info.Shape)}] {info.Dtype} … {index}/{source.Tensors.Count}");
+                writer.Begin(new SafeTensorSpec(info.Name, info.Dtype, info.Shape));
+                string hash = Stream(file, info, writer.Write);
+                manifest[info.Name] = new ManifestTensor(info.Shape, StoredName(info.Dtype), null, null, hash);
+            }
+        }
+
+        writer.Commit(new Dictionary<string, string> { ["format"] = "pt", ["qlora.quantized_by"] = "QLoRA.Sdk QuantizeWeights" });
+        return manifest;
+    }
+
+    private static string StoredName(DType dtype) => dtype switch
+    {
+        DType.BF16 => "bf16",
+        DType.F16 => "f16",
+        DType.F32 => "f32",
+        _ => dtype.SafeTensorsName().ToLowerInvariant(),
+    };
+
+    // Reads the tensor in slices, hashing each and handing it on; returns the hex SHA-256 of the whole.
+    private static string Stream(SafeTensorsFile file, SafeTensorInfo info, SpanAction sink)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        for (long offset = 0; offset < info.ByteLength; offset += 1 << 26)
+        {
+            ReadOnlySpan<byte> slice = file.GetBytes(info.Name, offset, (int)Math.Min(1 << 26, info.ByteLength - offset));
+            sha.AppendData(slice);
+            sink(slice);
+        }
+
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    private delegate void SpanAction(ReadOnlySpan<byte> bytes);
+
+    private static string QuantizeTensor(SafeTensorsFile file, SafeTensorInfo info, QuantizationOptions options, SafeTensorsAppendWriter writer)
+    {
+        long count = info.ElementCount;
+        int size = info.Dtype.SizeInBytes();
+        var absmax = new float[BlockwiseLayout.BlockCount(count, options.BlockSize)];
+        var packed = new byte[ChunkValues / 2];
+        var probeState = new QuantState(options.Type, options.BlockSize, info.Shape, info.Dtype, new PlainAbsmax(absmax));
+        writer.Begin(BnbFourBitTensor.WeightSpec(info.Name, probeState));
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        for (long start = 0; start < count; start += ChunkValues)
+        {
+            int values = (int)Math.Min(ChunkValues, count - start);
+            ReadOnlySpan<byte> bytes = file.GetBytes(info.Name, start * size, values * size);
+            Task hashing = Task.Run(() => sha.AppendData(file.GetBytes(info.Name, start * size, values * size)));
+            int packedLength = (values + 1) / 2;
+            try
+            {
+                BlockwiseQuantizer.Quantize(bytes, info.Dtype, packed.AsSpan(0, packedLength), absmax.AsSpan((int)(start / options.BlockSize)), options.Type, options.BlockSize, info.Name);
+            }
+            catch (NonFiniteValueException e)
+            {
+                hashing.Wait();
+                throw new WeightsBuildException(BuildErrorCodes.NonFiniteWeights, file.Path, $"tensor '{info.Name}' holds {e.Value} at element {start + e.ElementIndex}; fix the checkpoint or list the module in Keep", e);
+            }
+
+            hashing.Wait();
+            writer.Write(packed.AsSpan(0, packedLength));
+        }
+
+        AbsmaxStatistics stats = options.DoubleQuant ? DoubleQuantization.Compress(absmax) : new PlainAbsmax(absmax);
+        var state = new QuantState(options.Type, options.BlockSize, info.Shape, info.Dtype, stats);
+        foreach ((SafeTensorSpec spec, ReadOnlyMemory<byte> data) in BnbFourBitTensor.AuxiliaryEntries(info.Name, state))
+        {
+            writer.Add(spec, data.Span);
+        }
+
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    private static void WriteConfig(HfModelConfig config, WeightsJob job, string path)
+    {
+        var root = (JsonObject)config.Raw.DeepClone();
+        if (job.Quantization is QuantizationOptions q)
+        {
+            root["quantization_config"] = new JsonObject
+            {
+                ["_load_in_4bit"] = true,
+                ["_load_in_8bit"] = false,
+                ["bnb_4bit_compute_dtype"] = "bfloat16",
+                ["bnb_4bit_quant_storage"] = "uint8",
+                ["bnb_4bit_quant_type"] = q.Type.ToBnbName(),
+                ["bnb_4bit_use_double_quant"] = q.DoubleQuant,
+                ["llm_int8_enable_fp32_cpu_offload"] = false,
+                ["llm_int8_has_fp16_weight"] = false,
+                ["llm_int8_skip_modules"] = new JsonArray([.. job.Keep.Select(k => (JsonNode?)k)]),
+                ["llm_int8_threshold"] = 6.0,
+                ["load_in_4bit"] = true,
+                ["load_in_8bit"] = false,
+                ["quant_method"] = "bitsandbytes",
+            };
+        }
+
+        AtomicFile.WriteAllText(path, root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+    }
+
+    private static void CopyCompanions(WeightsJob job, string tempDir)
+    {
+        var folders = new[] { Path.GetDirectoryName(Path.GetFullPath(job.ConfigPath))! }
+            .Concat(job.Sources.Select(s => Path.GetDirectoryName(Path.GetFullPath(s))!))
+            .Distinct(StringComparer.Ordinal);
+        foreach (string name in CompanionFiles)
+        {
+            string? found = folders.Select(f => Path.Combine(f, name)).FirstOrDefault(File.Exists);
+            if (found is not null)
+            {
+                File.Copy(found, Path.Combine(tempDir, name), overwrite: true);
+            }
+        }
+    }
+
+    private static JsonObject ManifestConfig(HfModelConfig c) => new()
+    {
+        ["model_type"] = c.ModelType,
+        ["hidden_size"] = c.HiddenSize,
+        ["intermediate_size"] = c.IntermediateSize,
+        ["num_hidden_layers"] = c.NumHiddenLayers,
+        ["num_attention_heads"] = c.NumAttentionHeads,
+        ["num_key_value_heads"] = c.NumKeyValueHeads,
+        ["head_dim"] = c.HeadDim,
+        ["vocab_size"] = c.VocabSize,
+        ["rms_norm_eps"] = c.RmsNormEps,
+        ["max_position_embeddings"] = c.MaxPositionEmbeddings,
+        ["rope_theta"] = c.Rope.Theta,
+        ["rope_type"] = c.Rope.Type == RopeType.Llama3 ? "llama3" : "default",
+        ["tie_word_embeddings"] = c.TieWordEmbeddings,
+    };
+
+    private static void ReplaceDirectory(string source, string destination)
+    {
+        string? old = null;
+        if (Directory.Exists(destination))
+        {
+            old = destination + $".{Guid.NewGuid():N}.old";
+            Directory.Move(destination, old);
+        }
+
+        Directory.Move(source, destination);
+        if (old is not null)
+        {
+            Directory.Delete(old, recursive: true);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+using System.Security.Cryptography;
+using System.Text.Json.Nodes;
+using QLoRA.Build.Tasks;
+using QLoRA.Core;
+using QLoRA.Core.BitsAndBytes;
+using QLoRA.Core.Manifest;
+using QLoRA.Core.Numerics;
+using QLoRA.Core.Quantization;
+using QLoRA.Core.SafeTensors;
+
+namespace QLoRA.Build.Tests;
+
+/// <summary>The quantizer behind the task, run directly (no MSBuild): layout, numbers, manifest, errors.</summary>
+public class WeightsQuantizerTests
+{
+    private static string TempDir() => Directory.CreateTempSubdirectory("qlora-build-").FullName;
+
+    private static WeightsJob Job(string src, string output, QuantizationOptions? options, IReadOnlyList<string>? sources = null) =>
+        new(sources ?? [Path.Combine(src, "model.safetensors")], Path.Combine(src, "config.json"), "tiny", output, options, ["lm_head", "embed_tokens"]);
+
+    internal static void AssertFolderMatchesSource(string modelDir, Dictionary<string, byte[]> source, QuantizationOptions options)
+    {
+        using SafeTensorsFile file = SafeTensorsFile.Open(Path.Combine(modelDir, "model.safetensors"));
+        foreach ((string name, byte[] bytes) in source)
+        {
+            bool linear = name.Contains("_proj.", StringComparison.Ordinal);
+            if (!linear)
+            {
+                Assert.Equal(bytes, file.GetBytes(name).ToArray()); // kept tensors are copied bit for bit
+                continue;
+            }
+
+            QuantizedTensor q = BnbFourBitTensor.Read(file, name);
+            Assert.Equal(options.Type, q.State.Type);
+            Assert.Equal(options.BlockSize, q.State.BlockSize);
+            Assert.Equal(options.DoubleQuant, q.State.IsDoubleQuantized);
+            Assert.Equal(DType.BF16, q.State.Dtype);
+            float[] original = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, BFloat16>(bytes).ToArray().Select(b => b.ToSingle()).ToArray();
+            float[] back = q.DequantizeToSingle();
+            float[] absmax = q.State.Absmax.Decode();
+            double halfGap = options.Type == QuantType.Nf4 ? 0.16 : 0.17;
+            for (int i = 0; i < original.Length; i++)
+            {
+                // Double-quantized absmax can be off by its own (small) rounding: allow 1% on top.
+                Assert.True(Math.Abs(back[i] - original[i]) <= (halfGap * absmax[i / options.BlockSize] * 1.01) + 1e-6, $"{name}[{i}]: {back[i]} vs {original[i]}");
+            }
+        }
+    }
+
+    [Fact]
+    public void WritesAnHfLoadableFolderAndManifest()
+    {
+        string src = TempDir(), output = TempDir();
+        Dictionary<string, byte[]> source = TinyCheckpoint.Write(src);
+        var options = new QuantizationOptions();
+        var messages = new List<string>();
+        string modelDir = new WeightsQuantizer(messages.Add).Run(Job(src, output, options));
+
+        Assert.Equal(Path.Combine(output, "tiny"), modelDir);
+        AssertFolderMatchesSource(modelDir, source, options);
+        Assert.Contains(messages, m => m.StartsWith("quantizing model.layers.0.mlp.up_proj [128×64] nf4 … ", StringComparison.Ordinal));
+        Assert.True(File.Exists(Path.Combine(modelDir, "tokenizer.json")));
+        Assert.True(File.Exists(Path.Combine(modelDir, "generation_config.json")));
+
+        JsonObject config = JsonNode.Parse(File.ReadAllText(Path.Combine(modelDir, "config.json")))!.AsObject();
+        JsonObject qc = config["quantization_config"]!.AsObject();
+        Assert.Equal("bitsandbytes", qc["quant_method"]!.GetValue<string>());
+        Assert.True(qc["load_in_4bit"]!.GetValue<bool>());
+        Assert.Equal("nf4", qc["bnb_4bit_quant_type"]!.GetValue<string>());
+        Assert.True(qc["bnb_4bit_use_double_quant"]!.GetValue<bool>());
+        Assert.Equal(["lm_head", "embed_tokens"], qc["llm_int8_skip_modules"]!.AsArray().Select(n => n!.GetValue<string>()));
+        Assert.Equal("LlamaForCausalLM", config["architectures"]![0]!.GetValue<string>()); // source fields kept
+
+        WeightsManifest manifest = WeightsManifest.Read(Path.Combine(output, "tiny.qlora.json"));
+        Assert.Equal("tiny", manifest.Model);
+        Assert.Equal(source.Count, manifest.Tensors.Count);
+        ManifestTensor q = manifest.Tensors["model.layers.1.self_attn.k_proj.weight"];
+        Assert.Equal([32L, 64], q.Shape);
+        Assert.Equal("nf4", q.Stored);
+        Assert.Equal(64, q.BlockSize);
+        Assert.True(q.DoubleQuant);
+        Assert.Equal(Convert.ToHexStringLower(SHA256.HashData(source["model.layers.1.self_attn.k_proj.weight"])), q.SourceSha256);
+        Assert.Equal("bf16", manifest.Tensors["lm_head.weight"].Stored);
+        Assert.Equal(64, manifest.Config["hidden_size"]!.GetValue<int>());
+        Assert.Empty(manifest.Tied);
+        Assert.DoesNotContain(Directory.GetDirectories(output), d => Path.GetFileName(d).StartsWith('.'));
+    }
+
+    [Fact]
+    public void ShardedIndexFp4AndPlainAbsmaxWork()
+    {
+        string src = TempDir(), output = TempDir();
+        Dictionary<string, byte[]> source = TinyCheckpoint.Write(src, sharded: true);
+        var options = new QuantizationOptions(QuantType.Fp4, 128, DoubleQuant: false);
+        string modelDir = new WeightsQuantizer(_ => { }).Run(Job(src, output, options, [Path.Combine(src, SafeTensorsIndex.FileName)]));
+        AssertFolderMatchesSource(modelDir, source, options);
+    }
+
+    [Fact]
+    public void QuantTypeNoneCopiesEverythingAndWritesNoQuantizationConfig()
+    {
+        string src = TempDir(), output = TempDir();
+        Dictionary<string, byte[]> source = TinyCheckpoint.Write(src);
+        string modelDir = new WeightsQuantizer(_ => { }).Run(Job(src, output, null));
+        using SafeTensorsFile file = SafeTensorsFile.Open(Path.Combine(modelDir, "model.safetensors"));
+        Assert.All(source, t => Assert.Equal(t.Value, file.GetBytes(t.Key).ToArray()));
+        Assert.Null(JsonNode.Parse(File.ReadAllText(Path.Combine(modelDir, "config.json")))!["quantization_config"]);
+    }
+
+    [Theory]
+    [InlineData("lm_head", "lm_head", true)]
+    [InlineData("model.layers.0.mlp.down_proj", "down_proj", true)]
+    [InlineData("model.layers.0.mlp.down_proj", "model.layers.0", true)]
+    [InlineData("model.layers.10.mlp.down_proj", "model.layers.1", false)]
+    [InlineData("model.layers.0.mlp.down_proj", "up_proj", false)]
+    [InlineData("model.layers.0.mlp.down_proj", "mlp", true)]
+    public void KeepMatchesModulesAsTransformersSkipModulesDo(string module, string keep, bool kept)
+    {
+        Assert.Equal(kept, WeightsQuantizer.IsKept(module, [keep]));
+    }
+
+    [Fact]
+    public void ErrorsCarryCodesAndFilesAndLeaveNothingBehind()
+    {
+        string src = TempDir();
+        TinyCheckpoint.Write(src);
+        string output = TempDir();
+
+        var e = Assert.Throws<WeightsBuildException>(() => new WeightsQuantizer(_ => { }).Run(Job(src, output, new(), [Path.Combine(src, "missing.safetensors")])));
+        Assert.Equal("QLR1001", e.Code);
+
+        File.WriteAllText(Path.Combine(src, "config.json"), TinyCheckpoint.ConfigJson(layers: 1));
+        e = Assert.Throws<WeightsBuildException>(() => new WeightsQuantizer(_ => { }).Run(Job(src, output, new())));
+        Assert.Equal("QLR1005", e.Code);
+        Assert.Contains("model.layers.1.", e.Message);
+
+        File.WriteAllText(Path.Combine(src, "config.json"), "{\"model_type\": \"gpt2\"}");
+        e = Assert.Throws<WeightsBuildException>(() => new WeightsQuantizer(_ => { }).Run(Job(src, output, new())));
+        Assert.Equal("QLR1004", e.Code);
+
+        File.WriteAllText(Path.Combine(src, "config.json"), TinyCheckpoint.ConfigJson());
+        byte[] bytes = File.ReadAllBytes(Path.Combine(src, "model.safetensors"));
+        File.WriteAllBytes(Path.Combine(src, "model.safetensors"), bytes[..(bytes.Length - 10)]);
+        e = Assert.Throws<WeightsBuildException>(() => new WeightsQuantizer(_ => { }).Run(Job(src, output, new())));
+        Assert.Equal("QLR1002", e.Code);
+        Assert.Equal(Path.Combine(src, "model.safetensors"), e.File);
+        Assert.Empty(Directory.GetFileSystemEntries(output));
+    }
+}
