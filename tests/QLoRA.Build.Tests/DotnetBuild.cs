@@ -5,17 +5,25 @@ namespace QLoRA.Build.Tests;
 /// <summary>Runs a real `dotnet build` (no node reuse, no build servers) and captures its log.</summary>
 internal static class DotnetBuild
 {
-    public static (int ExitCode, string Log) Run(string projectDirectory, params string[] extraArgs)
+    /// <summary>The dotnet host running the tests, or the one on PATH.</summary>
+    public static string Dotnet =>
+        Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
+
+    public static (int ExitCode, string Log) Run(string projectDirectory, params string[] extraArgs) => Run(projectDirectory, extraArgs, []);
+
+    /// <summary>Runs `dotnet build` (or, when the first argument is a verb such as publish, that verb).</summary>
+    public static (int ExitCode, string Log) Run(string projectDirectory, string[] extraArgs, params (string Name, string Value)[] environment)
     {
-        string dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
-        var start = new ProcessStartInfo(dotnet)
+        var start = new ProcessStartInfo(Dotnet)
         {
             WorkingDirectory = projectDirectory,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (string arg in new[] { "build", "-nologo", "-v:n", "-nodeReuse:false", "--disable-build-servers", "-p:UseSharedCompilation=false" }.Concat(extraArgs))
+        bool verb = extraArgs.Length > 0 && extraArgs[0] is "publish" or "pack" or "build";
+        string[] head = verb ? [extraArgs[0]] : ["build"];
+        foreach (string arg in head.Concat(["-nologo", "-v:n", "-nodeReuse:false", "--disable-build-servers", "-p:UseSharedCompilation=false"]).Concat(verb ? extraArgs[1..] : extraArgs))
         {
             start.ArgumentList.Add(arg);
         }
@@ -23,6 +31,11 @@ internal static class DotnetBuild
         start.Environment["MSBUILDDISABLENODEREUSE"] = "1";
         start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         start.Environment["DOTNET_NOLOGO"] = "1";
+        foreach ((string name, string value) in environment)
+        {
+            start.Environment[name] = value;
+        }
+
         // The test runner's own MSBuild settings must not leak into the child build.
         foreach (string variable in new[] { "MSBuildExtensionsPath", "MSBuildSDKsPath", "MSBUILD_EXE_PATH" })
         {
