@@ -4,8 +4,15 @@ using BenchmarkDotNet.Running;
 using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using QLoRA.Bench;
 
-// dotnet run -c Release --project bench/QLoRA.Bench -- --filter '*'
+// dotnet run -c Release --project bench/QLoRA.Bench -- --filter '*'     BenchmarkDotNet: NF4 kernels vs a read pass
+// dotnet run -c Release --project bench/QLoRA.Bench -- weights [layers]  build-time quantization and no-op rebuilds
+if (args.Length > 0 && args[0] == "weights")
+{
+    return WeightsBuildBenchmark.Run(args);
+}
+
 IConfig config = DefaultConfig.Instance
     .AddJob(Job.Default.WithWarmupCount(3).WithIterationCount(20).WithToolchain(InProcessEmitToolchain.Instance))
     .AddColumn(new ThroughputColumn(relative: false), new ThroughputColumn(relative: true));
 BenchmarkSwitcher.FromAssembly(typeof(QuantizationThroughput).Assembly).Run(args, config);
+return 0;

@@ -128,7 +128,36 @@ public sealed class WeightsQuantizer(Action<string> progress)
     private Dictionary<string, ManifestTensor> WriteTensors(SourceSet source, WeightsJob job, string path)
     {
         var manifest = new Dictionary<string, ManifestTensor>(StringComparer.Ordinal);
-        using var writer = new SafeTensorsAppendWriter(path, 64 + (source.Tensors.Count * 400));
+        // SHA-256 of every source tensor, computed beside the quantization (it costs more CPU than quantizing).
+        var hashes = new System.Collections.Concurrent.ConcurrentDictionary<string, string>(StringComparer.Ordinal);
+        Task hashing = Task.Run(() => Parallel.ForEach(source.Tensors, t => hashes[t.Info.Name] = Sha256(t.File, t.Info)));
+        try
+        {
+            WriteAll(source, job, path, manifest);
+        }
+        finally
+        {
+            hashing.Wait();
+        }
+
+        return manifest.ToDictionary(e => e.Key, e => e.Value with { SourceSha256 = hashes[e.Key] }, StringComparer.Ordinal);
+    }
+
+    private static string Sha256(SafeTensorsFile file, SafeTensorInfo info)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        for (long offset = 0; offset < info.ByteLength; offset += 1 << 26)
+        {
+            sha.AppendData(file.GetBytes(info.Name, offset, (int)Math.Min(1 << 26, info.ByteLength - offset)));
+        }
+
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    private void WriteAll(SourceSet source, WeightsJob job, string path, Dictionary<string, ManifestTensor> manifest)
+    {
+        // Build outputs are regenerated on demand: no fsync, the rename alone keeps readers from partial files.
+        using var writer = new SafeTensorsAppendWriter(path, 64 + (source.Tensors.Count * 400), durable: false);
         int index = 0;
         foreach ((SafeTensorsFile file, SafeTensorInfo info) in source.Tensors)
         {
@@ -142,20 +171,23 @@ public sealed class WeightsQuantizer(Action<string> progress)
                 }
 
                 progress($"quantizing {info.Name[..^".weight".Length]} [{string.Join("×", info.Shape)}] {options.Type.ToBnbName()} … {index}/{source.Tensors.Count}");
-                string hash = QuantizeTensor(file, info, options, writer);
-                manifest[info.Name] = new ManifestTensor(info.Shape, options.Type.ToBnbName(), options.BlockSize, options.DoubleQuant, hash);
+                QuantizeTensor(file, info, options, writer);
+                manifest[info.Name] = new ManifestTensor(info.Shape, options.Type.ToBnbName(), options.BlockSize, options.DoubleQuant, "");
             }
             else
             {
                 progress($"copying {info.Name} [{string.Join("×", info.Shape)}] {info.Dtype} … {index}/{source.Tensors.Count}");
                 writer.Begin(new SafeTensorSpec(info.Name, info.Dtype, info.Shape));
-                string hash = Stream(file, info, writer.Write);
-                manifest[info.Name] = new ManifestTensor(info.Shape, StoredName(info.Dtype), null, null, hash);
+                for (long offset = 0; offset < info.ByteLength; offset += 1 << 26)
+                {
+                    writer.Write(file.GetBytes(info.Name, offset, (int)Math.Min(1 << 26, info.ByteLength - offset)));
+                }
+
+                manifest[info.Name] = new ManifestTensor(info.Shape, StoredName(info.Dtype), null, null, "");
             }
         }
 
         writer.Commit(new Dictionary<string, string> { ["format"] = "pt", ["qlora.quantized_by"] = "QLoRA.Sdk QuantizeWeights" });
-        return manifest;
     }
 
     private static string StoredName(DType dtype) => dtype switch
@@ -166,23 +198,7 @@ public sealed class WeightsQuantizer(Action<string> progress)
         _ => dtype.SafeTensorsName().ToLowerInvariant(),
     };
 
-    // Reads the tensor in slices, hashing each and handing it on; returns the hex SHA-256 of the whole.
-    private static string Stream(SafeTensorsFile file, SafeTensorInfo info, SpanAction sink)
-    {
-        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        for (long offset = 0; offset < info.ByteLength; offset += 1 << 26)
-        {
-            ReadOnlySpan<byte> slice = file.GetBytes(info.Name, offset, (int)Math.Min(1 << 26, info.ByteLength - offset));
-            sha.AppendData(slice);
-            sink(slice);
-        }
-
-        return Convert.ToHexStringLower(sha.GetHashAndReset());
-    }
-
-    private delegate void SpanAction(ReadOnlySpan<byte> bytes);
-
-    private static string QuantizeTensor(SafeTensorsFile file, SafeTensorInfo info, QuantizationOptions options, SafeTensorsAppendWriter writer)
+    private static void QuantizeTensor(SafeTensorsFile file, SafeTensorInfo info, QuantizationOptions options, SafeTensorsAppendWriter writer)
     {
         long count = info.ElementCount;
         int size = info.Dtype.SizeInBytes();
@@ -190,12 +206,10 @@ public sealed class WeightsQuantizer(Action<string> progress)
         var packed = new byte[ChunkValues / 2];
         var probeState = new QuantState(options.Type, options.BlockSize, info.Shape, info.Dtype, new PlainAbsmax(absmax));
         writer.Begin(BnbFourBitTensor.WeightSpec(info.Name, probeState));
-        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         for (long start = 0; start < count; start += ChunkValues)
         {
             int values = (int)Math.Min(ChunkValues, count - start);
             ReadOnlySpan<byte> bytes = file.GetBytes(info.Name, start * size, values * size);
-            Task hashing = Task.Run(() => sha.AppendData(file.GetBytes(info.Name, start * size, values * size)));
             int packedLength = (values + 1) / 2;
             try
             {
@@ -203,11 +217,9 @@ public sealed class WeightsQuantizer(Action<string> progress)
             }
             catch (NonFiniteValueException e)
             {
-                hashing.Wait();
                 throw new WeightsBuildException(BuildErrorCodes.NonFiniteWeights, file.Path, $"tensor '{info.Name}' holds {e.Value} at element {start + e.ElementIndex}; fix the checkpoint or list the module in Keep", e);
             }
 
-            hashing.Wait();
             writer.Write(packed.AsSpan(0, packedLength));
         }
 
@@ -217,8 +229,6 @@ public sealed class WeightsQuantizer(Action<string> progress)
         {
             writer.Add(spec, data.Span);
         }
-
-        return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
     private static void WriteConfig(HfModelConfig config, WeightsJob job, string path)

@@ -7,10 +7,12 @@ namespace QLoRA.Core;
 public sealed class AtomicFile : IDisposable
 {
     private readonly FileStream _stream;
+    private readonly bool _durable;
     private bool _done;
 
-    private AtomicFile(string path)
+    private AtomicFile(string path, bool durable)
     {
+        _durable = durable;
         string full = System.IO.Path.GetFullPath(path);
         string? directory = System.IO.Path.GetDirectoryName(full);
         if (directory is not null)
@@ -33,7 +35,10 @@ public sealed class AtomicFile : IDisposable
     public FileStream Stream => _stream;
 
     /// <summary>Starts writing <paramref name="path"/> (creating its directory if needed).</summary>
-    public static AtomicFile Create(string path) => new(path);
+    /// <param name="path">Destination.</param>
+    /// <param name="durable">Flush to the disk before the rename (survives power loss); build outputs that can be
+    /// regenerated skip it — the rename alone already keeps readers from ever seeing a partial file.</param>
+    public static AtomicFile Create(string path, bool durable = true) => new(path, durable);
 
     /// <summary>Writes all bytes atomically.</summary>
     public static void WriteAllBytes(string path, ReadOnlySpan<byte> bytes)
@@ -56,7 +61,7 @@ public sealed class AtomicFile : IDisposable
             throw new InvalidOperationException($"{Path} was already committed or abandoned.");
         }
 
-        _stream.Flush(flushToDisk: true);
+        _stream.Flush(flushToDisk: _durable);
         _stream.Dispose();
         File.Move(TempPath, Path, overwrite: true);
         _done = true;

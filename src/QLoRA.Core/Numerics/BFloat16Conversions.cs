@@ -7,6 +7,7 @@ public static class BFloat16Conversions
 {
     /// <summary>Widens each bf16 value to the exactly equal float.</summary>
     /// <exception cref="ArgumentException"><paramref name="destination"/> is shorter than <paramref name="source"/>.</exception>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public static void ToSingle(ReadOnlySpan<BFloat16> source, Span<float> destination)
     {
         if (destination.Length < source.Length)
@@ -36,6 +37,7 @@ public static class BFloat16Conversions
 
     /// <summary>Rounds each float to the nearest bf16 (ties to even; NaN stays a quiet NaN).</summary>
     /// <exception cref="ArgumentException"><paramref name="destination"/> is shorter than <paramref name="source"/>.</exception>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public static void FromSingle(ReadOnlySpan<float> source, Span<BFloat16> destination)
     {
         if (destination.Length < source.Length)

@@ -59,6 +59,7 @@ public static class BlockwiseDequantizer
 
     private sealed unsafe class DequantizeJob(byte* src, float* absmax, QuantType type, int blockSize, byte* dst, BlockwiseQuantizer.ElementKind kind, int count)
     {
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
         public void Run(int firstBlock, int endBlock)
         {
             float* scratch = stackalloc float[blockSize];

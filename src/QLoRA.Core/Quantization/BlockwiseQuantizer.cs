@@ -125,6 +125,7 @@ public static partial class BlockwiseQuantizer
 
     private sealed unsafe class QuantizeJob(byte* src, ElementKind kind, int count, byte* dst, float* absmax, QuantType type, int blockSize, string? tensorName)
     {
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
         public void Run(int firstBlock, int endBlock)
         {
             float* scratch = stackalloc float[blockSize];

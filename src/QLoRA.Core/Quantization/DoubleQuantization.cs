@@ -51,6 +51,7 @@ public static class DoubleQuantization
 
     private sealed unsafe class NestedJob(float* source, int count, float offset, int nestedBlockSize, byte* codes, float[] nestedAbsmax)
     {
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
         public void Run(int firstBlock, int endBlock)
         {
             DynamicMap.Searcher searcher = DynamicMap.SignedSearcher;

@@ -114,6 +114,7 @@ public static class DynamicMap
         }
 
         /// <summary>Codes of <c>(source[i] − offset) × scale</c> for <paramref name="count"/> values.</summary>
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
         public void Quantize(float* source, int count, float offset, float scale, byte* codes)
         {
             int i = 0;

@@ -83,6 +83,7 @@ internal static unsafe partial class FourBitKernels
     internal static bool UseAvx512 => VectorWidth >= 512;
 
     /// <summary>Quantizes one block of bf16 values (length a multiple of 32) and returns its absmax bits (≥ 0x7F800000: non-finite).</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static uint QuantizeBlockBf16Avx512(ushort* src, int length, byte* dst, QuantType type)
     {
         Vector512<ushort> acc = Vector512<ushort>.Zero;
@@ -120,6 +121,7 @@ internal static unsafe partial class FourBitKernels
     }
 
     /// <summary>Quantizes one block of float32 values (length a multiple of 16) and returns its absmax bits.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static uint QuantizeBlockF32Avx512(float* src, int length, byte* dst, QuantType type)
     {
         Vector512<uint> acc = Vector512<uint>.Zero;
@@ -185,6 +187,7 @@ internal static unsafe partial class FourBitKernels
     }
 
     /// <summary>Dequantizes a block (length a multiple of 32) to bf16 through the block's 16-entry table of rounded values.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static void DequantizeBlockBf16Avx512(byte* src, int length, float absmax, ushort* dst, QuantType type)
     {
         Vector512<float> table = Vector512.Create(type == QuantType.Nf4 ? Nf4Low : Fp4Low, type == QuantType.Nf4 ? Nf4High : Fp4High) * Vector512.Create(absmax);
@@ -200,6 +203,7 @@ internal static unsafe partial class FourBitKernels
     }
 
     /// <summary>Dequantizes a block (length a multiple of 32) to float32 through the block's 16-entry table.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static void DequantizeBlockF32Avx512(byte* src, int length, float absmax, float* dst, QuantType type)
     {
         Vector512<float> table = Vector512.Create(type == QuantType.Nf4 ? Nf4Low : Fp4Low, type == QuantType.Nf4 ? Nf4High : Fp4High) * Vector512.Create(absmax);

@@ -63,6 +63,7 @@ internal static unsafe partial class FourBitKernels
     /// Largest |x| of the block as raw float bits (integer max of the sign-cleared bits orders finite values
     /// like their magnitudes); a result ≥ 0x7F800000 means the block holds NaN or ±Infinity.
     /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static uint AbsMaxBits(float* src, int count)
     {
         uint* bits = (uint*)src;
@@ -111,6 +112,7 @@ internal static unsafe partial class FourBitKernels
     /// Quantizes <paramref name="count"/> values, each multiplied by <paramref name="scale"/> (1/absmax), into
     /// ceil(count/2) packed bytes; an odd final value gets the zero code in its low nibble.
     /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static void Quantize(float* src, int count, float scale, byte* dst, QuantType type)
     {
         int i = 0;
@@ -127,6 +129,7 @@ internal static unsafe partial class FourBitKernels
     }
 
     /// <summary>The plain scalar loop: reference path, vector tail and fallback.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static void QuantizeScalar(float* src, int count, float scale, byte* dst, QuantType type)
     {
         int pairs = count / 2;
@@ -287,6 +290,7 @@ internal static unsafe partial class FourBitKernels
     /// Decodes ceil(count/2) packed bytes into <paramref name="count"/> floats: code value × <paramref name="absmax"/>
     /// in float32, as bitsandbytes' dequantize kernel computes it.
     /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static void Dequantize(byte* src, int count, float absmax, float* dst, QuantType type)
     {
         int i = 0;
@@ -303,6 +307,7 @@ internal static unsafe partial class FourBitKernels
     }
 
     /// <summary>The plain scalar loop: reference path, vector tail and fallback.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static void DequantizeScalar(byte* src, int count, float absmax, float* dst, QuantType type)
     {
         ReadOnlySpan<float> table = FourBitCodes.Values(type);

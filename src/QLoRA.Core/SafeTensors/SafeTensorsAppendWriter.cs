@@ -12,16 +12,21 @@ public sealed class SafeTensorsAppendWriter : IDisposable
 {
     private readonly AtomicFile _file;
     private readonly int _reserved;
+    private readonly bool _durable;
     private readonly List<(SafeTensorSpec Spec, long Length)> _tensors = [];
     private readonly HashSet<string> _names = new(StringComparer.Ordinal);
     private long _remainingInCurrent;
 
     /// <summary>Starts a file, reserving <paramref name="reservedHeaderBytes"/> (rounded up to 8) for the header.</summary>
-    public SafeTensorsAppendWriter(string path, int reservedHeaderBytes = 1 << 20)
+    /// <param name="path">Destination.</param>
+    /// <param name="reservedHeaderBytes">Space kept for the header.</param>
+    /// <param name="durable">Flush to disk before the rename (see <see cref="AtomicFile.Create"/>).</param>
+    public SafeTensorsAppendWriter(string path, int reservedHeaderBytes = 1 << 20, bool durable = true)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(reservedHeaderBytes);
         _reserved = (reservedHeaderBytes + 7) / 8 * 8;
-        _file = AtomicFile.Create(path);
+        _durable = durable;
+        _file = AtomicFile.Create(path, durable);
         _file.Stream.SetLength(8 + _reserved);
         _file.Stream.Position = 8 + _reserved;
     }
@@ -96,7 +101,7 @@ public sealed class SafeTensorsAppendWriter : IDisposable
         }
 
         // The header outgrew its reservation: copy the data behind a header of the right size.
-        using AtomicFile grown = AtomicFile.Create(Path);
+        using AtomicFile grown = AtomicFile.Create(Path, _durable);
         WriteHeaderAt(grown.Stream, SafeTensorsWriter.BuildHeader(_tensors, metadata));
         _file.Stream.Position = 8 + _reserved;
         _file.Stream.CopyTo(grown.Stream, 1 << 20);
