@@ -1,0 +1,163 @@
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+
+namespace QLoRA.Runtime.Devices;
+
+/// <summary>
+/// One accelerator (a CUDA GPU, or ILGPU's CPU accelerator) with its ILGPU context, its launch geometry for
+/// grid-stride kernels and its kernel cache.
+/// </summary>
+public sealed class Device : IDisposable
+{
+    /// <summary>Environment variable that overrides <see cref="Best"/>: <c>cpu</c>, <c>cuda</c> or <c>cuda:N</c>.</summary>
+    public const string EnvironmentVariable = "QLORA_DEVICE";
+
+    private readonly Context _context;
+    private readonly Dictionary<string, object> _kernels = [];
+
+    private Device(Context context, Accelerator accelerator, DeviceKind kind)
+    {
+        _context = context;
+        Accelerator = accelerator;
+        Kind = kind;
+
+        // Grid-stride launches: enough groups to fill the machine, each thread looping over many elements.
+        GroupSize = kind == DeviceKind.Cuda ? 256 : Math.Max(1, accelerator.WarpSize);
+        GroupCount = kind == DeviceKind.Cuda ? accelerator.NumMultiprocessors * 8 : Math.Max(1, accelerator.NumMultiprocessors);
+    }
+
+    /// <summary>The ILGPU accelerator.</summary>
+    public Accelerator Accelerator { get; }
+
+    /// <summary>CUDA or CPU.</summary>
+    public DeviceKind Kind { get; }
+
+    /// <summary>Threads per group of grid-stride launches.</summary>
+    public int GroupSize { get; }
+
+    /// <summary>Groups of grid-stride launches.</summary>
+    public int GroupCount { get; }
+
+    /// <summary>Device memory in bytes (host memory for the CPU accelerator).</summary>
+    public long MemoryBytes => Accelerator.MemorySize;
+
+    /// <summary>One line: name, memory, architecture.</summary>
+    public string Description => Kind == DeviceKind.Cuda && Accelerator is CudaAccelerator cuda
+        ? $"CUDA {Accelerator.Name}, {MemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, {cuda.Architecture}, {Accelerator.NumMultiprocessors} SMs"
+        : $"CPU accelerator ({Accelerator.NumMultiprocessors} processors × warp {Accelerator.WarpSize}), {Environment.ProcessorCount} cores";
+
+    /// <summary>
+    /// CUDA device 0 when a CUDA device is present, else the CPU accelerator; <c>QLORA_DEVICE=cpu|cuda|cuda:N</c> overrides.
+    /// </summary>
+    /// <exception cref="DeviceNotAvailableException">QLORA_DEVICE asks for a device this machine lacks, or is malformed.</exception>
+    public static Device Best()
+    {
+        string? requested = Environment.GetEnvironmentVariable(EnvironmentVariable);
+        if (!string.IsNullOrWhiteSpace(requested))
+        {
+            return Parse(requested.Trim());
+        }
+
+        Context context = Context.Create(builder => builder.Default());
+        if (context.GetCudaDevices().Count > 0)
+        {
+            return Create(context, context.GetCudaDevice(0), DeviceKind.Cuda);
+        }
+
+        return Create(context, context.GetCPUDevice(0), DeviceKind.Cpu);
+    }
+
+    /// <summary>ILGPU's CPU accelerator.</summary>
+    public static Device Cpu()
+    {
+        Context context = Context.Create(builder => builder.CPU());
+        return Create(context, context.GetCPUDevice(0), DeviceKind.Cpu);
+    }
+
+    /// <summary>CUDA device <paramref name="ordinal"/>.</summary>
+    /// <exception cref="DeviceNotAvailableException">No such CUDA device (or no CUDA driver).</exception>
+    public static Device Cuda(int ordinal = 0)
+    {
+        Context context = Context.Create(builder => builder.Cuda());
+        int count = context.GetCudaDevices().Count;
+        if (ordinal < 0 || ordinal >= count)
+        {
+            context.Dispose();
+            throw new DeviceNotAvailableException(count == 0
+                ? "CUDA was asked for but no CUDA device is visible (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them). Use QLORA_DEVICE=cpu to run on the CPU."
+                : $"CUDA device {ordinal} was asked for but only {count} exist (0..{count - 1}).");
+        }
+
+        return Create(context, context.GetCudaDevice(ordinal), DeviceKind.Cuda);
+    }
+
+    /// <summary>Parses <c>cpu</c>, <c>cuda</c> or <c>cuda:N</c>.</summary>
+    /// <exception cref="DeviceNotAvailableException">Malformed or unavailable.</exception>
+    public static Device Parse(string spec)
+    {
+        string s = spec.ToLowerInvariant();
+        if (s == "cpu")
+        {
+            return Cpu();
+        }
+
+        if (s == "cuda")
+        {
+            return Cuda(0);
+        }
+
+        if (s.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(s[5..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n))
+        {
+            return Cuda(n);
+        }
+
+        throw new DeviceNotAvailableException($"{EnvironmentVariable}='{spec}' is not 'cpu', 'cuda' or 'cuda:N'.");
+    }
+
+    private static Device Create(Context context, ILGPU.Runtime.Device device, DeviceKind kind)
+    {
+        try
+        {
+            return new Device(context, device.CreateAccelerator(context), kind);
+        }
+        catch
+        {
+            context.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A kernel loaded once per device and cached by name.</summary>
+    internal T Kernel<T>(string name, Func<Accelerator, T> load)
+        where T : Delegate
+    {
+        lock (_kernels)
+        {
+            if (!_kernels.TryGetValue(name, out object? kernel))
+            {
+                kernel = load(Accelerator);
+                _kernels[name] = kernel;
+            }
+
+            return (T)kernel;
+        }
+    }
+
+    /// <summary>Launch geometry of grid-stride kernels.</summary>
+    internal KernelConfig GridStride => new(GroupCount, GroupSize);
+
+    /// <summary>Waits for all queued work.</summary>
+    public void Synchronize() => Accelerator.Synchronize();
+
+    /// <summary>Releases the accelerator and context.</summary>
+    public void Dispose()
+    {
+        Accelerator.Dispose();
+        _context.Dispose();
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => Description;
+}

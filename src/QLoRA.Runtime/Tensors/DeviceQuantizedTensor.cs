@@ -1,0 +1,121 @@
+using ILGPU;
+using ILGPU.Runtime;
+using QLoRA.Core.Quantization;
+using QLoRA.Runtime.Devices;
+using QLoRA.Runtime.Kernels;
+using Device = QLoRA.Runtime.Devices.Device;
+
+namespace QLoRA.Runtime.Tensors;
+
+/// <summary>
+/// A 4-bit tensor resident on a device: packed codes (padded to 16 bytes for vector loads), its absmax statistics
+/// as stored (plain float32, or double-quantized codes + nested maxima + 8-bit map), and the 16-entry code table.
+/// </summary>
+public sealed class DeviceQuantizedTensor : IDisposable
+{
+    private readonly Device _device;
+    private readonly MemoryBuffer1D<UInt4, Stride1D.Dense> _packed;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense> _table;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>? _absmax;
+    private readonly MemoryBuffer1D<byte, Stride1D.Dense>? _codes;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>? _nested;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>? _code8;
+
+    private DeviceQuantizedTensor(Device device, QuantState state, MemoryBuffer1D<UInt4, Stride1D.Dense> packed, MemoryBuffer1D<float, Stride1D.Dense> table,
+        MemoryBuffer1D<float, Stride1D.Dense>? absmax, MemoryBuffer1D<byte, Stride1D.Dense>? codes, MemoryBuffer1D<float, Stride1D.Dense>? nested, MemoryBuffer1D<float, Stride1D.Dense>? code8)
+    {
+        _device = device;
+        State = state;
+        _packed = packed;
+        _table = table;
+        _absmax = absmax;
+        _codes = codes;
+        _nested = nested;
+        _code8 = code8;
+    }
+
+    /// <summary>Decoding parameters.</summary>
+    public QuantState State { get; }
+
+    /// <summary>Elements of the logical tensor.</summary>
+    public long ElementCount => State.ElementCount;
+
+    /// <summary>Copies a host 4-bit tensor to the device.</summary>
+    public static DeviceQuantizedTensor Upload(Device device, QuantizedTensor tensor)
+    {
+        Accelerator a = device.Accelerator;
+        long chunks = (tensor.State.ElementCount + 31) / 32;
+        var padded = new byte[Math.Max(1, chunks) * 16];
+        tensor.Packed.Span.CopyTo(padded);
+        MemoryBuffer1D<UInt4, Stride1D.Dense> packed = a.Allocate1D<UInt4>(padded.Length / 16);
+        packed.View.AsContiguous().Cast<byte>().CopyFromCPU(padded);
+        MemoryBuffer1D<float, Stride1D.Dense> table = a.Allocate1D(FourBitCodes.Values(tensor.State.Type).ToArray());
+        return tensor.State.Absmax switch
+        {
+            PlainAbsmax plain => new DeviceQuantizedTensor(device, tensor.State, packed, table, a.Allocate1D(plain.Values), null, null, null),
+            DoubleQuantizedAbsmax dq => new DeviceQuantizedTensor(device, tensor.State, packed, table, null, a.Allocate1D(dq.Codes), a.Allocate1D(dq.NestedAbsmax), a.Allocate1D(dq.NestedCode)),
+            _ => throw new NotSupportedException($"Absmax statistics {tensor.State.Absmax.GetType().Name} cannot be uploaded."),
+        };
+    }
+
+    /// <summary>Dequantizes into <paramref name="output"/> as bf16 bits (n values).</summary>
+    /// <exception cref="ArgumentException">The output holds fewer than n values.</exception>
+    public void DequantizeToBf16(ArrayView<ushort> output)
+    {
+        CheckOutput(output.Length);
+        ArrayView<UInt4> vectors = output.SubView(0, output.Length / 8 * 8).Cast<UInt4>();
+        if (_absmax is not null)
+        {
+            var kernel = _device.Kernel("dequantize.bf16.plain", a => a.LoadStreamKernel<ArrayView<UInt4>, PlainAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
+            kernel(_device.GridStride, _packed.View, new PlainAbsmaxSource(_absmax.View), _table.View, ElementCount, State.BlockSize, vectors, output);
+        }
+        else
+        {
+            var kernel = _device.Kernel("dequantize.bf16.nested", a => a.LoadStreamKernel<ArrayView<UInt4>, NestedAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
+            kernel(_device.GridStride, _packed.View, Nested(), _table.View, ElementCount, State.BlockSize, vectors, output);
+        }
+    }
+
+    /// <summary>Dequantizes into <paramref name="output"/> as float32 (n values).</summary>
+    /// <exception cref="ArgumentException">The output holds fewer than n values.</exception>
+    public void DequantizeToF32(ArrayView<float> output)
+    {
+        CheckOutput(output.Length);
+        ArrayView<UInt4> vectors = output.SubView(0, output.Length / 4 * 4).Cast<UInt4>();
+        if (_absmax is not null)
+        {
+            var kernel = _device.Kernel("dequantize.f32.plain", a => a.LoadStreamKernel<ArrayView<UInt4>, PlainAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
+            kernel(_device.GridStride, _packed.View, new PlainAbsmaxSource(_absmax.View), _table.View, ElementCount, State.BlockSize, vectors, output);
+        }
+        else
+        {
+            var kernel = _device.Kernel("dequantize.f32.nested", a => a.LoadStreamKernel<ArrayView<UInt4>, NestedAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
+            kernel(_device.GridStride, _packed.View, Nested(), _table.View, ElementCount, State.BlockSize, vectors, output);
+        }
+    }
+
+    private NestedAbsmaxSource Nested()
+    {
+        var dq = (DoubleQuantizedAbsmax)State.Absmax;
+        return new NestedAbsmaxSource(_codes!.View, _nested!.View, _code8!.View, dq.Offset, dq.NestedBlockSize);
+    }
+
+    private void CheckOutput(long length)
+    {
+        if (length < ElementCount)
+        {
+            throw new ArgumentException($"The output holds {length} values; the tensor has {ElementCount}.", "output");
+        }
+    }
+
+    /// <summary>Frees the device buffers.</summary>
+    public void Dispose()
+    {
+        _packed.Dispose();
+        _table.Dispose();
+        _absmax?.Dispose();
+        _codes?.Dispose();
+        _nested?.Dispose();
+        _code8?.Dispose();
+    }
+}
