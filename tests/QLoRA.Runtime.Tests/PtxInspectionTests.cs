@@ -1,0 +1,42 @@
+using System.Reflection;
+using ILGPU;
+using ILGPU.Backends.EntryPoints;
+using ILGPU.Backends.PTX;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
+using QLoRA.Runtime.Kernels;
+
+namespace QLoRA.Runtime.Tests;
+
+/// <summary>
+/// CUDA code paths compiled to PTX on a machine without a GPU (DESIGN.md §4) and inspected: the dequantize kernel must
+/// move 16 bytes per load and per store, so it can approach copy bandwidth on the GPU.
+/// </summary>
+public class PtxInspectionTests
+{
+    private static string Ptx(MethodInfo kernel)
+    {
+        using Context context = Context.Create(builder => builder.Default());
+        var backend = new PTXBackend(context, CudaArchitecture.SM_90, CudaInstructionSet.ISA_80, null!);
+        var entry = EntryPointDescription.FromExplicitlyGroupedKernel(kernel);
+        var compiled = (PTXCompiledKernel)backend.Compile(entry, default);
+        return compiled.PTXAssembly;
+    }
+
+    private static MethodInfo Kernel(string name, Type absmax) =>
+        typeof(DequantizeKernels).GetMethod(name, BindingFlags.Public | BindingFlags.Static)!.MakeGenericMethod(absmax);
+
+    [Theory]
+    [InlineData("ToBf16", typeof(PlainAbsmaxSource))]
+    [InlineData("ToBf16", typeof(NestedAbsmaxSource))]
+    [InlineData("ToF32", typeof(NestedAbsmaxSource))]
+    public void DequantizeKernelsUseSixteenByteLoadsAndStores(string name, Type absmax)
+    {
+        string ptx = Ptx(Kernel(name, absmax));
+        Assert.Contains(".target sm_", ptx);
+        // ILGPU addresses ArrayViews generically (ld/st without .global); the vector width is what matters.
+        Assert.Matches(@"\bld(\.global)?\.v4\.(b32|u32)", ptx);
+        Assert.Matches(@"\bst(\.global)?\.v4\.(b32|u32)", ptx);
+        Assert.DoesNotContain(".local", ptx); // no spills to local memory
+    }
+}
