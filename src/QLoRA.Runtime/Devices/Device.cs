@@ -26,7 +26,11 @@ public sealed class Device : IDisposable
         // Grid-stride launches: enough groups to fill the machine, each thread looping over many elements.
         GroupSize = kind == DeviceKind.Cuda ? 256 : Math.Max(1, accelerator.WarpSize);
         GroupCount = kind == DeviceKind.Cuda ? accelerator.NumMultiprocessors * 8 : Math.Max(1, accelerator.NumMultiprocessors);
+        Allocator = new Memory.CachingAllocator(accelerator);
     }
+
+    /// <summary>The caching allocator device tensors come from.</summary>
+    public Memory.CachingAllocator Allocator { get; }
 
     /// <summary>The ILGPU accelerator.</summary>
     public Accelerator Accelerator { get; }
@@ -154,6 +158,7 @@ public sealed class Device : IDisposable
     /// <summary>Releases the accelerator and context.</summary>
     public void Dispose()
     {
+        Allocator.Dispose();
         Accelerator.Dispose();
         _context.Dispose();
     }

@@ -1,0 +1,127 @@
+using System.Runtime.InteropServices;
+using ILGPU;
+using ILGPU.Runtime;
+using QLoRA.Core;
+using QLoRA.Runtime.Memory;
+using Device = QLoRA.Runtime.Devices.Device;
+
+namespace QLoRA.Runtime.Tensors;
+
+/// <summary>
+/// A dense row-major tensor in device memory: dtype (F32, BF16, F16, U8, I32, …), shape and storage from the
+/// device's caching allocator. Views (<see cref="Reshape"/>, <see cref="Rows"/>) share the storage and do not own it.
+/// </summary>
+public sealed class DeviceTensor : IDisposable
+{
+    private readonly DeviceBlock? _owned;
+    private readonly ArrayView<byte> _bytes;
+
+    private DeviceTensor(Device device, DType dtype, long[] shape, ArrayView<byte> bytes, DeviceBlock? owned)
+    {
+        Device = device;
+        Dtype = dtype;
+        Shape = shape;
+        _bytes = bytes;
+        _owned = owned;
+    }
+
+    /// <summary>The device holding the data.</summary>
+    public Device Device { get; }
+
+    /// <summary>Element type.</summary>
+    public DType Dtype { get; }
+
+    /// <summary>Dimensions, row-major.</summary>
+    public IReadOnlyList<long> Shape { get; }
+
+    /// <summary>Number of elements.</summary>
+    public long ElementCount => Shape.Aggregate(1L, (a, d) => a * d);
+
+    /// <summary>Bytes of data.</summary>
+    public long ByteLength => _bytes.Length;
+
+    /// <summary>Allocates an uninitialized tensor.</summary>
+    /// <exception cref="DeviceOutOfMemoryException">The device cannot hold it.</exception>
+    public static DeviceTensor Allocate(Device device, DType dtype, params long[] shape)
+    {
+        long bytes = checked(shape.Aggregate(1L, (a, d) => d >= 0 ? a * d : throw new ArgumentException($"Shape [{string.Join(", ", shape)}] has a negative dimension.", nameof(shape))) * dtype.SizeInBytes());
+        DeviceBlock block = device.Allocator.Allocate(bytes);
+        return new DeviceTensor(device, dtype, shape, block.View, block);
+    }
+
+    /// <summary>Copies host data (raw elements of <paramref name="dtype"/>) to a new tensor.</summary>
+    /// <exception cref="ArgumentException">The data length does not match the shape.</exception>
+    public static DeviceTensor FromHost<T>(Device device, ReadOnlySpan<T> data, DType dtype, params long[] shape)
+        where T : unmanaged
+    {
+        DeviceTensor tensor = Allocate(device, dtype, shape);
+        ReadOnlySpan<byte> bytes = MemoryMarshal.AsBytes(data);
+        if (bytes.Length != tensor.ByteLength)
+        {
+            tensor.Dispose();
+            throw new ArgumentException($"{bytes.Length} bytes do not fill a {dtype} tensor of shape [{string.Join(", ", shape)}] ({tensor.ByteLength} bytes).", nameof(data));
+        }
+
+        tensor._bytes.CopyFromCPU(bytes.ToArray());
+        return tensor;
+    }
+
+    /// <summary>Copies the tensor to a new host array of <typeparamref name="T"/>.</summary>
+    public T[] ToHost<T>()
+        where T : unmanaged
+    {
+        CheckElement<T>();
+        var bytes = new byte[ByteLength];
+        _bytes.CopyToCPU(bytes);
+        return MemoryMarshal.Cast<byte, T>(bytes).ToArray();
+    }
+
+    /// <summary>The elements as an ILGPU view for kernels.</summary>
+    /// <exception cref="ArgumentException"><typeparamref name="T"/>'s size differs from the dtype's.</exception>
+    public ArrayView<T> View<T>()
+        where T : unmanaged
+    {
+        CheckElement<T>();
+        return _bytes.Cast<T>();
+    }
+
+    /// <summary>The same storage with another shape of equal element count (a view; does not own the storage).</summary>
+    public DeviceTensor Reshape(params long[] shape)
+    {
+        long count = shape.Aggregate(1L, (a, d) => a * d);
+        if (count != ElementCount)
+        {
+            throw new ArgumentException($"Cannot view [{string.Join(", ", Shape)}] as [{string.Join(", ", shape)}]: element counts differ.", nameof(shape));
+        }
+
+        return new DeviceTensor(Device, Dtype, shape, _bytes, null);
+    }
+
+    /// <summary>Rows [start, start + count) of the leading dimension (a view).</summary>
+    public DeviceTensor Rows(long start, long count)
+    {
+        if (Shape.Count == 0 || start < 0 || count < 0 || start + count > Shape[0])
+        {
+            throw new ArgumentOutOfRangeException(nameof(start), $"Rows [{start}, {start + count}) are outside a tensor of shape [{string.Join(", ", Shape)}].");
+        }
+
+        long rowBytes = ByteLength / Shape[0];
+        long[] shape = [count, .. Shape.Skip(1)];
+        return new DeviceTensor(Device, Dtype, shape, _bytes.SubView(start * rowBytes, count * rowBytes), null);
+    }
+
+    private unsafe void CheckElement<T>()
+        where T : unmanaged
+    {
+        if (sizeof(T) != Dtype.SizeInBytes())
+        {
+            throw new ArgumentException($"A {Dtype} tensor cannot be read as {typeof(T).Name} ({sizeof(T)} bytes per element).", nameof(T));
+        }
+    }
+
+    /// <summary>Returns owned storage to the allocator (views do nothing).</summary>
+    public void Dispose() => _owned?.Dispose();
+
+    /// <inheritdoc />
+    public override string ToString() => $"DeviceTensor({Dtype}, [{string.Join(", ", Shape)}])";
+}

@@ -1,0 +1,78 @@
+using QLoRA.Core;
+using QLoRA.Core.Numerics;
+using QLoRA.Runtime.Memory;
+using QLoRA.Runtime.Tensors;
+
+namespace QLoRA.Runtime.Tests;
+
+public class MemoryTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+{
+    [Theory]
+    [InlineData(1, 512)]
+    [InlineData(512, 512)]
+    [InlineData(513, 1024)]
+    [InlineData((1 << 20) - 1, 1 << 20)]
+    [InlineData(1 << 20, 2 << 20)]
+    [InlineData((2 << 20) + 1, 4 << 20)]
+    public void SizeClasses(long request, long rounded)
+    {
+        Assert.Equal(rounded, CachingAllocator.RoundSize(request));
+    }
+
+    [Fact]
+    public void FreedBlocksAreReusedAndStatsAddUp()
+    {
+        using var allocator = new CachingAllocator(fixture.Device.Accelerator);
+        DeviceBlock a = allocator.Allocate(1000);
+        DeviceBlock b = allocator.Allocate(3 << 20);
+        Assert.Equal(1024 + (4 << 20), allocator.AllocatedBytes);
+        Assert.Equal(allocator.AllocatedBytes, allocator.ReservedBytes);
+        a.Dispose();
+        a.Dispose(); // idempotent
+        Assert.Equal(4 << 20, allocator.AllocatedBytes);
+        Assert.Equal(1024 + (4 << 20), allocator.ReservedBytes);
+        DeviceBlock c = allocator.Allocate(900); // same size class: served from the cache
+        Assert.Equal(1, allocator.CacheHits);
+        Assert.Equal(1024 + (4 << 20), allocator.ReservedBytes);
+        Assert.Equal(1024 + (4 << 20), allocator.PeakAllocatedBytes);
+        b.Dispose();
+        c.Dispose();
+        Assert.Equal(0, allocator.AllocatedBytes);
+        allocator.ReleaseCache();
+        Assert.Equal(0, allocator.ReservedBytes);
+    }
+
+    [Fact]
+    public void OutOfMemorySaysWhatWasAskedWhatIsFreeAndWhatToChange()
+    {
+        using var allocator = new CachingAllocator(fixture.Device.Accelerator, limitBytes: 8 << 20);
+        using DeviceBlock held = allocator.Allocate(6 << 20);
+        DeviceBlock cached = allocator.Allocate(1 << 10);
+        cached.Dispose();
+        var e = Assert.Throws<DeviceOutOfMemoryException>(() => allocator.Allocate(4 << 20));
+        Assert.Equal(4 << 20, e.RequestedBytes);
+        Assert.Contains("4.0 MiB requested", e.Message);
+        Assert.Contains("6.0 MiB allocated", e.Message);
+        Assert.Contains("Reduce the batch size", e.Message);
+        Assert.Equal(6 << 20, allocator.ReservedBytes); // the cache was released before giving up
+    }
+
+    [Fact]
+    public void TensorsRoundTripEveryDtypeAndViewsShareStorage()
+    {
+        var rng = new Random(3);
+        float[] values = [.. Enumerable.Range(0, 6 * 7).Select(_ => (float)rng.NextDouble())];
+        using DeviceTensor f32 = DeviceTensor.FromHost<float>(fixture.Device, values, DType.F32, 6, 7);
+        Assert.Equal(values, f32.ToHost<float>());
+        Assert.Equal(values[14..21], f32.Rows(2, 1).ToHost<float>());
+        Assert.Equal([7L, 6], f32.Reshape(7, 6).Shape);
+        Assert.Throws<ArgumentException>(() => f32.Reshape(5, 8));
+        Assert.Throws<ArgumentOutOfRangeException>(() => f32.Rows(5, 2));
+        Assert.Throws<ArgumentException>(() => f32.ToHost<ushort>());
+
+        BFloat16[] bf16 = [.. values.Select(BFloat16.FromSingle)];
+        using DeviceTensor b = DeviceTensor.FromHost<BFloat16>(fixture.Device, bf16, DType.BF16, 42);
+        Assert.Equal(bf16, b.ToHost<BFloat16>());
+        Assert.Throws<ArgumentException>(() => DeviceTensor.FromHost<float>(fixture.Device, values, DType.F32, 5, 7));
+    }
+}
