@@ -164,9 +164,10 @@ public class OpsTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture
         float[] got = p.ToHost<float>();
         for (int i = 0; i < n; i++)
         {
-            // Relative to the magnitude of the terms summed (the starting value and three lr-sized updates), not the result.
-            double scale = Math.Abs(p0[i]) + (3 * options.LearningRate);
-            Assert.True(Math.Abs(got[i] - rp[i]) <= 1e-6 * scale, $"p[{i}] {got[i]} vs {rp[i]}");
+            // Float32 rounding of the starting value, plus each lr-sized update off by up to ~1e-5 relative: β2 = 0.999 is
+            // 0.99900001 in float32, so 1 − β2 differs from 0.001 by 1.3e-5 (as in PyTorch's float32 optimizers).
+            double bound = (1e-6 * Math.Abs(p0[i])) + (3 * options.LearningRate * 2e-5);
+            Assert.True(Math.Abs(got[i] - rp[i]) <= bound, $"p[{i}] {got[i]} vs {rp[i]}");
         }
     }
 
