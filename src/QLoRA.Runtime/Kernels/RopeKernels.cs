@@ -1,0 +1,31 @@
+using ILGPU;
+
+namespace QLoRA.Runtime.Kernels;
+
+/// <summary>
+/// Rotary embedding in transformers' rotate-half layout: element i pairs with i + d/2 of the same head; the angle is
+/// position × inv_freq[i] in float32. Grid-stride over (token, head, i). The backward is the inverse rotation.
+/// </summary>
+internal static class RopeKernels
+{
+    /// <summary>x: [tokens, heads, headDim] in place; positions: [tokens]; direction +1 forward, −1 backward.</summary>
+    public static void Rotate(ArrayView<float> x, ArrayView<int> positions, ArrayView<float> invFreq, int tokens, int heads, int headDim, float direction)
+    {
+        int half = headDim / 2;
+        long pairs = (long)tokens * heads * half;
+        for (long p = Grid.GlobalIndex.X; p < pairs; p += (long)Grid.DimX * Group.DimX)
+        {
+            int i = (int)(p % half);
+            long row = p / half; // token * heads + head
+            int token = (int)(row / heads);
+            float angle = positions[token] * invFreq[i];
+            float c = MathF.Cos(angle);
+            float s = MathF.Sin(angle) * direction;
+            long first = (row * headDim) + i;
+            float a = x[first];
+            float b = x[first + half];
+            x[first] = (a * c) - (b * s);
+            x[first + half] = (b * c) + (a * s);
+        }
+    }
+}

@@ -1,0 +1,55 @@
+using ILGPU;
+using ILGPU.Runtime;
+using QLoRA.Core;
+using QLoRA.Runtime.Kernels;
+using QLoRA.Runtime.Tensors;
+using Device = QLoRA.Runtime.Devices.Device;
+
+namespace QLoRA.Runtime.Ops;
+
+/// <summary>Residual add and embedding lookup on float32 device tensors.</summary>
+public static class Elementwise
+{
+    /// <summary>y = a + b (y may alias a or b).</summary>
+    /// <exception cref="ArgumentException">Shapes or dtypes disagree.</exception>
+    public static void Add(DeviceTensor a, DeviceTensor b, DeviceTensor y)
+    {
+        Shapes.Require(a, DType.F32, a.Shape, nameof(a));
+        Shapes.Require(b, DType.F32, a.Shape, nameof(b));
+        Shapes.Require(y, DType.F32, a.Shape, nameof(y));
+        Device device = a.Device;
+        var kernel = device.Kernel("elementwise.add", acc => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, long>(ElementwiseKernels.Add));
+        kernel(device.GridStride, a.View<float>(), b.View<float>(), y.View<float>(), a.ElementCount);
+    }
+
+    /// <summary>Embedding lookup: y[t] = table[ids[t]].</summary>
+    /// <param name="table">F32 [vocab, dim].</param>
+    /// <param name="ids">Token ids, each in [0, vocab).</param>
+    /// <param name="y">F32 [ids.Length, dim].</param>
+    /// <exception cref="ArgumentOutOfRangeException">An id is outside the vocabulary (named with its position).</exception>
+    public static void Embedding(DeviceTensor table, ReadOnlySpan<int> ids, DeviceTensor y)
+    {
+        if (table.Shape.Count != 2)
+        {
+            throw new ArgumentException($"table must be [vocab, dim], not [{string.Join(", ", table.Shape)}].", nameof(table));
+        }
+
+        long vocab = table.Shape[0];
+        int dim = checked((int)table.Shape[1]);
+        for (int t = 0; t < ids.Length; t++)
+        {
+            if ((uint)ids[t] >= vocab)
+            {
+                throw new ArgumentOutOfRangeException(nameof(ids), $"Token {t} has id {ids[t]}, outside the vocabulary of {vocab}.");
+            }
+        }
+
+        Shapes.Require(table, DType.F32, table.Shape, nameof(table));
+        Shapes.Require(y, DType.F32, [ids.Length, dim], nameof(y));
+        Device device = table.Device;
+        using DeviceTensor idTensor = DeviceTensor.FromHost(device, ids, DType.I32, ids.Length);
+        var kernel = device.Kernel("elementwise.gather", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(ElementwiseKernels.Gather));
+        kernel(device.GridStride, table.View<float>(), idTensor.View<int>(), y.View<float>(), ids.Length, dim);
+        // Freed blocks are reused only by later work on the same (default) stream, so no synchronization is needed.
+    }
+}
