@@ -1,0 +1,64 @@
+using QLoRA.Core;
+using QLoRA.Runtime.Tensors;
+using Device = QLoRA.Runtime.Devices.Device;
+
+namespace QLoRA.Runtime.Layers;
+
+/// <summary>
+/// The LoRA adapter of a linear layer: A [r, in], B [out, r], scaling s (alpha / r, or alpha / √r with rsLoRA), and
+/// their float32 gradients. y += s · (x Aᵀ) Bᵀ.
+/// </summary>
+public sealed class LoraSlot : IDisposable
+{
+    /// <summary>Creates a slot from host matrices (float32, row-major).</summary>
+    /// <exception cref="ArgumentException">Shapes disagree with rank and features.</exception>
+    public LoraSlot(Device device, float[] a, float[] b, int rank, int inFeatures, int outFeatures, float scaling)
+    {
+        if (a.Length != (long)rank * inFeatures || b.Length != (long)outFeatures * rank)
+        {
+            throw new ArgumentException($"LoRA A must be [{rank}, {inFeatures}] and B [{outFeatures}, {rank}]; got {a.Length} and {b.Length} values.");
+        }
+
+        Rank = rank;
+        Scaling = scaling;
+        A = DeviceTensor.FromHost<float>(device, a, DType.F32, rank, inFeatures);
+        B = DeviceTensor.FromHost<float>(device, b, DType.F32, outFeatures, rank);
+        GradA = DeviceTensor.Allocate(device, DType.F32, rank, inFeatures);
+        GradB = DeviceTensor.Allocate(device, DType.F32, outFeatures, rank);
+        ZeroGradients();
+    }
+
+    /// <summary>Rank r.</summary>
+    public int Rank { get; }
+
+    /// <summary>s in y += s·(x Aᵀ) Bᵀ.</summary>
+    public float Scaling { get; }
+
+    /// <summary>lora_A.weight [r, in].</summary>
+    public DeviceTensor A { get; }
+
+    /// <summary>lora_B.weight [out, r].</summary>
+    public DeviceTensor B { get; }
+
+    /// <summary>Accumulated gradient of A.</summary>
+    public DeviceTensor GradA { get; }
+
+    /// <summary>Accumulated gradient of B.</summary>
+    public DeviceTensor GradB { get; }
+
+    /// <summary>Sets both gradients to zero.</summary>
+    public void ZeroGradients()
+    {
+        ILGPU.Runtime.ArrayViewExtensions.MemSetToZero(GradA.View<float>());
+        ILGPU.Runtime.ArrayViewExtensions.MemSetToZero(GradB.View<float>());
+    }
+
+    /// <summary>Frees the device tensors.</summary>
+    public void Dispose()
+    {
+        A.Dispose();
+        B.Dispose();
+        GradA.Dispose();
+        GradB.Dispose();
+    }
+}
