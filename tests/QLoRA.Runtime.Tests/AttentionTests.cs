@@ -1,0 +1,118 @@
+using QLoRA.Core;
+using QLoRA.Runtime.Ops;
+using QLoRA.Runtime.Tensors;
+
+namespace QLoRA.Runtime.Tests;
+
+/// <summary>Packed causal GQA attention against a float64 softmax(QKᵀ)V and finite differences of it.</summary>
+public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+{
+    private const int Heads = 4, KvHeads = 2, D = 8;
+    private static readonly int[] Boundaries = [0, 5, 5, 8]; // sequences of 5, 0 and 3 tokens
+    private const int Tokens = 8;
+
+    private static float[] Random(int count, int seed)
+    {
+        var rng = new Random(seed);
+        return [.. Enumerable.Range(0, count).Select(_ => (float)((rng.NextDouble() * 2) - 1))];
+    }
+
+    private static int Start(int t) => t < 5 ? 0 : 5;
+
+    // Plain float64 attention, materializing each row's scores.
+    private static double[] Reference(float[] q, float[] k, float[] v)
+    {
+        var o = new double[Tokens * Heads * D];
+        double scale = 1 / Math.Sqrt(D);
+        for (int t = 0; t < Tokens; t++)
+        {
+            for (int h = 0; h < Heads; h++)
+            {
+                int kvh = h / (Heads / KvHeads);
+                var scores = new List<double>();
+                for (int j = Start(t); j <= t; j++)
+                {
+                    double sdot = 0;
+                    for (int e = 0; e < D; e++)
+                    {
+                        sdot += (double)q[(((t * Heads) + h) * D) + e] * k[(((j * KvHeads) + kvh) * D) + e];
+                    }
+
+                    scores.Add(sdot * scale);
+                }
+
+                double max = scores.Max();
+                double[] p = [.. scores.Select(x => Math.Exp(x - max))];
+                double sum = p.Sum();
+                for (int j = Start(t); j <= t; j++)
+                {
+                    for (int e = 0; e < D; e++)
+                    {
+                        o[(((t * Heads) + h) * D) + e] += p[j - Start(t)] / sum * v[(((j * KvHeads) + kvh) * D) + e];
+                    }
+                }
+            }
+        }
+
+        return o;
+    }
+
+    [Fact]
+    public void ForwardAndGradientsMatchFloat64()
+    {
+        float[] q = Random(Tokens * Heads * D, 1), k = Random(Tokens * KvHeads * D, 2), v = Random(Tokens * KvHeads * D, 3), c = Random(Tokens * Heads * D, 4);
+        Devices.Device device = fixture.Device;
+        using DeviceTensor tq = DeviceTensor.FromHost<float>(device, q, DType.F32, Tokens, Heads, D);
+        using DeviceTensor tk = DeviceTensor.FromHost<float>(device, k, DType.F32, Tokens, KvHeads, D);
+        using DeviceTensor tv = DeviceTensor.FromHost<float>(device, v, DType.F32, Tokens, KvHeads, D);
+        using DeviceTensor o = DeviceTensor.Allocate(device, DType.F32, Tokens, Heads, D);
+        using DeviceTensor lse = DeviceTensor.Allocate(device, DType.F32, Tokens, Heads);
+        Attention.Forward(tq, tk, tv, Boundaries, o, lse);
+        double[] expected = Reference(q, k, v);
+        float[] got = o.ToHost<float>();
+        for (int i = 0; i < got.Length; i++)
+        {
+            Assert.True(Math.Abs(got[i] - expected[i]) <= 2e-6, $"o[{i}] {got[i]} vs {expected[i]}");
+        }
+
+        // The first token of each sequence sees only itself: its output is its own value row.
+        Assert.Equal(v[0..D], got[0..D]);
+
+        using DeviceTensor dO = DeviceTensor.FromHost<float>(device, c, DType.F32, Tokens, Heads, D);
+        using DeviceTensor dQ = DeviceTensor.Allocate(device, DType.F32, Tokens, Heads, D);
+        using DeviceTensor dK = DeviceTensor.Allocate(device, DType.F32, Tokens, KvHeads, D);
+        using DeviceTensor dV = DeviceTensor.Allocate(device, DType.F32, Tokens, KvHeads, D);
+        Attention.Backward(tq, tk, tv, Boundaries, o, lse, dO, dQ, dK, dV);
+
+        double Loss(float[] qs, float[] ks, float[] vs) => Reference(qs, ks, vs).Select((x, i) => x * c[i]).Sum();
+        void Check(string name, float[] values, float[] grads, Func<float[], double> loss)
+        {
+            for (int i = 0; i < values.Length; i += 7)
+            {
+                float[] plus = (float[])values.Clone(), minus = (float[])values.Clone();
+                plus[i] += 1e-3f;
+                minus[i] -= 1e-3f;
+                double fd = (loss(plus) - loss(minus)) / (plus[i] - minus[i]);
+                Assert.True(Math.Abs(fd - grads[i]) <= 1e-3 * (Math.Abs(fd) + 0.1), $"{name}[{i}]: finite difference {fd} vs {grads[i]}");
+            }
+        }
+
+        Check("dq", q, dQ.ToHost<float>(), qs => Loss(qs, k, v));
+        Check("dk", k, dK.ToHost<float>(), ks => Loss(q, ks, v));
+        Check("dv", v, dV.ToHost<float>(), vs => Loss(q, k, vs));
+    }
+
+    [Fact]
+    public void MalformedBoundariesAndHeadCountsAreRejected()
+    {
+        Devices.Device device = fixture.Device;
+        using DeviceTensor q = DeviceTensor.Allocate(device, DType.F32, 4, 3, 8);
+        using DeviceTensor k = DeviceTensor.Allocate(device, DType.F32, 4, 2, 8);
+        using DeviceTensor o = DeviceTensor.Allocate(device, DType.F32, 4, 3, 8);
+        using DeviceTensor lse = DeviceTensor.Allocate(device, DType.F32, 4, 3);
+        Assert.Contains("not a multiple", Assert.Throws<ArgumentException>(() => Attention.Forward(q, k, k, [0, 4], o, lse)).Message);
+        using DeviceTensor k1 = DeviceTensor.Allocate(device, DType.F32, 4, 1, 8);
+        Assert.Contains("from 0 to 4", Assert.Throws<ArgumentException>(() => Attention.Forward(q, k1, k1, [0, 3], o, lse)).Message);
+        Assert.Contains("must not decrease", Assert.Throws<ArgumentException>(() => Attention.Forward(q, k1, k1, [0, 3, 2, 4], o, lse)).Message);
+    }
+}
