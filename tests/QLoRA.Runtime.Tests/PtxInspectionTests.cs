@@ -39,4 +39,13 @@ public class PtxInspectionTests
         Assert.Matches(@"\bst(\.global)?\.v4\.(b32|u32)", ptx);
         Assert.DoesNotContain(".local", ptx); // no spills to local memory
     }
+
+    [Fact]
+    public void GemvReadsPackedWeightsSixteenBytesAtATime()
+    {
+        MethodInfo gemv = typeof(Nf4GemvKernels).GetMethod("Gemv", BindingFlags.Public | BindingFlags.Static)!.MakeGenericMethod(typeof(NestedAbsmaxSource));
+        string ptx = Ptx(gemv);
+        Assert.Matches(@"\bld(\.global)?\.v4\.(b32|u32)", ptx);
+        Assert.DoesNotContain(".local", ptx);
+    }
 }

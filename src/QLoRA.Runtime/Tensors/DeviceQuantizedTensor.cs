@@ -94,6 +94,45 @@ public sealed class DeviceQuantizedTensor : IDisposable
         }
     }
 
+    /// <summary>
+    /// y = x · Wᵀ for a 2-D weight [out, in] straight from the packed codes (decode-time GEMV, batch 1…8).
+    /// </summary>
+    /// <param name="x">F32 [batch, in], 1 ≤ batch ≤ 8.</param>
+    /// <param name="y">F32 [batch, out], written.</param>
+    /// <exception cref="ArgumentException">Shapes disagree, batch is outside 1…8, or in is not a multiple of 32.</exception>
+    public void Gemv(DeviceTensor x, DeviceTensor y)
+    {
+        if (State.Shape.Count != 2)
+        {
+            throw new InvalidOperationException($"GEMV needs a 2-D weight, not [{string.Join(", ", State.Shape)}].");
+        }
+
+        int outFeatures = checked((int)State.Shape[0]), inFeatures = checked((int)State.Shape[1]);
+        if (x.Shape.Count != 2 || x.Shape[1] != inFeatures || x.Shape[0] is < 1 or > 8)
+        {
+            throw new ArgumentException($"x has shape [{string.Join(", ", x.Shape)}]; GEMV takes [1…8, {inFeatures}].", nameof(x));
+        }
+
+        if (inFeatures % 32 != 0)
+        {
+            throw new ArgumentException($"GEMV needs in_features to be a multiple of 32 (got {inFeatures}); use dequantize + GEMM.", nameof(x));
+        }
+
+        int batch = checked((int)x.Shape[0]);
+        Ops.Shapes.Require(y, QLoRA.Core.DType.F32, [batch, outFeatures], nameof(y));
+        var shape = new GemvShape(batch, outFeatures, inFeatures, State.BlockSize);
+        if (_absmax is not null)
+        {
+            var kernel = _device.Kernel("gemv.nf4.plain", a => a.LoadStreamKernel<ArrayView<UInt4>, PlainAbsmaxSource, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemvShape>(Nf4GemvKernels.Gemv));
+            kernel(_device.GridStride, _packed.View, new PlainAbsmaxSource(_absmax.View), _table.View, x.View<float>(), y.View<float>(), shape);
+        }
+        else
+        {
+            var kernel = _device.Kernel("gemv.nf4.nested", a => a.LoadStreamKernel<ArrayView<UInt4>, NestedAbsmaxSource, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemvShape>(Nf4GemvKernels.Gemv));
+            kernel(_device.GridStride, _packed.View, Nested(), _table.View, x.View<float>(), y.View<float>(), shape);
+        }
+    }
+
     private NestedAbsmaxSource Nested()
     {
         var dq = (DoubleQuantizedAbsmax)State.Absmax;

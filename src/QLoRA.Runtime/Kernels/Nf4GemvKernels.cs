@@ -1,0 +1,65 @@
+using ILGPU;
+
+namespace QLoRA.Runtime.Kernels;
+
+/// <summary>Sizes of a 4-bit GEMV: y[batch, out] = x[batch, in] · Wᵀ with W [out, in] packed.</summary>
+internal readonly record struct GemvShape(int Batch, int Out, int In, int BlockSize);
+
+/// <summary>
+/// Decode-time matrix-vector product straight from packed 4-bit weights (batch 1…8): each thread step owns one
+/// output row, reads its packed bytes once (16 at a time), decodes in registers and accumulates every batch row in
+/// float32 in a fixed order. Needs in % 32 == 0 so rows start on 16-byte boundaries.
+/// </summary>
+internal static class Nf4GemvKernels
+{
+    public static void Gemv<TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, ArrayView<float> x, ArrayView<float> y, GemvShape s)
+        where TAbsmax : struct, IAbsmaxSource
+    {
+        int chunksPerRow = s.In / 32;
+        for (int o = Grid.GlobalIndex.X; o < s.Out; o += Grid.DimX * Group.DimX)
+        {
+            float y0 = 0, y1 = 0, y2 = 0, y3 = 0, y4 = 0, y5 = 0, y6 = 0, y7 = 0;
+            for (int c = 0; c < chunksPerRow; c++)
+            {
+                long chunk = ((long)o * chunksPerRow) + c;
+                float scale = absmax.Get(chunk * 32 / s.BlockSize);
+                UInt4 bytes = packed[chunk];
+                int column = c * 32;
+                for (int word = 0; word < 4; word++)
+                {
+                    uint w = word == 0 ? bytes.X : word == 1 ? bytes.Y : word == 2 ? bytes.Z : bytes.W;
+                    for (int b = 0; b < 4; b++)
+                    {
+                        uint value = (w >> (8 * b)) & 0xFF;
+                        float w0 = table[(int)(value >> 4)] * scale;
+                        float w1 = table[(int)(value & 15)] * scale;
+                        int i = column + (word * 8) + (b * 2);
+                        y0 += Dot(x, s, 0, i, w0, w1);
+                        if (s.Batch > 1) { y1 += Dot(x, s, 1, i, w0, w1); }
+                        if (s.Batch > 2) { y2 += Dot(x, s, 2, i, w0, w1); }
+                        if (s.Batch > 3) { y3 += Dot(x, s, 3, i, w0, w1); }
+                        if (s.Batch > 4) { y4 += Dot(x, s, 4, i, w0, w1); }
+                        if (s.Batch > 5) { y5 += Dot(x, s, 5, i, w0, w1); }
+                        if (s.Batch > 6) { y6 += Dot(x, s, 6, i, w0, w1); }
+                        if (s.Batch > 7) { y7 += Dot(x, s, 7, i, w0, w1); }
+                    }
+                }
+            }
+
+            y[o] = y0;
+            if (s.Batch > 1) { y[s.Out + o] = y1; }
+            if (s.Batch > 2) { y[(2L * s.Out) + o] = y2; }
+            if (s.Batch > 3) { y[(3L * s.Out) + o] = y3; }
+            if (s.Batch > 4) { y[(4L * s.Out) + o] = y4; }
+            if (s.Batch > 5) { y[(5L * s.Out) + o] = y5; }
+            if (s.Batch > 6) { y[(6L * s.Out) + o] = y6; }
+            if (s.Batch > 7) { y[(7L * s.Out) + o] = y7; }
+        }
+    }
+
+    private static float Dot(ArrayView<float> x, GemvShape s, int row, int i, float w0, float w1)
+    {
+        long offset = ((long)row * s.In) + i;
+        return (x[offset] * w0) + (x[offset + 1] * w1);
+    }
+}

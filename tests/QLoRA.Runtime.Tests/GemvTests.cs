@@ -1,0 +1,58 @@
+using QLoRA.Core;
+using QLoRA.Core.Quantization;
+using QLoRA.Runtime.Tensors;
+
+namespace QLoRA.Runtime.Tests;
+
+/// <summary>Fused 4-bit GEMV against float64 products of the host-dequantized weight.</summary>
+public class GemvTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+{
+    private static float[] Random(int count, int seed, double scale = 1)
+    {
+        var rng = new Random(seed);
+        return [.. Enumerable.Range(0, count).Select(_ => (float)(((rng.NextDouble() * 2) - 1) * scale))];
+    }
+
+    [Theory]
+    [InlineData(1, 37, 64, QuantType.Nf4, true)]
+    [InlineData(3, 20, 96, QuantType.Nf4, false)]
+    [InlineData(8, 5, 128, QuantType.Fp4, true)]
+    public void MatchesFloat64OfTheDequantizedWeight(int batch, int outFeatures, int inFeatures, QuantType type, bool doubleQuant)
+    {
+        var tensor = QuantizedTensor.Quantize(Random(outFeatures * inFeatures, 1, 0.1), [outFeatures, inFeatures], new QuantizationOptions(type, 32, doubleQuant));
+        float[] w = tensor.DequantizeToSingle();
+        float[] x = Random(batch * inFeatures, 2);
+        using DeviceQuantizedTensor onDevice = DeviceQuantizedTensor.Upload(fixture.Device, tensor);
+        using DeviceTensor tx = DeviceTensor.FromHost<float>(fixture.Device, x, DType.F32, batch, inFeatures);
+        using DeviceTensor ty = DeviceTensor.Allocate(fixture.Device, DType.F32, batch, outFeatures);
+        onDevice.Gemv(tx, ty);
+        float[] y = ty.ToHost<float>();
+        for (int b = 0; b < batch; b++)
+        {
+            for (int o = 0; o < outFeatures; o++)
+            {
+                double sum = 0, magnitude = 0;
+                for (int i = 0; i < inFeatures; i++)
+                {
+                    double p = (double)x[(b * inFeatures) + i] * w[(o * inFeatures) + i];
+                    sum += p;
+                    magnitude += Math.Abs(p);
+                }
+
+                Assert.True(Math.Abs(y[(b * outFeatures) + o] - sum) <= (1e-6 * inFeatures * magnitude) + 1e-7, $"y[{b},{o}] {y[(b * outFeatures) + o]} vs {sum}");
+            }
+        }
+    }
+
+    [Fact]
+    public void RejectsUnsupportedShapes()
+    {
+        var tensor = QuantizedTensor.Quantize(Random(4 * 40, 3), [4, 40]);
+        using DeviceQuantizedTensor onDevice = DeviceQuantizedTensor.Upload(fixture.Device, tensor);
+        using DeviceTensor x = DeviceTensor.Allocate(fixture.Device, DType.F32, 1, 40);
+        using DeviceTensor y = DeviceTensor.Allocate(fixture.Device, DType.F32, 1, 4);
+        Assert.Contains("multiple of 32", Assert.Throws<ArgumentException>(() => onDevice.Gemv(x, y)).Message);
+        using DeviceTensor x9 = DeviceTensor.Allocate(fixture.Device, DType.F32, 9, 40);
+        Assert.Contains("[1…8, 40]", Assert.Throws<ArgumentException>(() => onDevice.Gemv(x9, y)).Message);
+    }
+}
