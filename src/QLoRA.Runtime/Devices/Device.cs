@@ -70,15 +70,20 @@ public sealed class Device : IDisposable
             return Create(context, context.GetCudaDevice(0), DeviceKind.Cuda);
         }
 
+        context.Dispose();
+        return Cpu();
+    }
+
+    /// <summary>ILGPU's CPU accelerator, one multiprocessor per core (grid-stride kernels then use every core).</summary>
+    public static Device Cpu()
+    {
+        var cpu = new CPUDevice(numThreadsPerWarp: CpuWarpSize, numWarpsPerMultiprocessor: 1, numMultiprocessors: Environment.ProcessorCount);
+        Context context = Context.Create(builder => builder.CPU(cpu));
         return Create(context, context.GetCPUDevice(0), DeviceKind.Cpu);
     }
 
-    /// <summary>ILGPU's CPU accelerator.</summary>
-    public static Device Cpu()
-    {
-        Context context = Context.Create(builder => builder.CPU());
-        return Create(context, context.GetCPUDevice(0), DeviceKind.Cpu);
-    }
+    // The smallest warp ILGPU's CPU accelerator accepts; each lane is an OS thread, so fewer is faster for grid-stride loops.
+    private const int CpuWarpSize = 2;
 
     /// <summary>CUDA device <paramref name="ordinal"/>.</summary>
     /// <exception cref="DeviceNotAvailableException">No such CUDA device (or no CUDA driver).</exception>
