@@ -29,6 +29,20 @@ public sealed class QuantizedLinear : IDisposable
         InFeatures = checked((int)weight.State.Shape[1]);
     }
 
+    /// <summary>
+    /// Builds the layer from checkpoint weight <paramref name="name"/> of shape [out, in]: a bitsandbytes 4-bit tensor is
+    /// uploaded as it is; a dense one is quantized on load with <paramref name="quantizeDense"/> (QLoRA's defaults if null).
+    /// </summary>
+    /// <exception cref="CheckpointFormatException">Missing, or its shape differs from [out, in] (both shapes named).</exception>
+    public static QuantizedLinear Load(Device device, QLoRA.Core.Weights.IWeightSource source, string name, int inFeatures, int outFeatures, QLoRA.Core.Quantization.QuantizationOptions? quantizeDense = null)
+    {
+        QLoRA.Core.Weights.WeightInfo info = QLoRA.Core.Weights.WeightSourceExtensions.Require(source, name, outFeatures, inFeatures);
+        QLoRA.Core.Quantization.QuantizedTensor tensor = info.QuantType is not null
+            ? source.ReadQuantized(name)
+            : QLoRA.Core.Quantization.QuantizedTensor.Quantize(source.ReadSingle(name), info.Shape, quantizeDense, name);
+        return new QuantizedLinear(device, DeviceQuantizedTensor.Upload(device, tensor));
+    }
+
     /// <summary>The frozen 4-bit weight.</summary>
     public DeviceQuantizedTensor Weight { get; }
 

@@ -1,0 +1,41 @@
+using QLoRA.Core;
+using QLoRA.Core.Weights;
+using QLoRA.Runtime.Ops;
+using QLoRA.Runtime.Tensors;
+using Device = QLoRA.Runtime.Devices.Device;
+
+namespace QLoRA.Runtime.Layers;
+
+/// <summary>Token embedding table [vocab, dim] (frozen), looked up by id.</summary>
+public sealed class EmbeddingLayer : IDisposable
+{
+    private EmbeddingLayer(DeviceTensor table)
+    {
+        Table = table;
+        VocabSize = checked((int)table.Shape[0]);
+        Dim = checked((int)table.Shape[1]);
+    }
+
+    /// <summary>The table [vocab, dim].</summary>
+    public DeviceTensor Table { get; }
+
+    /// <summary>Rows of the table.</summary>
+    public int VocabSize { get; }
+
+    /// <summary>Width.</summary>
+    public int Dim { get; }
+
+    /// <summary>Loads checkpoint weight <paramref name="name"/> [vocab, dim].</summary>
+    /// <exception cref="CheckpointFormatException">Missing, not float, or of another shape (both shapes named).</exception>
+    public static EmbeddingLayer Load(Device device, IWeightSource source, string name, int vocab, int dim)
+    {
+        source.Require(name, vocab, dim);
+        return new EmbeddingLayer(DeviceTensor.FromHost<float>(device, source.ReadSingle(name), DType.F32, vocab, dim));
+    }
+
+    /// <summary>y[t] = table[ids[t]].</summary>
+    public void Forward(ReadOnlySpan<int> ids, DeviceTensor y) => Elementwise.Embedding(Table, ids, y);
+
+    /// <summary>Frees the table.</summary>
+    public void Dispose() => Table.Dispose();
+}
