@@ -151,6 +151,9 @@ public sealed class DeviceBlock : IDisposable
     /// <summary>Requested length in bytes.</summary>
     public long Length { get; }
 
+    /// <summary>The device address of the first byte (for native libraries such as cuBLAS).</summary>
+    public IntPtr NativePointer => (_buffer ?? throw new ObjectDisposedException(nameof(DeviceBlock))).NativePtr;
+
     /// <summary>The bytes (first <see cref="Length"/> of the rounded buffer).</summary>
     public ArrayView<byte> View => (_buffer ?? throw new ObjectDisposedException(nameof(DeviceBlock))).View.SubView(0, Length);
 

@@ -15,9 +15,13 @@ public sealed class DeviceTensor : IDisposable
 {
     private readonly DeviceBlock? _owned;
     private readonly ArrayView<byte> _bytes;
+    private readonly DeviceBlock _root;
+    private readonly long _offset;
 
-    private DeviceTensor(Device device, DType dtype, long[] shape, ArrayView<byte> bytes, DeviceBlock? owned)
+    private DeviceTensor(Device device, DType dtype, long[] shape, ArrayView<byte> bytes, DeviceBlock? owned, DeviceBlock root, long offset)
     {
+        _root = root;
+        _offset = offset;
         Device = device;
         Dtype = dtype;
         Shape = shape;
@@ -40,13 +44,16 @@ public sealed class DeviceTensor : IDisposable
     /// <summary>Bytes of data.</summary>
     public long ByteLength => _bytes.Length;
 
+    /// <summary>Device address of the first element (for native libraries such as cuBLAS).</summary>
+    public IntPtr NativePointer => _root.NativePointer + (nint)_offset;
+
     /// <summary>Allocates an uninitialized tensor.</summary>
     /// <exception cref="DeviceOutOfMemoryException">The device cannot hold it.</exception>
     public static DeviceTensor Allocate(Device device, DType dtype, params long[] shape)
     {
         long bytes = checked(shape.Aggregate(1L, (a, d) => d >= 0 ? a * d : throw new ArgumentException($"Shape [{string.Join(", ", shape)}] has a negative dimension.", nameof(shape))) * dtype.SizeInBytes());
         DeviceBlock block = device.Allocator.Allocate(bytes);
-        return new DeviceTensor(device, dtype, shape, block.View, block);
+        return new DeviceTensor(device, dtype, shape, block.View, block, block, 0);
     }
 
     /// <summary>Copies host data (raw elements of <paramref name="dtype"/>) to a new tensor.</summary>
@@ -94,7 +101,7 @@ public sealed class DeviceTensor : IDisposable
             throw new ArgumentException($"Cannot view [{string.Join(", ", Shape)}] as [{string.Join(", ", shape)}]: element counts differ.", nameof(shape));
         }
 
-        return new DeviceTensor(Device, Dtype, shape, _bytes, null);
+        return new DeviceTensor(Device, Dtype, shape, _bytes, null, _root, _offset);
     }
 
     /// <summary>Rows [start, start + count) of the leading dimension (a view).</summary>
@@ -107,7 +114,7 @@ public sealed class DeviceTensor : IDisposable
 
         long rowBytes = ByteLength / Shape[0];
         long[] shape = [count, .. Shape.Skip(1)];
-        return new DeviceTensor(Device, Dtype, shape, _bytes.SubView(start * rowBytes, count * rowBytes), null);
+        return new DeviceTensor(Device, Dtype, shape, _bytes.SubView(start * rowBytes, count * rowBytes), null, _root, _offset + (start * rowBytes));
     }
 
     private unsafe void CheckElement<T>()

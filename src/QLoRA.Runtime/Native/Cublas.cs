@@ -1,0 +1,132 @@
+using System.Runtime.InteropServices;
+using ILGPU;
+using ILGPU.Runtime.Cuda;
+using QLoRA.Core;
+using QLoRA.Runtime.Tensors;
+using Device = QLoRA.Runtime.Devices.Device;
+
+namespace QLoRA.Runtime.Native;
+
+/// <summary>
+/// cuBLAS <c>cublasGemmEx</c> through P/Invoke (ILGPU's own wrapper has no GemmEx and no bf16): bf16 or f32 row-major
+/// matrices, f32 accumulation, on the device's default stream. Available only on CUDA devices where libcublas.so.13
+/// (or .12) loads; <see cref="TryCreate"/> returns null elsewhere and callers fall back to the ILGPU GEMM.
+/// </summary>
+public sealed unsafe class Cublas : IDisposable
+{
+    private const int OpN = 0, OpT = 1;
+    private const int CudaR32F = 0, CudaR16BF = 14, ComputeF32 = 68, GemmDefault = -1;
+
+    private readonly Device _device;
+    private readonly Api _api;
+    private IntPtr _handle;
+
+    private Cublas(Device device, Api api, IntPtr handle)
+    {
+        _device = device;
+        _api = api;
+        _handle = handle;
+    }
+
+    /// <summary>The library that was loaded.</summary>
+    public string Library => _api.Name;
+
+    /// <summary>A cuBLAS handle bound to the device's stream, or null when the device is not CUDA or no libcublas loads.</summary>
+    public static Cublas? TryCreate(Device device)
+    {
+        if (device.Accelerator is not CudaAccelerator cuda || Api.TryLoad() is not Api api)
+        {
+            return null;
+        }
+
+        IntPtr handle;
+        if (api.Create(&handle) != 0)
+        {
+            return null;
+        }
+
+        if (cuda.DefaultStream is CudaStream stream)
+        {
+            api.SetStream(handle, stream.StreamPtr);
+        }
+
+        return new Cublas(device, api, handle);
+    }
+
+    /// <summary>C = α·op(A)·op(B) + β·C for row-major F32 or BF16 matrices (C of the same dtype), f32 accumulation.</summary>
+    /// <exception cref="ArgumentException">Shapes or dtypes disagree.</exception>
+    /// <exception cref="InvalidOperationException">cuBLAS returned an error status.</exception>
+    public void Gemm(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeA = false, bool transposeB = false, float alpha = 1f, float beta = 0f)
+    {
+        if (a.Dtype != b.Dtype || a.Dtype != c.Dtype || a.Dtype is not (DType.F32 or DType.BF16))
+        {
+            throw new ArgumentException($"cuBLAS GEMM takes F32 or BF16 matrices of one dtype, not {a.Dtype}/{b.Dtype}/{c.Dtype}.", nameof(a));
+        }
+
+        int m = checked((int)(transposeA ? a.Shape[1] : a.Shape[0])), k = checked((int)(transposeA ? a.Shape[0] : a.Shape[1]));
+        int kb = checked((int)(transposeB ? b.Shape[1] : b.Shape[0])), n = checked((int)(transposeB ? b.Shape[0] : b.Shape[1]));
+        if (k != kb || c.Shape[0] != m || c.Shape[1] != n)
+        {
+            throw new ArgumentException($"op(A) [{m}, {k}] · op(B) [{kb}, {n}] does not fit C [{string.Join(", ", c.Shape)}].", nameof(c));
+        }
+
+        int type = a.Dtype == DType.BF16 ? CudaR16BF : CudaR32F;
+        // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands, keep the flags.
+        int status = _api.GemmEx(_handle, transposeB ? OpT : OpN, transposeA ? OpT : OpN, n, m, k, &alpha,
+            Pointer(b), type, checked((int)b.Shape[1]), Pointer(a), type, checked((int)a.Shape[1]), &beta,
+            Pointer(c), type, n, ComputeF32, GemmDefault);
+        if (status != 0)
+        {
+            throw new InvalidOperationException($"cublasGemmEx failed with status {status} ({m}×{n}×{k}, {a.Dtype}).");
+        }
+    }
+
+    private static IntPtr Pointer(DeviceTensor t) => t.NativePointer;
+
+    /// <summary>Destroys the handle.</summary>
+    public void Dispose()
+    {
+        if (_handle != IntPtr.Zero)
+        {
+            _api.Destroy(_handle);
+            _handle = IntPtr.Zero;
+        }
+    }
+
+    private sealed class Api
+    {
+        public required string Name { get; init; }
+
+        public required delegate* unmanaged<IntPtr*, int> Create { get; init; }
+
+        public required delegate* unmanaged<IntPtr, int> Destroy { get; init; }
+
+        public required delegate* unmanaged<IntPtr, IntPtr, int> SetStream { get; init; }
+
+        public required delegate* unmanaged<IntPtr, int, int, int, int, int, float*, IntPtr, int, int, IntPtr, int, int, float*, IntPtr, int, int, int, int, int> GemmEx { get; init; }
+
+        public static Api? TryLoad()
+        {
+            foreach (string name in new[] { "libcublas.so.13", "libcublas.so.12", "libcublas.so", "cublas64_13.dll", "cublas64_12.dll" })
+            {
+                if (NativeLibrary.TryLoad(name, out IntPtr library)
+                    && NativeLibrary.TryGetExport(library, "cublasCreate_v2", out IntPtr create)
+                    && NativeLibrary.TryGetExport(library, "cublasDestroy_v2", out IntPtr destroy)
+                    && NativeLibrary.TryGetExport(library, "cublasSetStream_v2", out IntPtr setStream)
+                    && NativeLibrary.TryGetExport(library, "cublasGemmEx", out IntPtr gemmEx))
+                {
+                    return new Api
+                    {
+                        Name = name,
+                        Create = (delegate* unmanaged<IntPtr*, int>)create,
+                        Destroy = (delegate* unmanaged<IntPtr, int>)destroy,
+                        SetStream = (delegate* unmanaged<IntPtr, IntPtr, int>)setStream,
+                        GemmEx = (delegate* unmanaged<IntPtr, int, int, int, int, int, float*, IntPtr, int, int, IntPtr, int, int, float*, IntPtr, int, int, int, int, int>)gemmEx,
+                    };
+                }
+            }
+
+            return null;
+        }
+    }
+}

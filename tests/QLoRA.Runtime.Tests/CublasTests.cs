@@ -1,0 +1,48 @@
+using QLoRA.Core;
+using QLoRA.Runtime.Devices;
+using QLoRA.Runtime.Native;
+using QLoRA.Runtime.Ops;
+using QLoRA.Runtime.Tensors;
+
+namespace QLoRA.Runtime.Tests;
+
+/// <summary>cuBLAS interop: absent on the CPU accelerator; on a CUDA machine it must agree with the ILGPU GEMM.</summary>
+public class CublasTests
+{
+    [Fact]
+    public void IsUnavailableOnTheCpuAccelerator()
+    {
+        using Device device = Device.Cpu();
+        Assert.Null(Cublas.TryCreate(device));
+    }
+
+    [Theory]
+    [InlineData(false, true)]
+    [InlineData(true, false)]
+    [InlineData(false, false)]
+    public void AgreesWithTheIlgpuGemmOnCuda(bool transposeA, bool transposeB)
+    {
+        using Device device = Device.Best();
+        using Cublas? cublas = Cublas.TryCreate(device);
+        if (cublas is null)
+        {
+            Assert.Skip("needs a CUDA device with libcublas (run the test executable on a GPU machine)");
+        }
+
+        const int m = 67, n = 45, k = 130;
+        var rng = new Random(1);
+        float[] a = [.. Enumerable.Range(0, m * k).Select(_ => (float)(rng.NextDouble() - 0.5))];
+        float[] b = [.. Enumerable.Range(0, k * n).Select(_ => (float)(rng.NextDouble() - 0.5))];
+        using DeviceTensor ta = DeviceTensor.FromHost<float>(device, a, DType.F32, transposeA ? [k, m] : [m, k]);
+        using DeviceTensor tb = DeviceTensor.FromHost<float>(device, b, DType.F32, transposeB ? [n, k] : [k, n]);
+        using DeviceTensor ours = DeviceTensor.Allocate(device, DType.F32, m, n);
+        using DeviceTensor theirs = DeviceTensor.Allocate(device, DType.F32, m, n);
+        Gemm.Multiply(ta, tb, ours, transposeA, transposeB);
+        cublas.Gemm(ta, tb, theirs, transposeA, transposeB);
+        float[] x = ours.ToHost<float>(), y = theirs.ToHost<float>();
+        for (int i = 0; i < x.Length; i++)
+        {
+            Assert.True(Math.Abs(x[i] - y[i]) <= 1e-4 * (Math.Abs(x[i]) + 1), $"C[{i}] ILGPU {x[i]} vs cuBLAS {y[i]}");
+        }
+    }
+}
