@@ -44,6 +44,39 @@ public class GemvTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixtur
         }
     }
 
+    [Theory]
+    [InlineData(true, 5, 19, 48, false)]
+    [InlineData(false, 6, 19, 48, true)]
+    [InlineData(true, 1, 7, 33, true)]   // odd in_features: codes straddle bytes
+    public void FusedGemmDecodesTheWeightOnTheFly(bool transposeWeight, int m, int outFeatures, int inFeatures, bool doubleQuant)
+    {
+        var tensor = QuantizedTensor.Quantize(Random(outFeatures * inFeatures, 5, 0.1), [outFeatures, inFeatures], new QuantizationOptions(QuantType.Nf4, 32, doubleQuant));
+        float[] w = tensor.DequantizeToSingle();
+        int inner = transposeWeight ? inFeatures : outFeatures, n = transposeWeight ? outFeatures : inFeatures;
+        float[] x = Random(m * inner, 6), c0 = Random(m * n, 7);
+        using DeviceQuantizedTensor onDevice = DeviceQuantizedTensor.Upload(fixture.Device, tensor);
+        using DeviceTensor tx = DeviceTensor.FromHost<float>(fixture.Device, x, DType.F32, m, inner);
+        using DeviceTensor tc = DeviceTensor.FromHost<float>(fixture.Device, c0, DType.F32, m, n);
+        onDevice.Multiply(tx, tc, transposeWeight, alpha: 0.5f, beta: 1f);
+        float[] got = tc.ToHost<float>();
+        for (int i = 0; i < m; i++)
+        {
+            for (int j = 0; j < n; j++)
+            {
+                double sum = 0, magnitude = 0;
+                for (int k = 0; k < inner; k++)
+                {
+                    double wv = transposeWeight ? w[(j * inFeatures) + k] : w[(k * inFeatures) + j];
+                    sum += x[(i * inner) + k] * wv;
+                    magnitude += Math.Abs(x[(i * inner) + k] * wv);
+                }
+
+                double expected = (0.5 * sum) + c0[(i * n) + j];
+                Assert.True(Math.Abs(got[(i * n) + j] - expected) <= (1e-6 * inner * (magnitude + Math.Abs(c0[(i * n) + j]))) + 1e-7, $"C[{i},{j}] {got[(i * n) + j]} vs {expected}");
+            }
+        }
+    }
+
     [Fact]
     public void RejectsUnsupportedShapes()
     {

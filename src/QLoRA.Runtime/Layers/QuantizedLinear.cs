@@ -7,7 +7,7 @@ namespace QLoRA.Runtime.Layers;
 
 /// <summary>
 /// A linear layer with a frozen 4-bit (NF4/FP4) base weight W [out, in] and an optional LoRA slot:
-/// y = x Wᵀ + s·(x Aᵀ) Bᵀ. The base weight is dequantized to float32 per call (no lasting full-precision copy);
+/// y = x Wᵀ + s·(x Aᵀ) Bᵀ. The base weight is decoded inside the GEMM (no dequantized copy is ever materialized);
 /// only the adapter is trained.
 /// </summary>
 public sealed class QuantizedLinear : IDisposable
@@ -61,8 +61,7 @@ public sealed class QuantizedLinear : IDisposable
     public void Forward(DeviceTensor x, DeviceTensor y)
     {
         int tokens = CheckInput(x);
-        using DeviceTensor w = DequantizedWeight();
-        Gemm.Multiply(x, w, y, transposeB: true);
+        Weight.Multiply(x, y, transposeWeight: true);
         if (Lora is LoraSlot lora)
         {
             using DeviceTensor xa = DeviceTensor.Allocate(_device, DType.F32, tokens, lora.Rank);
@@ -80,8 +79,7 @@ public sealed class QuantizedLinear : IDisposable
         int tokens = CheckInput(x);
         if (dx is not null)
         {
-            using DeviceTensor w = DequantizedWeight();
-            Gemm.Multiply(dy, w, dx);
+            Weight.Multiply(dy, dx, transposeWeight: false);
         }
 
         if (Lora is LoraSlot lora)
@@ -97,13 +95,6 @@ public sealed class QuantizedLinear : IDisposable
                 Gemm.Multiply(dyB, lora.A, dx, alpha: lora.Scaling, beta: 1f);
             }
         }
-    }
-
-    private DeviceTensor DequantizedWeight()
-    {
-        DeviceTensor w = DeviceTensor.Allocate(_device, DType.F32, OutFeatures, InFeatures);
-        Weight.DequantizeToF32(w.View<float>());
-        return w;
     }
 
     private int CheckInput(DeviceTensor x)

@@ -133,6 +133,41 @@ public sealed class DeviceQuantizedTensor : IDisposable
         }
     }
 
+    /// <summary>
+    /// C = α·X·op(W) + β·C with the weight decoded on the fly (no dequantized copy): op(W) = Wᵀ for the forward
+    /// (X [m, in] → C [m, out]), or W for the input gradient (X [m, out] → C [m, in]).
+    /// </summary>
+    /// <exception cref="ArgumentException">Shapes disagree.</exception>
+    public void Multiply(DeviceTensor x, DeviceTensor c, bool transposeWeight = true, float alpha = 1f, float beta = 0f)
+    {
+        if (State.Shape.Count != 2)
+        {
+            throw new InvalidOperationException($"GEMM needs a 2-D weight, not [{string.Join(", ", State.Shape)}].");
+        }
+
+        int outFeatures = checked((int)State.Shape[0]), inFeatures = checked((int)State.Shape[1]);
+        int inner = transposeWeight ? inFeatures : outFeatures, n = transposeWeight ? outFeatures : inFeatures;
+        if (x.Shape.Count != 2 || x.Shape[1] != inner)
+        {
+            throw new ArgumentException($"x has shape [{string.Join(", ", x.Shape)}]; [m, {inner}] is required.", nameof(x));
+        }
+
+        int m = checked((int)x.Shape[0]);
+        Ops.Shapes.Require(c, QLoRA.Core.DType.F32, [m, n], nameof(c));
+        var shape = new Nf4GemmShape(m, outFeatures, inFeatures, State.BlockSize, transposeWeight ? 1 : 0, alpha, beta);
+        ArrayView<byte> bytes = _packed.View.AsContiguous().Cast<byte>();
+        if (_absmax is not null)
+        {
+            var kernel = _device.Kernel("gemm.nf4.plain", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<byte>, PlainAbsmaxSource, ArrayView<float>, ArrayView<float>, Nf4GemmShape>(Nf4GemmKernels.Gemm));
+            kernel(_device.GridStride, x.View<float>(), bytes, new PlainAbsmaxSource(_absmax.View), _table.View, c.View<float>(), shape);
+        }
+        else
+        {
+            var kernel = _device.Kernel("gemm.nf4.nested", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<byte>, NestedAbsmaxSource, ArrayView<float>, ArrayView<float>, Nf4GemmShape>(Nf4GemmKernels.Gemm));
+            kernel(_device.GridStride, x.View<float>(), bytes, Nested(), _table.View, c.View<float>(), shape);
+        }
+    }
+
     private NestedAbsmaxSource Nested()
     {
         var dq = (DoubleQuantizedAbsmax)State.Absmax;
