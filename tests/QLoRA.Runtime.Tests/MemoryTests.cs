@@ -1,3 +1,4 @@
+using ILGPU.Runtime;
 using QLoRA.Core;
 using QLoRA.Core.Numerics;
 using QLoRA.Runtime.Memory;
@@ -74,5 +75,30 @@ public class MemoryTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixt
         using DeviceTensor b = DeviceTensor.FromHost<BFloat16>(fixture.Device, bf16, DType.BF16, 42);
         Assert.Equal(bf16, b.ToHost<BFloat16>());
         Assert.Throws<ArgumentException>(() => DeviceTensor.FromHost<float>(fixture.Device, values, DType.F32, 5, 7));
+    }
+}
+
+public class PinnedHostBufferTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+{
+    [Fact]
+    public void RoundTripsThroughADeviceBufferOnAStream()
+    {
+        ILGPU.Runtime.Accelerator accelerator = fixture.Device.Accelerator;
+        using var pinned = new QLoRA.Runtime.Memory.PinnedHostBuffer<float>(accelerator, 1000);
+        var rng = new Random(5);
+        for (int i = 0; i < 1000; i++)
+        {
+            pinned.Span[i] = (float)rng.NextDouble();
+        }
+
+        float[] expected = pinned.Array.ToArray();
+        using var device = accelerator.Allocate1D<float>(1000);
+        using ILGPU.Runtime.AcceleratorStream stream = accelerator.CreateStream();
+        pinned.CopyToDeviceAsync(stream, device.View);
+        stream.Synchronize();
+        Array.Clear(pinned.Array);
+        pinned.CopyFromDeviceAsync(stream, device.View);
+        stream.Synchronize();
+        Assert.Equal(expected, pinned.Array);
     }
 }
