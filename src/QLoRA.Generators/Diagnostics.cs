@@ -1,0 +1,30 @@
+using System.Collections.Generic;
+using System.Linq;
+using Microsoft.CodeAnalysis;
+
+namespace QLoRA.Generators;
+
+/// <summary>The generator's diagnostics (documented in docs/diagnostics.md).</summary>
+internal static class Diagnostics
+{
+    private const string Category = "QLoRA.Modeling";
+    private const string HelpLink = "https://github.com/qlora-sdk/qlora-sdk/blob/main/docs/diagnostics.md";
+
+    public static readonly DiagnosticDescriptor ClassNotPartial = Create("QLR0001", "Model class must be partial", "'{0}' must be declared partial so the generator can implement its layers");
+    public static readonly DiagnosticDescriptor PropertyNotPartial = Create("QLR0002", "Layer property must be partial", "Layer property '{0}' must be declared 'public partial {1} {0} {{ get; }}'");
+    public static readonly DiagnosticDescriptor UnsupportedType = Create("QLR0003", "Layer attribute on an unsupported member type", "[{0}] on '{1}' needs type {2}, not {3}");
+    public static readonly DiagnosticDescriptor InvalidDimension = Create("QLR0004", "Invalid dimension", "Dimension '{0}' of '{1}' must be a positive integer constant or a config.json field name");
+    public static readonly DiagnosticDescriptor InvalidBlockSize = Create("QLR0005", "Invalid block size", "Block size {0} of '{1}' must be a power of two from 32 to 4096");
+    public static readonly DiagnosticDescriptor InvalidRank = Create("QLR0006", "Invalid LoRA rank", "LoRA rank {0} of '{1}' must be positive and at most min(in, out) = {2}");
+    public static readonly DiagnosticDescriptor DuplicateName = Create("QLR0007", "Duplicate checkpoint name", "'{0}' and '{1}' both map to checkpoint name '{2}'");
+    public static readonly DiagnosticDescriptor StorageWithoutLayer = Create("QLR0008", "Storage or LoRA attribute without a layer attribute", "[{0}] on '{1}' needs a [Linear] attribute beside it");
+    public static readonly DiagnosticDescriptor InvalidStackCount = Create("QLR0009", "Invalid stack count", "[Stack] count of '{0}' must be a positive integer or a config.json field name, not {1}");
+
+    public static readonly IReadOnlyDictionary<string, DiagnosticDescriptor> ById = new[]
+    {
+        ClassNotPartial, PropertyNotPartial, UnsupportedType, InvalidDimension, InvalidBlockSize, InvalidRank, DuplicateName, StorageWithoutLayer, InvalidStackCount,
+    }.ToDictionary(d => d.Id);
+
+    private static DiagnosticDescriptor Create(string id, string title, string message) =>
+        new(id, title, message, Category, DiagnosticSeverity.Error, isEnabledByDefault: true, helpLinkUri: $"{HelpLink}#{id.ToLowerInvariant()}");
+}

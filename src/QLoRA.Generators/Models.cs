@@ -1,0 +1,59 @@
+using Microsoft.CodeAnalysis;
+using Microsoft.CodeAnalysis.Text;
+
+namespace QLoRA.Generators;
+
+/// <summary>What a layer property is.</summary>
+internal enum LayerKind
+{
+    Linear,
+    QuantizedLinear,
+    Embedding,
+    RmsNorm,
+    Stack,
+}
+
+/// <summary>A dimension: an integer constant, or the name of a config.json field.</summary>
+internal sealed record Dimension(bool IsConstant, int Value, string Field)
+{
+    public string Emit() => IsConstant ? $"dims.Get({Value})" : $"dims.Get(\"{Field}\")";
+
+    public override string ToString() => IsConstant ? Value.ToString(System.Globalization.CultureInfo.InvariantCulture) : Field;
+}
+
+/// <summary>A declared LoRA point.</summary>
+internal sealed record LoraModel(int Rank, double Alpha, double Dropout, bool UseRsLora);
+
+/// <summary>One generated layer property (no symbols: equatable, cache-friendly).</summary>
+internal sealed record LayerModel(
+    string Property,
+    string Type,
+    LayerKind Kind,
+    string CheckpointName,
+    Dimension? First,
+    Dimension? Second,
+    string? BlockType,
+    string? Storage,
+    int BlockSize,
+    bool DoubleQuant,
+    LoraModel? Lora);
+
+/// <summary>A generated class: a [CausalLM] root or a [Block].</summary>
+internal sealed record ClassModel(string? Namespace, string Name, string Accessibility, bool IsRoot, string? Weights, EquatableArray<LayerModel> Layers)
+{
+    public string FullName => Namespace is null ? Name : $"{Namespace}.{Name}";
+}
+
+/// <summary>A diagnostic without symbols or syntax trees: descriptor id, location pieces and arguments.</summary>
+internal sealed record DiagnosticInfo(string Id, string FilePath, TextSpan Span, LinePositionSpan LineSpan, EquatableArray<string> Arguments)
+{
+    public static DiagnosticInfo Create(DiagnosticDescriptor descriptor, Location? location, params string[] arguments) =>
+        new(descriptor.Id, location?.SourceTree?.FilePath ?? "", location?.SourceSpan ?? default, location?.GetLineSpan().Span ?? default,
+            new EquatableArray<string>(System.Collections.Immutable.ImmutableArray.Create(arguments)));
+
+    public Diagnostic ToDiagnostic() =>
+        Diagnostic.Create(Diagnostics.ById[Id], FilePath.Length == 0 ? Location.None : Location.Create(FilePath, Span, LineSpan), [.. Arguments]);
+}
+
+/// <summary>The parse of one attributed class: a model to emit (if valid) and its diagnostics.</summary>
+internal sealed record ParseResult(ClassModel? Model, EquatableArray<DiagnosticInfo> Diagnostics);

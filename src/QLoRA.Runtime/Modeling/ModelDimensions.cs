@@ -1,0 +1,37 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using QLoRA.Core.HuggingFace;
+
+namespace QLoRA.Modeling;
+
+/// <summary>Resolves the dimensions generated models declare: integers as they are, strings as config.json fields.</summary>
+public sealed class ModelDimensions(JsonObject config, string source)
+{
+    /// <summary>From a loaded config.</summary>
+    public ModelDimensions(HfModelConfig config)
+        : this(config.Raw, config.SourcePath)
+    {
+    }
+
+    /// <summary>Where the fields come from (named in errors).</summary>
+    public string Source { get; } = source;
+
+    /// <summary>The positive integer a dimension stands for.</summary>
+    /// <exception cref="HfConfigException">A named field is missing or not a positive integer.</exception>
+    public int Get(string field)
+    {
+        if (config[field] is JsonValue value && value.GetValueKind() == JsonValueKind.Number && value.GetValue<double>() is double d && d >= 1 && d == Math.Floor(d) && d <= int.MaxValue)
+        {
+            return (int)d;
+        }
+
+        throw new HfConfigException(Source, field, config[field] is null ? "missing: the model definition uses it as a dimension" : $"must be a positive integer, got {config[field]!.ToJsonString()}");
+    }
+
+    /// <summary>A constant dimension (validated at compile time; returned as is).</summary>
+    public int Get(int constant) => constant;
+
+    /// <summary>A float field with a default (e.g. rms_norm_eps).</summary>
+    public double Get(string field, double fallback) =>
+        config[field] is JsonValue value && value.GetValueKind() == JsonValueKind.Number ? value.GetValue<double>() : fallback;
+}

@@ -1,0 +1,37 @@
+using System.Collections.Immutable;
+using Microsoft.CodeAnalysis;
+using Microsoft.CodeAnalysis.CSharp;
+
+namespace QLoRA.Generators.Tests;
+
+/// <summary>Runs the generator on source text against the real runtime assemblies.</summary>
+internal static class GeneratorHarness
+{
+    public static readonly CSharpParseOptions ParseOptions = new(LanguageVersion.Latest);
+
+    private static readonly ImmutableArray<MetadataReference> References = BuildReferences();
+
+    private static ImmutableArray<MetadataReference> BuildReferences()
+    {
+        string platform = (string)AppContext.GetData("TRUSTED_PLATFORM_ASSEMBLIES")!;
+        var paths = platform.Split(Path.PathSeparator).Where(p => Path.GetFileName(p).StartsWith("System.", StringComparison.Ordinal) || Path.GetFileName(p) is "netstandard.dll" or "mscorlib.dll").ToList();
+        paths.Add(typeof(QLoRA.Runtime.Layers.QuantizedLinear).Assembly.Location);
+        paths.Add(typeof(QLoRA.Core.Weights.IWeightSource).Assembly.Location);
+        paths.Add(typeof(ILGPU.Context).Assembly.Location);
+        return [.. paths.Distinct().Select(p => (MetadataReference)MetadataReference.CreateFromFile(p))];
+    }
+
+    public static CSharpCompilation Compilation(params string[] sources) =>
+        CSharpCompilation.Create("Generated" + Guid.NewGuid().ToString("N")[..8], sources.Select(s => CSharpSyntaxTree.ParseText(s, ParseOptions)), References,
+            new CSharpCompilationOptions(OutputKind.DynamicallyLinkedLibrary, nullableContextOptions: NullableContextOptions.Enable));
+
+    public static GeneratorDriver Driver() =>
+        CSharpGeneratorDriver.Create([new ModelGenerator().AsSourceGenerator()], parseOptions: ParseOptions,
+            driverOptions: new GeneratorDriverOptions(IncrementalGeneratorOutputKind.None, trackIncrementalGeneratorSteps: true));
+
+    public static (Compilation Output, ImmutableArray<Diagnostic> Diagnostics, GeneratorDriverRunResult Run) Run(params string[] sources)
+    {
+        GeneratorDriver driver = Driver().RunGeneratorsAndUpdateCompilation(Compilation(sources), out Compilation output, out ImmutableArray<Diagnostic> diagnostics);
+        return (output, diagnostics, driver.GetRunResult());
+    }
+}
