@@ -52,7 +52,7 @@ internal sealed record DiagnosticInfo(string Id, string FilePath, TextSpan Span,
             new EquatableArray<string>(System.Collections.Immutable.ImmutableArray.Create(arguments)));
 
     public Diagnostic ToDiagnostic() =>
-        Diagnostic.Create(Diagnostics.ById[Id], FilePath.Length == 0 ? Location.None : Location.Create(FilePath, Span, LineSpan), [.. Arguments]);
+        Diagnostic.Create(Diagnostics.ById[Id], FilePath.Length == 0 && Span == default ? Location.None : Location.Create(FilePath, Span, LineSpan), [.. Arguments]);
 }
 
 /// <summary>The parse of one attributed class: a model to emit (if valid) and its diagnostics.</summary>

@@ -22,7 +22,7 @@ internal static class GeneratorHarness
     }
 
     public static CSharpCompilation Compilation(params string[] sources) =>
-        CSharpCompilation.Create("Generated" + Guid.NewGuid().ToString("N")[..8], sources.Select(s => CSharpSyntaxTree.ParseText(s, ParseOptions)), References,
+        CSharpCompilation.Create("Generated" + Guid.NewGuid().ToString("N")[..8], sources.Select((s, i) => CSharpSyntaxTree.ParseText(s, ParseOptions, path: $"Source{i}.cs")), References,
             new CSharpCompilationOptions(OutputKind.DynamicallyLinkedLibrary, nullableContextOptions: NullableContextOptions.Enable));
 
     public static GeneratorDriver Driver() =>
