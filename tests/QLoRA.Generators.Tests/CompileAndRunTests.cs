@@ -1,0 +1,103 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+using Microsoft.CodeAnalysis;
+using QLoRA.Core;
+using QLoRA.Core.Numerics;
+using QLoRA.Core.SafeTensors;
+using QLoRA.Runtime.Devices;
+using QLoRA.Runtime.Layers;
+using QLoRA.Runtime.Tensors;
+
+namespace QLoRA.Generators.Tests;
+
+/// <summary>Generated code compiled, loaded and run: a tiny model (hidden 64, 2 layers) bound to a checkpoint on the CPU accelerator.</summary>
+public class CompileAndRunTests
+{
+    private static Assembly Build()
+    {
+        (Compilation output, var diagnostics, _) = GeneratorHarness.Run(Models.TinyLlama);
+        Assert.Empty(diagnostics);
+        using var stream = new MemoryStream();
+        var result = output.Emit(stream, cancellationToken: TestContext.Current.CancellationToken);
+        Assert.True(result.Success, string.Join("\n", result.Diagnostics));
+        return Assembly.Load(stream.ToArray());
+    }
+
+    private static byte[] Bf16(int count, int seed)
+    {
+        var rng = new Random(seed);
+        return MemoryMarshal.AsBytes(Enumerable.Range(0, count).Select(_ => BFloat16.FromSingle((float)((rng.NextDouble() - 0.5) * 0.1))).ToArray().AsSpan()).ToArray();
+    }
+
+    private static string Checkpoint(long upProjRows = 128)
+    {
+        string dir = Directory.CreateTempSubdirectory("qlora-gen-").FullName;
+        File.WriteAllText(Path.Combine(dir, "config.json"), """{"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":100,"rms_norm_eps":1e-5}""");
+        var tensors = new List<(SafeTensorSpec, ReadOnlyMemory<byte>)>();
+        int seed = 0;
+        void Add(string name, params long[] shape) => tensors.Add((new SafeTensorSpec(name, DType.BF16, shape), Bf16((int)shape.Aggregate(1L, (a, b) => a * b), ++seed)));
+        Add("model.embed_tokens.weight", 100, 64);
+        Add("model.norm.weight", 64);
+        Add("lm_head.weight", 100, 64);
+        for (int i = 0; i < 2; i++)
+        {
+            Add($"model.layers.{i}.input_layernorm.weight", 64);
+            Add($"model.layers.{i}.self_attn.q_proj.weight", 64, 64);
+            Add($"model.layers.{i}.mlp.up_proj.weight", upProjRows, 64);
+            Add($"model.layers.{i}.mlp.down_proj.weight", 64, 128);
+        }
+
+        SafeTensorsWriter.Save(Path.Combine(dir, "model.safetensors"), tensors);
+        return dir;
+    }
+
+    [Fact]
+    public void GeneratedModelLoadsEveryLayerByCheckpointName()
+    {
+        Assembly assembly = Build();
+        Type model = assembly.GetType("Demo.TinyLlama")!;
+        using Device device = Device.Cpu();
+        using var loaded = (IDisposable)model.GetMethod("Load")!.Invoke(null, [device, Checkpoint()])!;
+        var layers = ((IEnumerable<(string Name, object Layer)>)model.GetMethod("EnumerateLayers")!.Invoke(loaded, [""])!).ToList();
+        Assert.Equal(
+            ["model.embed_tokens",
+             "model.layers.0.input_layernorm", "model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj",
+             "model.layers.1.input_layernorm", "model.layers.1.self_attn.q_proj", "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj",
+             "model.norm", "lm_head"],
+            layers.Select(l => l.Name));
+        var up = Assert.IsType<QuantizedLinear>(layers.Single(l => l.Name == "model.layers.1.mlp.up_proj").Layer);
+        Assert.Equal((64, 128), (up.InFeatures, up.OutFeatures));
+        Assert.Equal(64, up.Weight.State.BlockSize);
+        Assert.True(up.Weight.State.IsDoubleQuantized);
+        var norm = Assert.IsType<RmsNormLayer>(layers.Single(l => l.Name == "model.norm").Layer);
+        Assert.Equal(1e-5f, norm.Epsilon);
+        Assert.Equal("tiny", model.GetField("WeightsName")!.GetValue(null));
+
+        // The loaded q_proj computes with the checkpoint's weight (quantized on load): compare with the host dequantizer.
+        var q = Assert.IsType<QuantizedLinear>(layers.Single(l => l.Name == "model.layers.0.self_attn.q_proj").Layer);
+        var rng = new Random(3);
+        float[] x = [.. Enumerable.Range(0, 64).Select(_ => (float)(rng.NextDouble() - 0.5))];
+        using DeviceTensor tx = DeviceTensor.FromHost<float>(device, x, DType.F32, 1, 64);
+        using DeviceTensor ty = DeviceTensor.Allocate(device, DType.F32, 1, 64);
+        q.Forward(tx, ty);
+        using DeviceTensor w = DeviceTensor.Allocate(device, DType.F32, 64, 64);
+        q.Weight.DequantizeToF32(w.View<float>());
+        float[] wv = w.ToHost<float>(), y = ty.ToHost<float>();
+        for (int o = 0; o < 64; o++)
+        {
+            double expected = Enumerable.Range(0, 64).Sum(i => (double)x[i] * wv[(o * 64) + i]);
+            Assert.True(Math.Abs(y[o] - expected) <= 1e-5, $"y[{o}] {y[o]} vs {expected}");
+        }
+    }
+
+    [Fact]
+    public void AWrongShapeInTheCheckpointNamesTheTensorAndBothShapes()
+    {
+        Type model = Build().GetType("Demo.TinyLlama")!;
+        using Device device = Device.Cpu();
+        var e = Assert.Throws<TargetInvocationException>(() => model.GetMethod("Load")!.Invoke(null, [device, Checkpoint(upProjRows: 96)]));
+        var inner = Assert.IsType<CheckpointFormatException>(e.InnerException);
+        Assert.Equal("model.layers.0.mlp.up_proj.weight", inner.ItemName);
+        Assert.Contains("has shape [96, 64] but the model expects [128, 64]", inner.Message);
+    }
+}
