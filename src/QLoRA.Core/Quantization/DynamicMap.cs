@@ -165,7 +165,7 @@ public static class DynamicMap
             }
 
             Vector256<int> tie = Vector256.Equals(lastNotBelow, key) & (position & Vector256<int>.One);
-            return position - tie;
+            return position + tie; // a tie at an odd midpoint index goes up to the even code
         }
     }
 

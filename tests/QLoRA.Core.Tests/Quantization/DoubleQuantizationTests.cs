@@ -109,6 +109,33 @@ public class DoubleQuantizationTests
     }
 
     [Fact]
+    public unsafe void VectorSearchMatchesDQuantizeOnEveryMidpointAndNeighbour()
+    {
+        // The gather path Compress uses, fed exact ties: every midpoint, its neighbours and every code value.
+        float[] map = DynamicMap.Signed.ToArray();
+        var probes = new List<float>();
+        for (int j = 0; j < 255; j++)
+        {
+            float mid = (map[j] + map[j + 1]) * 0.5f;
+            probes.AddRange([mid, MathF.BitIncrement(mid), MathF.BitDecrement(mid), map[j]]);
+        }
+
+        probes.AddRange([1f, -1f, 0f]);
+        float[] source = [.. probes];
+        var codes = new byte[source.Length];
+        fixed (float* src = source)
+        fixed (byte* dst = codes)
+        {
+            DynamicMap.SignedSearcher.Quantize(src, source.Length, 0f, 1f, dst);
+        }
+
+        for (int i = 0; i < source.Length; i++)
+        {
+            Assert.True(Reference.BnbDQuantize(map, source[i]) == codes[i], $"x={source[i]:R}: {codes[i]} vs dQuantize {Reference.BnbDQuantize(map, source[i])}");
+        }
+    }
+
+    [Fact]
     public void CompressedAbsmaxDecodesWithinTheMapsResolution()
     {
         float[] absmax = TestSupport.Normal(1000, seed: 8).Select(v => Math.Abs(v) * 0.05f + 0.001f).ToArray();
