@@ -20,9 +20,15 @@ internal static class Diagnostics
     public static readonly DiagnosticDescriptor StorageWithoutLayer = Create("QLR0008", "Storage or LoRA attribute without a layer attribute", "[{0}] on '{1}' needs a [Linear] attribute beside it");
     public static readonly DiagnosticDescriptor InvalidStackCount = Create("QLR0009", "Invalid stack count", "[Stack] count of '{0}' must be a positive integer or a config.json field name, not {1}");
 
+    public static readonly DiagnosticDescriptor MissingTensor = Create("QLR0010", "Declared tensor missing from the weights", "'{0}' ({1}) is not in weights '{2}' ({3})");
+    public static readonly DiagnosticDescriptor ShapeMismatch = Create("QLR0011", "Declared shape differs from the weights", "'{0}' ({1}) has shape {2} in weights '{3}' but the model declares {4}");
+    public static readonly DiagnosticDescriptor StorageMismatch = Create("QLR0012", "Declared storage differs from the weights", "'{0}' ({1}) is stored {2} in weights '{3}' but the model declares {4}");
+    public static readonly DiagnosticDescriptor UnreadableManifest = Create("QLR0013", "Unreadable weights manifest", "Weights manifest '{0}' could not be read: {1}");
+
     public static readonly IReadOnlyDictionary<string, DiagnosticDescriptor> ById = new[]
     {
         ClassNotPartial, PropertyNotPartial, UnsupportedType, InvalidDimension, InvalidBlockSize, InvalidRank, DuplicateName, StorageWithoutLayer, InvalidStackCount,
+        MissingTensor, ShapeMismatch, StorageMismatch, UnreadableManifest,
     }.ToDictionary(d => d.Id);
 
     private static DiagnosticDescriptor Create(string id, string title, string message) =>

@@ -11,7 +11,7 @@ namespace QLoRA.Generators;
 public sealed class ModelGenerator : IIncrementalGenerator
 {
     /// <summary>Tracking names of the pipeline steps (for caching tests).</summary>
-    public const string RootStep = "QLoRA.Roots", BlockStep = "QLoRA.Blocks";
+    public const string RootStep = "QLoRA.Roots", BlockStep = "QLoRA.Blocks", ManifestStep = "QLoRA.ManifestChecks";
 
     /// <inheritdoc />
     public void Initialize(IncrementalGeneratorInitializationContext context)
@@ -26,6 +26,23 @@ public sealed class ModelGenerator : IIncrementalGenerator
             static (ctx, ct) => Parser.Parse(ctx, isRoot: false, ct)).WithTrackingName(BlockStep);
         context.RegisterSourceOutput(roots, Output);
         context.RegisterSourceOutput(blocks, Output);
+
+        // Compile-time checks against weights manifests the build passes as AdditionalFiles (<OutputName>.qlora.json).
+        IncrementalValueProvider<System.Collections.Immutable.ImmutableArray<ManifestModel>> manifests = context.AdditionalTextsProvider
+            .Where(static text => text.Path.EndsWith(".qlora.json", System.StringComparison.OrdinalIgnoreCase))
+            .Select(static (text, ct) => ManifestModel.Parse(text.Path, text.GetText(ct)?.ToString() ?? ""))
+            .Collect();
+        IncrementalValueProvider<System.Collections.Immutable.ImmutableArray<ClassModel?>> blockModels = blocks.Select(static (r, _) => r.Model).Collect();
+        IncrementalValuesProvider<EquatableArray<DiagnosticInfo>> checks = roots.Combine(blockModels).Combine(manifests)
+            .Select(static (input, _) => ManifestChecker.Check(input.Left.Left, input.Left.Right, input.Right))
+            .WithTrackingName(ManifestStep);
+        context.RegisterSourceOutput(checks, static (ctx, diagnostics) =>
+        {
+            foreach (DiagnosticInfo diagnostic in diagnostics)
+            {
+                ctx.ReportDiagnostic(diagnostic.ToDiagnostic());
+            }
+        });
     }
 
     private static void Output(SourceProductionContext context, ParseResult result)

@@ -40,6 +40,8 @@ internal static class Parser
                 continue;
             }
 
+            layer = layer with { Location = LocationInfo.From(property.Locations.FirstOrDefault()) };
+
             if (names.TryGetValue(layer.CheckpointName, out string? other))
             {
                 diagnostics.Add(DiagnosticInfo.Create(Diagnostics.DuplicateName, property.Locations.FirstOrDefault(), other, property.Name, layer.CheckpointName));
@@ -52,7 +54,7 @@ internal static class Parser
 
         string? ns = type.ContainingNamespace.IsGlobalNamespace ? null : type.ContainingNamespace.ToDisplayString();
         string accessibility = type.DeclaredAccessibility == Accessibility.Public ? "public" : "internal";
-        ClassModel? model = diagnostics.Count == 0 ? new ClassModel(ns, type.Name, accessibility, isRoot, weights, Wrap(layers)) : null;
+        ClassModel? model = diagnostics.Count == 0 ? new ClassModel(ns, type.Name, accessibility, isRoot, weights, Wrap(layers), LocationInfo.From(declaration.Identifier.GetLocation())) : null;
         return new ParseResult(model, Wrap(diagnostics));
     }
 

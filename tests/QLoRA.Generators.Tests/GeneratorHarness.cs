@@ -25,9 +25,23 @@ internal static class GeneratorHarness
         CSharpCompilation.Create("Generated" + Guid.NewGuid().ToString("N")[..8], sources.Select((s, i) => CSharpSyntaxTree.ParseText(s, ParseOptions, path: $"Source{i}.cs")), References,
             new CSharpCompilationOptions(OutputKind.DynamicallyLinkedLibrary, nullableContextOptions: NullableContextOptions.Enable));
 
-    public static GeneratorDriver Driver() =>
-        CSharpGeneratorDriver.Create([new ModelGenerator().AsSourceGenerator()], parseOptions: ParseOptions,
+    public static GeneratorDriver Driver(params AdditionalText[] additionalTexts) =>
+        CSharpGeneratorDriver.Create([new ModelGenerator().AsSourceGenerator()], additionalTexts: additionalTexts, parseOptions: ParseOptions,
             driverOptions: new GeneratorDriverOptions(IncrementalGeneratorOutputKind.None, trackIncrementalGeneratorSteps: true));
+
+    /// <summary>Runs with additional files (e.g. weights manifests).</summary>
+    public static ImmutableArray<Diagnostic> RunWithFiles(string source, params (string Path, string Text)[] files)
+    {
+        Driver([.. files.Select(f => (AdditionalText)new InMemoryText(f.Path, f.Text))]).RunGeneratorsAndUpdateCompilation(Compilation(source), out _, out ImmutableArray<Diagnostic> diagnostics);
+        return diagnostics;
+    }
+
+    private sealed class InMemoryText(string path, string text) : AdditionalText
+    {
+        public override string Path => path;
+
+        public override Microsoft.CodeAnalysis.Text.SourceText GetText(CancellationToken cancellationToken = default) => Microsoft.CodeAnalysis.Text.SourceText.From(text);
+    }
 
     public static (Compilation Output, ImmutableArray<Diagnostic> Diagnostics, GeneratorDriverRunResult Run) Run(params string[] sources)
     {

@@ -1,0 +1,105 @@
+using System.Collections.Generic;
+using System.Collections.Immutable;
+using System.Linq;
+
+namespace QLoRA.Generators;
+
+/// <summary>
+/// Checks a [CausalLM(Weights = "X")] model, its blocks expanded, against the manifest of weights X passed as an
+/// AdditionalFile: every declared tensor present (tied ones excepted), shapes equal (config-named dimensions resolved
+/// from the manifest's config), storage as declared.
+/// </summary>
+internal static class ManifestChecker
+{
+    public static EquatableArray<DiagnosticInfo> Check(ParseResult root, ImmutableArray<ClassModel?> blocks, ImmutableArray<ManifestModel> manifests)
+    {
+        var diagnostics = new List<DiagnosticInfo>();
+        if (root.Model is not ClassModel model || model.Weights is not string weights)
+        {
+            return default;
+        }
+
+        foreach (ManifestModel broken in manifests.Where(m => m.Error is not null))
+        {
+            diagnostics.Add(DiagnosticInfo.Create(Diagnostics.UnreadableManifest, model.Location, broken.Path, broken.Error!));
+        }
+
+        ManifestModel? manifest = manifests.FirstOrDefault(m => m.Error is null && m.Model == weights);
+        if (manifest is null)
+        {
+            return new EquatableArray<DiagnosticInfo>(diagnostics.ToImmutableArray()); // weights not built into this compilation: checked at load time
+        }
+
+        var tensors = manifest.Tensors.ToDictionary(t => t.Name);
+        var config = manifest.Config.ToDictionary(f => f.Name, f => f.Value);
+        var blockModels = blocks.Where(b => b is not null).ToDictionary(b => "global::" + b!.FullName, b => b!);
+        Visit(model, "", model.Name, manifest, tensors, config, blockModels, diagnostics, depth: 0);
+        return new EquatableArray<DiagnosticInfo>(diagnostics.ToImmutableArray());
+    }
+
+    private static void Visit(ClassModel model, string prefix, string path, ManifestModel manifest, Dictionary<string, ManifestTensorModel> tensors, Dictionary<string, double> config,
+        Dictionary<string, ClassModel> blocks, List<DiagnosticInfo> diagnostics, int depth)
+    {
+        if (depth > 8)
+        {
+            return;
+        }
+
+        foreach (LayerModel layer in model.Layers)
+        {
+            string owner = $"{path}.{layer.Property}";
+            if (layer.Kind == LayerKind.Stack)
+            {
+                int? count = Resolve(layer.First!, config);
+                if (count is int n && blocks.TryGetValue(layer.BlockType!, out ClassModel? block))
+                {
+                    for (int i = 0; i < n; i++)
+                    {
+                        Visit(block, $"{prefix}{layer.CheckpointName}.{i}.", $"{owner}[{i}]", manifest, tensors, config, blocks, diagnostics, depth + 1);
+                    }
+                }
+
+                continue;
+            }
+
+            string name = prefix + layer.CheckpointName + ".weight";
+            if (!tensors.TryGetValue(name, out ManifestTensorModel? tensor))
+            {
+                if (!manifest.Tied.Contains(name))
+                {
+                    diagnostics.Add(DiagnosticInfo.Create(Diagnostics.MissingTensor, layer.Location, name, owner, manifest.Model, manifest.Path));
+                }
+
+                continue;
+            }
+
+            long?[] expected = layer.Kind switch
+            {
+                LayerKind.RmsNorm => [Resolve(layer.First!, config)],
+                LayerKind.Embedding => [Resolve(layer.First!, config), Resolve(layer.Second!, config)],
+                _ => [Resolve(layer.Second!, config), Resolve(layer.First!, config)], // Linear(in, out) stores [out, in]
+            };
+            bool shapeDiffers = expected.Length != tensor.Shape.Count || expected.Zip(tensor.Shape, (e, a) => e is long v && v != a).Any(x => x);
+            if (shapeDiffers)
+            {
+                string declared = "[" + string.Join(", ", expected.Select((e, i) => e?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "?")) + "]";
+                diagnostics.Add(DiagnosticInfo.Create(Diagnostics.ShapeMismatch, layer.Location, name, owner, "[" + string.Join(", ", tensor.Shape) + "]", manifest.Model, declared));
+                continue;
+            }
+
+            bool storedQuantized = tensor.Stored is "nf4" or "fp4";
+            string stored = storedQuantized ? $"{tensor.Stored} (block {tensor.BlockSize})" : tensor.Stored;
+            string want = layer.Kind == LayerKind.QuantizedLinear ? $"{layer.Storage} (block {layer.BlockSize})" : "dense (bf16/f16/f32)";
+            bool mismatch = layer.Kind == LayerKind.QuantizedLinear
+                ? storedQuantized && (tensor.Stored != layer.Storage || tensor.BlockSize != layer.BlockSize)
+                : storedQuantized;
+            if (mismatch)
+            {
+                diagnostics.Add(DiagnosticInfo.Create(Diagnostics.StorageMismatch, layer.Location, name, owner, stored, manifest.Model, want));
+            }
+        }
+    }
+
+    private static int? Resolve(Dimension dimension, Dictionary<string, double> config) =>
+        dimension.IsConstant ? dimension.Value : config.TryGetValue(dimension.Field, out double v) ? (int)v : null;
+}
