@@ -100,6 +100,23 @@ internal static class ManifestChecker
         }
     }
 
+    // Config fields, plus the runtime's derived names (head_dim, q_dim, kv_dim) computed the same way.
     private static int? Resolve(Dimension dimension, Dictionary<string, double> config) =>
-        dimension.IsConstant ? dimension.Value : config.TryGetValue(dimension.Field, out double v) ? (int)v : null;
+        dimension.IsConstant ? dimension.Value : Field(dimension.Field, config);
+
+    private static int? Field(string name, Dictionary<string, double> config)
+    {
+        if (config.TryGetValue(name, out double v))
+        {
+            return (int)v;
+        }
+
+        return name switch
+        {
+            "head_dim" => Field("hidden_size", config) / Field("num_attention_heads", config),
+            "q_dim" => Field("num_attention_heads", config) * Field("head_dim", config),
+            "kv_dim" => (Field("num_key_value_heads", config) ?? Field("num_attention_heads", config)) * Field("head_dim", config),
+            _ => null,
+        };
+    }
 }

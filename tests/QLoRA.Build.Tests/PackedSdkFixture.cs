@@ -26,25 +26,38 @@ public sealed class PackedSdkFixture : IDisposable
 #else
         const string configuration = "Release";
 #endif
+        foreach (string project in new[] { "sdk/QLoRA.Sdk/QLoRA.Sdk.csproj", "src/QLoRA.Core/QLoRA.Core.csproj", "src/QLoRA.Runtime/QLoRA.Runtime.csproj", "templates/QLoRA.Templates.csproj" })
+        {
+            Run(RepositoryRoot, "pack", project, "-c", configuration, "-o", Feed, $"-p:Version={Version}", "-nodeReuse:false", "--disable-build-servers", "-nologo");
+        }
+    }
+
+    /// <summary>Runs a dotnet command, throwing with its output on failure.</summary>
+    public static string Run(string directory, params string[] args)
+    {
         var start = new ProcessStartInfo(DotnetBuild.Dotnet)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
-            WorkingDirectory = RepositoryRoot,
+            WorkingDirectory = directory,
         };
-        foreach (string arg in new[] { "pack", "sdk/QLoRA.Sdk/QLoRA.Sdk.csproj", "-c", configuration, "-o", Feed, $"-p:Version={Version}", "-nodeReuse:false", "--disable-build-servers", "-nologo" })
+        foreach (string arg in args)
         {
             start.ArgumentList.Add(arg);
         }
 
         start.Environment["MSBUILDDISABLENODEREUSE"] = "1";
+        start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         using Process process = Process.Start(start)!;
-        string output = process.StandardOutput.ReadToEnd() + process.StandardError.ReadToEnd();
+        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
+        string output = process.StandardError.ReadToEnd() + stdout.Result;
         process.WaitForExit();
         if (process.ExitCode != 0)
         {
-            throw new InvalidOperationException($"dotnet pack failed:\n{output}");
+            throw new InvalidOperationException($"dotnet {string.Join(' ', args)} failed:\n{output}");
         }
+
+        return output;
     }
 
     public string RepositoryRoot { get; }
@@ -59,6 +72,27 @@ public sealed class PackedSdkFixture : IDisposable
 
     /// <summary>nuget.config naming only the private feed: restores are offline.</summary>
     public string NuGetConfig => $"""<configuration><packageSources><clear /><add key="local" value="{Feed}" /></packageSources></configuration>""";
+
+    /// <summary>
+    /// The private feed plus the machine's already-restored packages folder (for third-party packages such as ILGPU):
+    /// still offline, and QLoRA.* can only come from the private feed.
+    /// </summary>
+    public string NuGetConfigWithRestoredPackages
+    {
+        get
+        {
+            string restored = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } p ? p : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
+            return $"""
+                <configuration>
+                  <packageSources><clear /><add key="local" value="{Feed}" /><add key="restored" value="{restored}" /></packageSources>
+                  <packageSourceMapping>
+                    <packageSource key="local"><package pattern="QLoRA.*" /></packageSource>
+                    <packageSource key="restored"><package pattern="*" /></packageSource>
+                  </packageSourceMapping>
+                </configuration>
+                """;
+        }
+    }
 
     public void Dispose()
     {
