@@ -8,7 +8,7 @@ public class PackedSdkTests(PackedSdkFixture sdk) : IClassFixture<PackedSdkFixtu
         string dir = Path.Combine(sdk.WorkDirectory, Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dir);
         File.WriteAllText(Path.Combine(dir, "App.csproj"), projectXml);
-        File.WriteAllText(Path.Combine(dir, "nuget.config"), sdk.NuGetConfig);
+        File.WriteAllText(Path.Combine(dir, "nuget.config"), sdk.NuGetConfigWithRestoredPackages);
         File.WriteAllText(Path.Combine(dir, "Class1.cs"), "namespace App; public static class Marker { }");
         TinyCheckpoint.Write(Path.Combine(dir, "weights", "llama"));
         return dir;
@@ -20,6 +20,37 @@ public class PackedSdkTests(PackedSdkFixture sdk) : IClassFixture<PackedSdkFixtu
           </ItemGroup>
         """;
 
+    // A full Llama block over the tiny checkpoint's names, linked to its weights: compiled by the generator the SDK brings.
+    private const string Model = """
+        using QLoRA.Modeling;
+        using QLoRA.Runtime.Layers;
+
+        namespace App;
+
+        [CausalLM(Weights = "llama")]
+        public partial class Llama
+        {
+            [Embedding("vocab_size", "hidden_size"), HfName("model.embed_tokens")] public partial EmbeddingLayer Embed { get; }
+            [Stack("num_hidden_layers"), HfName("model.layers")] public partial Layer[] Layers { get; }
+            [RmsNorm("hidden_size"), HfName("model.norm")] public partial RmsNormLayer Norm { get; }
+            [Linear("hidden_size", "vocab_size")] public partial Linear LmHead { get; }
+        }
+
+        [Block]
+        public partial class Layer
+        {
+            [RmsNorm("hidden_size")] public partial RmsNormLayer InputLayernorm { get; }
+            [RmsNorm("hidden_size")] public partial RmsNormLayer PostAttentionLayernorm { get; }
+            [Linear("hidden_size", "q_dim"), Nf4, LoRA(Rank = 8), HfName("self_attn.q_proj")] public partial QuantizedLinear QProj { get; }
+            [Linear("hidden_size", "kv_dim"), Nf4, LoRA(Rank = 8), HfName("self_attn.k_proj")] public partial QuantizedLinear KProj { get; }
+            [Linear("hidden_size", "kv_dim"), Nf4, LoRA(Rank = 8), HfName("self_attn.v_proj")] public partial QuantizedLinear VProj { get; }
+            [Linear("q_dim", "hidden_size"), Nf4, LoRA(Rank = 8), HfName("self_attn.o_proj")] public partial QuantizedLinear OProj { get; }
+            [Linear("hidden_size", "intermediate_size"), Nf4, HfName("mlp.gate_proj")] public partial QuantizedLinear GateProj { get; }
+            [Linear("hidden_size", "intermediate_size"), Nf4, HfName("mlp.up_proj")] public partial QuantizedLinear UpProj { get; }
+            [Linear("intermediate_size", "hidden_size"), Nf4, HfName("mlp.down_proj")] public partial QuantizedLinear DownProj { get; }
+        }
+        """;
+
     [Fact]
     public void ProjectSdkQuantizesWeightsAndPublishesThem()
     {
@@ -29,13 +60,23 @@ public class PackedSdkTests(PackedSdkFixture sdk) : IClassFixture<PackedSdkFixtu
             {Items}
             </Project>
             """);
+        File.WriteAllText(Path.Combine(dir, "Model.cs"), Model);
         (int code, string log) = DotnetBuild.Run(dir, ["-p:RestorePackagesPath=" + sdk.Packages], ("NUGET_PACKAGES", sdk.Packages));
         Assert.True(code == 0, log);
         Assert.Contains("QLoRA: quantizing 'llama'", log);
         Assert.True(File.Exists(Path.Combine(dir, "bin", "Debug", "net10.0", "llama", "model.safetensors")));
         Assert.True(File.Exists(Path.Combine(sdk.Packages, "qlora.sdk", sdk.Version, "tasks", "net10.0", "QLoRA.Build.Tasks.dll")), "the SDK came from the private feed");
+        Assert.True(Directory.Exists(Path.Combine(sdk.Packages, "qlora.runtime", sdk.Version)), "the SDK brought the runtime and generator");
+
+        // The generator checks the definition against the weights the build just quantized.
+        File.WriteAllText(Path.Combine(dir, "Model.cs"), Model.Replace("\"hidden_size\", \"kv_dim\"), Nf4, LoRA(Rank = 8), HfName(\"self_attn.k_proj\")", "\"hidden_size\", 48), Nf4, LoRA(Rank = 8), HfName(\"self_attn.k_proj\")", StringComparison.Ordinal));
+        (int failed, string failure) = DotnetBuild.Run(dir, ["-p:RestorePackagesPath=" + sdk.Packages], ("NUGET_PACKAGES", sdk.Packages));
+        Assert.NotEqual(0, failed);
+        Assert.Contains("error QLR0011", failure);
+        File.WriteAllText(Path.Combine(dir, "Model.cs"), Model);
 
         (code, log) = DotnetBuild.Run(dir, ["publish", "-o", Path.Combine(dir, "pub"), "-p:RestorePackagesPath=" + sdk.Packages], ("NUGET_PACKAGES", sdk.Packages));
+        Assert.True(File.Exists(Path.Combine(dir, "pub", "QLoRA.Runtime.dll")), "the runtime is published with the app");
         Assert.True(code == 0, log);
         Assert.True(File.Exists(Path.Combine(dir, "pub", "llama", "model.safetensors")), "weights are published");
         Assert.True(File.Exists(Path.Combine(dir, "pub", "llama.qlora.json")));
