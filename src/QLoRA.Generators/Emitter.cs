@@ -48,6 +48,8 @@ internal static class Emitter
         }
 
         EmitEnumerate(sb, model);
+        EmitLoraEnumeration(sb, model);
+        EmitFootprint(sb, model);
         EmitDispose(sb, model);
         sb.AppendLine("}");
         return sb.ToString();
@@ -177,6 +179,87 @@ internal static class Emitter
             sb.AppendLine("        yield break;");
         }
 
+        sb.AppendLine("    }");
+        sb.AppendLine();
+    }
+
+    private static void EmitLoraEnumeration(StringBuilder sb, ClassModel model)
+    {
+        sb.AppendLine("    /// <summary>Every LoRA point with its full module name (blocks expanded) and declared defaults.</summary>");
+        sb.AppendLine("    public static global::System.Collections.Generic.IEnumerable<global::QLoRA.Modeling.LoraTarget> EnumerateLoraTargets(global::QLoRA.Modeling.ModelDimensions dims, string prefix = \"\")");
+        sb.AppendLine("    {");
+        foreach (LayerModel layer in model.Layers)
+        {
+            if (layer.Kind == LayerKind.Stack)
+            {
+                sb.Append("        for (int i = 0; i < ").Append(layer.First!.Emit()).AppendLine("; i++)");
+                sb.AppendLine("        {");
+                sb.Append("            foreach (var target in ").Append(layer.BlockType).Append(".EnumerateLoraTargets(dims, prefix + ").Append(Quote(layer.CheckpointName + ".")).AppendLine(" + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + \".\"))");
+                sb.AppendLine("            {");
+                sb.AppendLine("                yield return target;");
+                sb.AppendLine("            }");
+                sb.AppendLine("        }");
+            }
+            else if (layer.Lora is LoraModel l)
+            {
+                sb.Append("        yield return new global::QLoRA.Modeling.LoraTarget(prefix + ").Append(Quote(layer.CheckpointName)).Append(", ").Append(l.Rank.ToString(CultureInfo.InvariantCulture))
+                  .Append(", ").Append(Number(l.Alpha)).Append(", ").Append(Number(l.Dropout)).Append(", ").Append(l.UseRsLora ? "true" : "false").AppendLine(");");
+            }
+        }
+
+        sb.AppendLine("        yield break;");
+        sb.AppendLine("    }");
+        sb.AppendLine();
+        sb.AppendLine("    /// <summary>The PEFT adapter keys of every LoRA point: base_model.model.&lt;module&gt;.lora_A.weight and .lora_B.weight.</summary>");
+        sb.AppendLine("    public static global::System.Collections.Generic.IEnumerable<(string LoraA, string LoraB)> PeftKeys(global::QLoRA.Modeling.ModelDimensions dims)");
+        sb.AppendLine("    {");
+        sb.AppendLine("        foreach (var target in EnumerateLoraTargets(dims))");
+        sb.AppendLine("        {");
+        sb.AppendLine("            yield return (\"base_model.model.\" + target.Module + \".lora_A.weight\", \"base_model.model.\" + target.Module + \".lora_B.weight\");");
+        sb.AppendLine("        }");
+        sb.AppendLine("    }");
+        sb.AppendLine();
+    }
+
+    private static void EmitFootprint(StringBuilder sb, ClassModel model)
+    {
+        sb.AppendLine("    /// <summary>Parameters of the base weights (LoRA adapters excluded).</summary>");
+        sb.AppendLine("    public static long ParameterCount(global::QLoRA.Modeling.ModelDimensions dims) => Footprint(dims).Parameters;");
+        sb.AppendLine();
+        sb.AppendLine("    /// <summary>Bytes of the base weights at the declared storage (4-bit codes plus absmax statistics; bf16 otherwise).</summary>");
+        sb.AppendLine("    public static long WeightBytes(global::QLoRA.Modeling.ModelDimensions dims) => Footprint(dims).Bytes;");
+        sb.AppendLine();
+        sb.AppendLine("    /// <summary>Bytes of the base weights all in bf16.</summary>");
+        sb.AppendLine("    public static long Bf16WeightBytes(global::QLoRA.Modeling.ModelDimensions dims) => 2 * Footprint(dims).Parameters;");
+        sb.AppendLine();
+        sb.AppendLine("    internal static (long Parameters, long Bytes) Footprint(global::QLoRA.Modeling.ModelDimensions dims)");
+        sb.AppendLine("    {");
+        sb.AppendLine("        long parameters = 0, bytes = 0;");
+        foreach (LayerModel layer in model.Layers)
+        {
+            switch (layer.Kind)
+            {
+                case LayerKind.Stack:
+                    sb.Append("        var __").Append(layer.Property).Append(" = ").Append(layer.BlockType).AppendLine(".Footprint(dims);");
+                    sb.Append("        parameters += __").Append(layer.Property).Append(".Parameters * ").Append(layer.First!.Emit()).AppendLine(";");
+                    sb.Append("        bytes += __").Append(layer.Property).Append(".Bytes * ").Append(layer.First!.Emit()).AppendLine(";");
+                    break;
+                case LayerKind.RmsNorm:
+                    sb.Append("        parameters += ").Append(layer.First!.Emit()).AppendLine(";");
+                    sb.Append("        bytes += 2L * ").Append(layer.First!.Emit()).AppendLine(";");
+                    break;
+                case LayerKind.QuantizedLinear:
+                    sb.Append("        { long n = (long)").Append(layer.First!.Emit()).Append(" * ").Append(layer.Second!.Emit()).Append("; long blocks = (n + ").Append(layer.BlockSize).Append(" - 1) / ").Append(layer.BlockSize)
+                      .Append("; parameters += n; bytes += ((n + 1) / 2) + ").Append(layer.DoubleQuant ? "blocks + (4L * ((blocks + 255) / 256)) + 1024 + 4" : "4L * blocks").AppendLine("; }");
+                    break;
+                default:
+                    sb.Append("        parameters += (long)").Append(layer.First!.Emit()).Append(" * ").Append(layer.Second!.Emit()).AppendLine(";");
+                    sb.Append("        bytes += 2L * ").Append(layer.First!.Emit()).Append(" * ").Append(layer.Second!.Emit()).AppendLine(";");
+                    break;
+            }
+        }
+
+        sb.AppendLine("        return (parameters, bytes);");
         sb.AppendLine("    }");
         sb.AppendLine();
     }

@@ -91,6 +91,27 @@ public class CompileAndRunTests
     }
 
     [Fact]
+    public void FootprintAndPeftKeysFollowTheDefinition()
+    {
+        Type model = Build().GetType("Demo.TinyLlama")!;
+        var dims = new QLoRA.Modeling.ModelDimensions(QLoRA.Core.HuggingFace.HfModelConfig.Load(Path.Combine(Checkpoint(), "config.json")));
+        long parameters = (long)model.GetMethod("ParameterCount")!.Invoke(null, [dims])!;
+        long bytes = (long)model.GetMethod("WeightBytes")!.Invoke(null, [dims])!;
+        long bf16 = (long)model.GetMethod("Bf16WeightBytes")!.Invoke(null, [dims])!;
+        // By hand: embed 100·64 + lm_head 64·100 + norm 64 + 2 × (norm 64 + q 64·64 + up 64·128 + down 128·64).
+        Assert.Equal(53952, parameters);
+        Assert.Equal(2 * parameters, bf16);
+        // 4-bit layers: codes n/2 + double-quantized absmax (n/64 codes, 4 bytes per 256 of them, the 1 KiB map, the offset).
+        long Quantized(long n) => (n / 2) + (n / 64) + (4 * (((n / 64) + 255) / 256)) + 1024 + 4;
+        Assert.Equal((2 * 12800) + 128 + (2 * (128 + Quantized(4096) + (2 * Quantized(8192)))), bytes);
+
+        var keys = ((IEnumerable<(string LoraA, string LoraB)>)model.GetMethod("PeftKeys")!.Invoke(null, [dims])!).ToList();
+        Assert.Equal(4, keys.Count);
+        Assert.Equal(("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"), keys[0]);
+        Assert.Equal("base_model.model.model.layers.1.mlp.up_proj.lora_B.weight", keys[3].LoraB);
+    }
+
+    [Fact]
     public void AWrongShapeInTheCheckpointNamesTheTensorAndBothShapes()
     {
         Type model = Build().GetType("Demo.TinyLlama")!;

@@ -41,6 +41,38 @@ partial class QwenBlock : global::System.IDisposable
         yield return (prefix + "self_attn.o_proj", OProj);
     }
 
+    /// <summary>Every LoRA point with its full module name (blocks expanded) and declared defaults.</summary>
+    public static global::System.Collections.Generic.IEnumerable<global::QLoRA.Modeling.LoraTarget> EnumerateLoraTargets(global::QLoRA.Modeling.ModelDimensions dims, string prefix = "")
+    {
+        yield return new global::QLoRA.Modeling.LoraTarget(prefix + "self_attn.o_proj", 16, 32.0, 0.05, false);
+        yield break;
+    }
+
+    /// <summary>The PEFT adapter keys of every LoRA point: base_model.model.&lt;module&gt;.lora_A.weight and .lora_B.weight.</summary>
+    public static global::System.Collections.Generic.IEnumerable<(string LoraA, string LoraB)> PeftKeys(global::QLoRA.Modeling.ModelDimensions dims)
+    {
+        foreach (var target in EnumerateLoraTargets(dims))
+        {
+            yield return ("base_model.model." + target.Module + ".lora_A.weight", "base_model.model." + target.Module + ".lora_B.weight");
+        }
+    }
+
+    /// <summary>Parameters of the base weights (LoRA adapters excluded).</summary>
+    public static long ParameterCount(global::QLoRA.Modeling.ModelDimensions dims) => Footprint(dims).Parameters;
+
+    /// <summary>Bytes of the base weights at the declared storage (4-bit codes plus absmax statistics; bf16 otherwise).</summary>
+    public static long WeightBytes(global::QLoRA.Modeling.ModelDimensions dims) => Footprint(dims).Bytes;
+
+    /// <summary>Bytes of the base weights all in bf16.</summary>
+    public static long Bf16WeightBytes(global::QLoRA.Modeling.ModelDimensions dims) => 2 * Footprint(dims).Parameters;
+
+    internal static (long Parameters, long Bytes) Footprint(global::QLoRA.Modeling.ModelDimensions dims)
+    {
+        long parameters = 0, bytes = 0;
+        { long n = (long)dims.Get("hidden_size") * dims.Get("hidden_size"); long blocks = (n + 64 - 1) / 64; parameters += n; bytes += ((n + 1) / 2) + blocks + (4L * ((blocks + 255) / 256)) + 1024 + 4; }
+        return (parameters, bytes);
+    }
+
     /// <summary>Frees every layer's device memory.</summary>
     public void Dispose()
     {

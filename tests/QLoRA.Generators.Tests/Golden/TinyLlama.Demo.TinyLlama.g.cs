@@ -80,6 +80,52 @@ partial class TinyLlama : global::System.IDisposable
         yield return (prefix + "lm_head", LmHead);
     }
 
+    /// <summary>Every LoRA point with its full module name (blocks expanded) and declared defaults.</summary>
+    public static global::System.Collections.Generic.IEnumerable<global::QLoRA.Modeling.LoraTarget> EnumerateLoraTargets(global::QLoRA.Modeling.ModelDimensions dims, string prefix = "")
+    {
+        for (int i = 0; i < dims.Get("num_hidden_layers"); i++)
+        {
+            foreach (var target in global::Demo.LlamaBlock.EnumerateLoraTargets(dims, prefix + "model.layers." + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + "."))
+            {
+                yield return target;
+            }
+        }
+        yield break;
+    }
+
+    /// <summary>The PEFT adapter keys of every LoRA point: base_model.model.&lt;module&gt;.lora_A.weight and .lora_B.weight.</summary>
+    public static global::System.Collections.Generic.IEnumerable<(string LoraA, string LoraB)> PeftKeys(global::QLoRA.Modeling.ModelDimensions dims)
+    {
+        foreach (var target in EnumerateLoraTargets(dims))
+        {
+            yield return ("base_model.model." + target.Module + ".lora_A.weight", "base_model.model." + target.Module + ".lora_B.weight");
+        }
+    }
+
+    /// <summary>Parameters of the base weights (LoRA adapters excluded).</summary>
+    public static long ParameterCount(global::QLoRA.Modeling.ModelDimensions dims) => Footprint(dims).Parameters;
+
+    /// <summary>Bytes of the base weights at the declared storage (4-bit codes plus absmax statistics; bf16 otherwise).</summary>
+    public static long WeightBytes(global::QLoRA.Modeling.ModelDimensions dims) => Footprint(dims).Bytes;
+
+    /// <summary>Bytes of the base weights all in bf16.</summary>
+    public static long Bf16WeightBytes(global::QLoRA.Modeling.ModelDimensions dims) => 2 * Footprint(dims).Parameters;
+
+    internal static (long Parameters, long Bytes) Footprint(global::QLoRA.Modeling.ModelDimensions dims)
+    {
+        long parameters = 0, bytes = 0;
+        parameters += (long)dims.Get("vocab_size") * dims.Get("hidden_size");
+        bytes += 2L * dims.Get("vocab_size") * dims.Get("hidden_size");
+        var __Layers = global::Demo.LlamaBlock.Footprint(dims);
+        parameters += __Layers.Parameters * dims.Get("num_hidden_layers");
+        bytes += __Layers.Bytes * dims.Get("num_hidden_layers");
+        parameters += dims.Get("hidden_size");
+        bytes += 2L * dims.Get("hidden_size");
+        parameters += (long)dims.Get("hidden_size") * dims.Get("vocab_size");
+        bytes += 2L * dims.Get("hidden_size") * dims.Get("vocab_size");
+        return (parameters, bytes);
+    }
+
     /// <summary>Frees every layer's device memory.</summary>
     public void Dispose()
     {
