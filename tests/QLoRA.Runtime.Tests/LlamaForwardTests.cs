@@ -1,0 +1,176 @@
+using System.Runtime.InteropServices;
+using QLoRA.Core;
+using QLoRA.Core.HuggingFace;
+using QLoRA.Core.Numerics;
+using QLoRA.Core.Quantization;
+using QLoRA.Core.SafeTensors;
+using QLoRA.Runtime.Models;
+using QLoRA.Runtime.Ops;
+
+namespace QLoRA.Runtime.Tests;
+
+/// <summary>The built-in Llama (generated from its attributes) against a float64 forward written plainly here.</summary>
+public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+{
+    private const int Hidden = 64, Inter = 96, LayerCount = 2, Heads = 4, KvHeads = 2, HeadDim = 16, Vocab = 50;
+
+    private static float[] Bf16Values(int count, int seed, double scale)
+    {
+        var rng = new Random(seed);
+        return [.. Enumerable.Range(0, count).Select(_ => BFloat16.FromSingle((float)(((rng.NextDouble() * 2) - 1) * scale)).ToSingle())];
+    }
+
+    private static byte[] AsBf16(float[] values) => MemoryMarshal.AsBytes(values.Select(BFloat16.FromSingle).ToArray().AsSpan()).ToArray();
+
+    private sealed record Weights(Dictionary<string, float[]> Dense, Dictionary<string, (float[] W, int Out, int In)> Linear);
+
+    private static (string Folder, Weights W) WriteCheckpoint()
+    {
+        string dir = Directory.CreateTempSubdirectory("qlora-llama-").FullName;
+        File.WriteAllText(Path.Combine(dir, "config.json"), $$"""
+            {"model_type":"llama","hidden_size":{{Hidden}},"intermediate_size":{{Inter}},"num_hidden_layers":{{LayerCount}},"num_attention_heads":{{Heads}},
+             "num_key_value_heads":{{KvHeads}},"vocab_size":{{Vocab}},"rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":128,"torch_dtype":"bfloat16"}
+            """);
+        var dense = new Dictionary<string, float[]>();
+        var linear = new Dictionary<string, (float[], int, int)>();
+        var entries = new List<(SafeTensorSpec, ReadOnlyMemory<byte>)>();
+        int seed = 0;
+        void Dense(string name, double scale, params long[] shape)
+        {
+            float[] v = Bf16Values((int)shape.Aggregate(1L, (a, b) => a * b), ++seed, scale);
+            if (name.EndsWith("norm.weight", StringComparison.Ordinal))
+            {
+                v = [.. v.Select(x => BFloat16.FromSingle(1f + x).ToSingle())]; // norms near 1, as trained ones are
+            }
+
+            dense[name] = v;
+            entries.Add((new SafeTensorSpec(name, DType.BF16, shape), AsBf16(v)));
+        }
+
+        void Linear(string name, int outFeatures, int inFeatures)
+        {
+            float[] v = Bf16Values(outFeatures * inFeatures, ++seed, 0.15);
+            // The model quantizes dense weights on load with QLoRA's defaults: the reference uses those exact values.
+            float[] w = QuantizedTensor.Quantize(v.Select(BFloat16.FromSingle).ToArray(), [outFeatures, inFeatures]).DequantizeToSingle();
+            linear[name] = (w, outFeatures, inFeatures);
+            entries.Add((new SafeTensorSpec(name, DType.BF16, [outFeatures, inFeatures]), AsBf16(v)));
+        }
+
+        Dense("model.embed_tokens.weight", 1.0, Vocab, Hidden);
+        Dense("model.norm.weight", 0.1, Hidden);
+        Dense("lm_head.weight", 0.2, Vocab, Hidden);
+        for (int l = 0; l < LayerCount; l++)
+        {
+            string p = $"model.layers.{l}.";
+            Dense(p + "input_layernorm.weight", 0.1, Hidden);
+            Dense(p + "post_attention_layernorm.weight", 0.1, Hidden);
+            Linear(p + "self_attn.q_proj.weight", Heads * HeadDim, Hidden);
+            Linear(p + "self_attn.k_proj.weight", KvHeads * HeadDim, Hidden);
+            Linear(p + "self_attn.v_proj.weight", KvHeads * HeadDim, Hidden);
+            Linear(p + "self_attn.o_proj.weight", Hidden, Heads * HeadDim);
+            Linear(p + "mlp.gate_proj.weight", Inter, Hidden);
+            Linear(p + "mlp.up_proj.weight", Inter, Hidden);
+            Linear(p + "mlp.down_proj.weight", Hidden, Inter);
+        }
+
+        SafeTensorsWriter.Save(Path.Combine(dir, "model.safetensors"), entries);
+        return (dir, new Weights(dense, linear));
+    }
+
+    // ---- float64 reference, written plainly ----
+    private static double[][] MatMul(double[][] x, (float[] W, int Out, int In) w) =>
+        [.. x.Select(row => Enumerable.Range(0, w.Out).Select(o => Enumerable.Range(0, w.In).Sum(i => row[i] * w.W[(o * w.In) + i])).ToArray())];
+
+    private static double[][] RmsNorm(double[][] x, float[] weight) =>
+        [.. x.Select(row => { double inv = 1 / Math.Sqrt((row.Sum(v => v * v) / row.Length) + 1e-5); return row.Select((v, j) => weight[j] * v * inv).ToArray(); })];
+
+    private static void Rope(double[][] x, int heads, float[] invFreq)
+    {
+        for (int t = 0; t < x.Length; t++)
+        {
+            for (int h = 0; h < heads; h++)
+            {
+                for (int i = 0; i < HeadDim / 2; i++)
+                {
+                    double angle = t * (double)invFreq[i];
+                    int a = (h * HeadDim) + i, b = a + (HeadDim / 2);
+                    (x[t][a], x[t][b]) = ((x[t][a] * Math.Cos(angle)) - (x[t][b] * Math.Sin(angle)), (x[t][b] * Math.Cos(angle)) + (x[t][a] * Math.Sin(angle)));
+                }
+            }
+        }
+    }
+
+    private static double[] Reference(Weights w, int[] ids)
+    {
+        int t = ids.Length;
+        double[][] x = [.. ids.Select(id => Enumerable.Range(0, Hidden).Select(j => (double)w.Dense["model.embed_tokens.weight"][(id * Hidden) + j]).ToArray())];
+        float[] invFreq = RopeFrequencies.Compute(new RopeParameters(RopeType.Default, 10000), HeadDim);
+        for (int l = 0; l < LayerCount; l++)
+        {
+            string p = $"model.layers.{l}.";
+            double[][] h = RmsNorm(x, w.Dense[p + "input_layernorm.weight"]);
+            double[][] q = MatMul(h, w.Linear[p + "self_attn.q_proj.weight"]), k = MatMul(h, w.Linear[p + "self_attn.k_proj.weight"]), v = MatMul(h, w.Linear[p + "self_attn.v_proj.weight"]);
+            Rope(q, Heads, invFreq);
+            Rope(k, KvHeads, invFreq);
+            var attention = new double[t][];
+            for (int i = 0; i < t; i++)
+            {
+                attention[i] = new double[Heads * HeadDim];
+                for (int hd = 0; hd < Heads; hd++)
+                {
+                    int kv = hd / (Heads / KvHeads);
+                    double[] scores = [.. Enumerable.Range(0, i + 1).Select(j => Enumerable.Range(0, HeadDim).Sum(e => q[i][(hd * HeadDim) + e] * k[j][(kv * HeadDim) + e]) / Math.Sqrt(HeadDim))];
+                    double max = scores.Max();
+                    double[] pr = [.. scores.Select(s => Math.Exp(s - max))];
+                    double sum = pr.Sum();
+                    for (int j = 0; j <= i; j++)
+                    {
+                        for (int e = 0; e < HeadDim; e++)
+                        {
+                            attention[i][(hd * HeadDim) + e] += pr[j] / sum * v[j][(kv * HeadDim) + e];
+                        }
+                    }
+                }
+            }
+
+            double[][] o = MatMul(attention, w.Linear[p + "self_attn.o_proj.weight"]);
+            x = [.. x.Select((row, i) => row.Select((val, j) => val + o[i][j]).ToArray())];
+            double[][] h2 = RmsNorm(x, w.Dense[p + "post_attention_layernorm.weight"]);
+            double[][] g = MatMul(h2, w.Linear[p + "mlp.gate_proj.weight"]), u = MatMul(h2, w.Linear[p + "mlp.up_proj.weight"]);
+            double[][] act = [.. g.Select((row, i) => row.Select((gv, j) => gv / (1 + Math.Exp(-gv)) * u[i][j]).ToArray())];
+            double[][] d = MatMul(act, w.Linear[p + "mlp.down_proj.weight"]);
+            x = [.. x.Select((row, i) => row.Select((val, j) => val + d[i][j]).ToArray())];
+        }
+
+        double[][] final = RmsNorm(x, w.Dense["model.norm.weight"]);
+        return [.. MatMul(final, (w.Dense["lm_head.weight"], Vocab, Hidden)).SelectMany(r => r)];
+    }
+
+    [Fact]
+    public void LogitsMatchAFloat64Forward()
+    {
+        (string folder, Weights weights) = WriteCheckpoint();
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        int[] ids = [3, 17, 42, 0, 9, 9, 31];
+        float[] logits = model.Forward(ids);
+        double[] expected = Reference(weights, ids);
+        Assert.Equal(expected.Length, logits.Length);
+        double scale = expected.Max(Math.Abs);
+        for (int i = 0; i < logits.Length; i++)
+        {
+            Assert.True(Math.Abs(logits[i] - expected[i]) <= 1e-4 * scale, $"logit {i} (token {i / Vocab}, id {i % Vocab}): {logits[i]} vs {expected[i]} (scale {scale})");
+        }
+
+        Assert.Equal(LayerCount * 7, LlamaForCausalLM.EnumerateLoraTargets(new QLoRA.Modeling.ModelDimensions(model.Config)).Count());
+    }
+
+    [Fact]
+    public void AWrongShapeNamesTheTensorAndBothShapes()
+    {
+        (string folder, _) = WriteCheckpoint();
+        File.WriteAllText(Path.Combine(folder, "config.json"), File.ReadAllText(Path.Combine(folder, "config.json")).Replace($"\"intermediate_size\":{Inter}", "\"intermediate_size\":128", StringComparison.Ordinal));
+        var e = Assert.Throws<CheckpointFormatException>(() => LlamaForCausalLM.LoadModel(fixture.Device, folder));
+        Assert.Equal("model.layers.0.mlp.gate_proj.weight", e.ItemName);
+        Assert.Contains("has shape [96, 64] but the model expects [128, 64]", e.Message);
+    }
+}
