@@ -102,6 +102,12 @@ internal static class Emitter
             switch (layer.Kind)
             {
                 case LayerKind.Linear:
+                    if (layer.TiedTo is string tied)
+                    {
+                        // Tied (e.g. lm_head to the embeddings): the tied tensor stands in when this one is absent.
+                        name = $"(source.Describe({name}) is null ? {Quote(tied + ".weight")} : {name})";
+                    }
+
                     sb.Append("            ").Append(field).Append(" = global::QLoRA.Runtime.Layers.Linear.Load(device, source, ").Append(name).Append(", ").Append(layer.First!.Emit()).Append(", ").Append(layer.Second!.Emit()).AppendLine(");");
                     break;
                 case LayerKind.QuantizedLinear:

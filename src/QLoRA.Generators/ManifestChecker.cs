@@ -65,7 +65,7 @@ internal static class ManifestChecker
             string name = prefix + layer.CheckpointName + ".weight";
             if (!tensors.TryGetValue(name, out ManifestTensorModel? tensor))
             {
-                if (!manifest.Tied.Contains(name))
+                if (!manifest.Tied.Contains(name) && !(layer.TiedTo is string tied && tensors.ContainsKey(tied + ".weight")))
                 {
                     diagnostics.Add(DiagnosticInfo.Create(Diagnostics.MissingTensor, layer.Location, name, owner, manifest.Model, manifest.Path));
                 }

@@ -46,7 +46,8 @@ internal sealed record LayerModel(
     int BlockSize,
     bool DoubleQuant,
     LoraModel? Lora,
-    LocationInfo? Location = null);
+    LocationInfo? Location = null,
+    string? TiedTo = null);
 
 /// <summary>A generated class: a [CausalLM] root or a [Block].</summary>
 internal sealed record ClassModel(string? Namespace, string Name, string Accessibility, bool IsRoot, string? Weights, EquatableArray<LayerModel> Layers, LocationInfo? Location = null)

@@ -144,8 +144,9 @@ internal static class Parser
             return null;
         }
 
+        string? tiedTo = linear.NamedArguments.Where(a => a.Key == "TiedTo").Select(a => a.Value.Value as string).FirstOrDefault();
         return new LayerModel(property.Name, "global::" + typeName, quantized ? LayerKind.QuantizedLinear : LayerKind.Linear, checkpoint, inFeatures, outFeatures, null,
-            storage is null ? null : nf4 is not null ? "nf4" : "fp4", blockSize, doubleQuant, loraModel);
+            storage is null ? null : nf4 is not null ? "nf4" : "fp4", blockSize, doubleQuant, loraModel, TiedTo: tiedTo);
     }
 
     private static bool RequireType(IPropertySymbol property, string attribute, string expected, List<DiagnosticInfo> diagnostics)

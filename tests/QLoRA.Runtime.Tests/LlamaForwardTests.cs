@@ -24,7 +24,7 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
 
     private sealed record Weights(Dictionary<string, float[]> Dense, Dictionary<string, (float[] W, int Out, int In)> Linear);
 
-    private static (string Folder, Weights W) WriteCheckpoint()
+    private static (string Folder, Weights W) WriteCheckpoint(bool tied = false)
     {
         string dir = Directory.CreateTempSubdirectory("qlora-llama-").FullName;
         File.WriteAllText(Path.Combine(dir, "config.json"), $$"""
@@ -58,7 +58,15 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
 
         Dense("model.embed_tokens.weight", 1.0, Vocab, Hidden);
         Dense("model.norm.weight", 0.1, Hidden);
-        Dense("lm_head.weight", 0.2, Vocab, Hidden);
+        if (!tied)
+        {
+            Dense("lm_head.weight", 0.2, Vocab, Hidden);
+        }
+        else
+        {
+            dense["lm_head.weight"] = dense["model.embed_tokens.weight"]; // tie_word_embeddings: no lm_head tensor
+        }
+
         for (int l = 0; l < LayerCount; l++)
         {
             string p = $"model.layers.{l}.";
@@ -162,6 +170,18 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         }
 
         Assert.Equal(LayerCount * 7, LlamaForCausalLM.EnumerateLoraTargets(new QLoRA.Modeling.ModelDimensions(model.Config)).Count());
+    }
+
+    [Fact]
+    public void TiedEmbeddingsStandInForAnAbsentLmHead()
+    {
+        (string folder, Weights weights) = WriteCheckpoint(tied: true);
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        int[] ids = [5, 1, 44];
+        float[] logits = model.Forward(ids);
+        double[] expected = Reference(weights, ids);
+        double scale = expected.Max(Math.Abs);
+        Assert.All(logits.Zip(expected), p => Assert.True(Math.Abs(p.First - p.Second) <= 1e-4 * scale, $"{p.First} vs {p.Second}"));
     }
 
     [Fact]

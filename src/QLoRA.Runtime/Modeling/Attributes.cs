@@ -35,6 +35,12 @@ public sealed class LinearAttribute(object inFeatures, object outFeatures) : Att
 
     /// <summary>Output features.</summary>
     public object OutFeatures { get; } = outFeatures;
+
+    /// <summary>
+    /// Checkpoint name (relative to the model root, without <c>.weight</c>) of the tensor to use when this one is absent —
+    /// e.g. <c>"model.embed_tokens"</c> for an lm_head tied to the embeddings (tie_word_embeddings).
+    /// </summary>
+    public string? TiedTo { get; set; }
 }
 
 /// <summary>A token embedding [vocab, dim].</summary>

@@ -23,8 +23,8 @@ public partial class LlamaForCausalLM
     [RmsNorm("hidden_size"), HfName("model.norm")]
     public partial RmsNormLayer Norm { get; }
 
-    /// <summary>Output projection (kept dense, as QLoRA keeps it).</summary>
-    [Linear("hidden_size", "vocab_size")]
+    /// <summary>Output projection (kept dense, as QLoRA keeps it); the embeddings when tie_word_embeddings leaves it out.</summary>
+    [Linear("hidden_size", "vocab_size", TiedTo = "model.embed_tokens")]
     public partial Linear LmHead { get; }
 }
 
