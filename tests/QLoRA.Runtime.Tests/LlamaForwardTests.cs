@@ -24,11 +24,12 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
 
     private sealed record Weights(Dictionary<string, float[]> Dense, Dictionary<string, (float[] W, int Out, int In)> Linear);
 
-    private static (string Folder, Weights W) WriteCheckpoint(bool tied = false)
+    private static (string Folder, Weights W) WriteCheckpoint(bool tied = false, bool qwen = false)
     {
         string dir = Directory.CreateTempSubdirectory("qlora-llama-").FullName;
+        string modelType = qwen ? "qwen2" : "llama";
         File.WriteAllText(Path.Combine(dir, "config.json"), $$"""
-            {"model_type":"llama","hidden_size":{{Hidden}},"intermediate_size":{{Inter}},"num_hidden_layers":{{LayerCount}},"num_attention_heads":{{Heads}},
+            {"model_type":"{{modelType}}","hidden_size":{{Hidden}},"intermediate_size":{{Inter}},"num_hidden_layers":{{LayerCount}},"num_attention_heads":{{Heads}},
              "num_key_value_heads":{{KvHeads}},"vocab_size":{{Vocab}},"rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":128,"torch_dtype":"bfloat16"}
             """);
         var dense = new Dictionary<string, float[]>();
@@ -75,6 +76,13 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
             Linear(p + "self_attn.q_proj.weight", Heads * HeadDim, Hidden);
             Linear(p + "self_attn.k_proj.weight", KvHeads * HeadDim, Hidden);
             Linear(p + "self_attn.v_proj.weight", KvHeads * HeadDim, Hidden);
+            if (qwen)
+            {
+                Dense(p + "self_attn.q_proj.bias", 0.3, Heads * HeadDim);
+                Dense(p + "self_attn.k_proj.bias", 0.3, KvHeads * HeadDim);
+                Dense(p + "self_attn.v_proj.bias", 0.3, KvHeads * HeadDim);
+            }
+
             Linear(p + "self_attn.o_proj.weight", Hidden, Heads * HeadDim);
             Linear(p + "mlp.gate_proj.weight", Inter, Hidden);
             Linear(p + "mlp.up_proj.weight", Inter, Hidden);
@@ -118,6 +126,20 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
             string p = $"model.layers.{l}.";
             double[][] h = RmsNorm(x, w.Dense[p + "input_layernorm.weight"]);
             double[][] q = MatMul(h, w.Linear[p + "self_attn.q_proj.weight"]), k = MatMul(h, w.Linear[p + "self_attn.k_proj.weight"]), v = MatMul(h, w.Linear[p + "self_attn.v_proj.weight"]);
+            foreach ((double[][] m, string bias) in new[] { (q, "q_proj"), (k, "k_proj"), (v, "v_proj") })
+            {
+                if (w.Dense.TryGetValue(p + $"self_attn.{bias}.bias", out float[]? b))
+                {
+                    foreach (double[] row in m)
+                    {
+                        for (int j = 0; j < row.Length; j++)
+                        {
+                            row[j] += b[j];
+                        }
+                    }
+                }
+            }
+
             Rope(q, Heads, invFreq);
             Rope(k, KvHeads, invFreq);
             var attention = new double[t][];
@@ -170,6 +192,25 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         }
 
         Assert.Equal(LayerCount * 7, LlamaForCausalLM.EnumerateLoraTargets(new QLoRA.Modeling.ModelDimensions(model.Config)).Count());
+    }
+
+    [Fact]
+    public void Qwen2WithQkvBiasMatchesFloat64AndAMissingBiasIsNamed()
+    {
+        (string folder, Weights weights) = WriteCheckpoint(qwen: true);
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        {
+            int[] ids = [7, 2, 49, 11];
+            float[] logits = model.Forward(ids);
+            double[] expected = Reference(weights, ids);
+            double scale = expected.Max(Math.Abs);
+            Assert.All(logits.Zip(expected), p => Assert.True(Math.Abs(p.First - p.Second) <= 1e-4 * scale, $"{p.First} vs {p.Second}"));
+        }
+
+        (string noBias, _) = WriteCheckpoint(qwen: false);
+        File.WriteAllText(Path.Combine(noBias, "config.json"), File.ReadAllText(Path.Combine(noBias, "config.json")).Replace("\"llama\"", "\"qwen2\"", StringComparison.Ordinal));
+        var e = Assert.Throws<CheckpointFormatException>(() => LlamaForCausalLM.LoadModel(fixture.Device, noBias));
+        Assert.Equal("model.layers.0.self_attn.q_proj.bias", e.ItemName);
     }
 
     [Fact]

@@ -24,4 +24,14 @@ internal static class ElementwiseKernels
             y[i] = table[((long)ids[t] * dim) + (i % dim)];
         }
     }
+
+    /// <summary>y[r, j] += bias[j] for every row.</summary>
+    public static void AddRowVector(ArrayView<float> y, ArrayView<float> bias, long rows, int dim)
+    {
+        long count = rows * dim;
+        for (long i = Grid.GlobalIndex.X; i < count; i += (long)Grid.DimX * Group.DimX)
+        {
+            y[i] += bias[i % dim];
+        }
+    }
 }

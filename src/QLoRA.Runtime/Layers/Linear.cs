@@ -30,15 +30,50 @@ public sealed class Linear : IDisposable
     public static Linear Load(Device device, IWeightSource source, string name, int inFeatures, int outFeatures)
     {
         source.Require(name, outFeatures, inFeatures);
-        return new Linear(DeviceTensor.FromHost<float>(device, source.ReadSingle(name), DType.F32, outFeatures, inFeatures));
+        return new Linear(DeviceTensor.FromHost<float>(device, source.ReadSingle(name), DType.F32, outFeatures, inFeatures))
+        {
+            Bias = LoadOptionalBias(device, source, name, outFeatures),
+        };
     }
 
-    /// <summary>y = x Wᵀ.</summary>
-    public void Forward(DeviceTensor x, DeviceTensor y) => Gemm.Multiply(x, Weight, y, transposeB: true);
+    /// <summary>The frozen bias [out], when the checkpoint has one.</summary>
+    public DeviceTensor? Bias { get; private init; }
+
+    /// <summary>Loads <c>&lt;module&gt;.bias</c> for weight <paramref name="weightName"/> if the source has it (shape [out] checked).</summary>
+    internal static DeviceTensor? LoadOptionalBias(Device device, IWeightSource source, string weightName, int outFeatures)
+    {
+        if (!weightName.EndsWith(".weight", StringComparison.Ordinal))
+        {
+            return null;
+        }
+
+        string biasName = weightName[..^".weight".Length] + ".bias";
+        if (source.Describe(biasName) is null)
+        {
+            return null;
+        }
+
+        source.Require(biasName, outFeatures);
+        return DeviceTensor.FromHost<float>(device, source.ReadSingle(biasName), DType.F32, outFeatures);
+    }
+
+    /// <summary>y = x Wᵀ (+ bias).</summary>
+    public void Forward(DeviceTensor x, DeviceTensor y)
+    {
+        Gemm.Multiply(x, Weight, y, transposeB: true);
+        if (Bias is not null)
+        {
+            Elementwise.AddBias(y, Bias);
+        }
+    }
 
     /// <summary>dx = dy W (the weight is frozen).</summary>
     public void Backward(DeviceTensor dy, DeviceTensor dx) => Gemm.Multiply(dy, Weight, dx);
 
-    /// <summary>Frees the weight.</summary>
-    public void Dispose() => Weight.Dispose();
+    /// <summary>Frees the weight and bias.</summary>
+    public void Dispose()
+    {
+        Weight.Dispose();
+        Bias?.Dispose();
+    }
 }

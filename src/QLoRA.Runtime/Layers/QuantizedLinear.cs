@@ -40,8 +40,13 @@ public sealed class QuantizedLinear : IDisposable
         QLoRA.Core.Quantization.QuantizedTensor tensor = info.QuantType is not null
             ? source.ReadQuantized(name)
             : QLoRA.Core.Quantization.QuantizedTensor.Quantize(source.ReadSingle(name), info.Shape, quantizeDense, name);
-        return new QuantizedLinear(device, DeviceQuantizedTensor.Upload(device, tensor));
+        var layer = new QuantizedLinear(device, DeviceQuantizedTensor.Upload(device, tensor));
+        layer.Bias = Linear.LoadOptionalBias(device, source, name, outFeatures);
+        return layer;
     }
+
+    /// <summary>The frozen bias [out], when the checkpoint has one (e.g. Qwen2's q/k/v projections).</summary>
+    public DeviceTensor? Bias { get; private set; }
 
     /// <summary>The frozen 4-bit weight.</summary>
     public DeviceQuantizedTensor Weight { get; }
@@ -62,6 +67,11 @@ public sealed class QuantizedLinear : IDisposable
     {
         int tokens = CheckInput(x);
         Weight.Multiply(x, y, transposeWeight: true);
+        if (Bias is not null)
+        {
+            Elementwise.AddBias(y, Bias);
+        }
+
         if (Lora is LoraSlot lora)
         {
             using DeviceTensor xa = DeviceTensor.Allocate(_device, DType.F32, tokens, lora.Rank);
@@ -111,6 +121,7 @@ public sealed class QuantizedLinear : IDisposable
     public void Dispose()
     {
         Weight.Dispose();
+        Bias?.Dispose();
         Lora?.Dispose();
     }
 }

@@ -17,19 +17,30 @@ public partial class LlamaForCausalLM
     /// <summary>The config the model was loaded with.</summary>
     public HfModelConfig Config => _config ?? throw new InvalidOperationException("Load the model with LoadModel to run it.");
 
-    /// <summary>Loads a Llama-family folder (config.json + safetensors, bf16 or bitsandbytes 4-bit) and keeps its config for the forward pass.</summary>
+    /// <summary>
+    /// Loads a Llama-family folder (llama, mistral, qwen2: config.json + safetensors, bf16 or bitsandbytes 4-bit) and keeps
+    /// its config for the forward pass. Projection biases (qwen2's q/k/v, llama's attention_bias/mlp_bias) load when present.
+    /// </summary>
     /// <exception cref="HfConfigException">config.json is invalid or not a Llama-family model.</exception>
     /// <exception cref="CheckpointFormatException">A tensor is missing or has the wrong shape (named).</exception>
     public static LlamaForCausalLM LoadModel(Device device, string path)
     {
         HfModelConfig config = HfModelConfig.Load(Path.Combine(path, "config.json"));
-        if (config.QkvBias || config.OutputBias || config.MlpBias)
-        {
-            throw new HfConfigException(config.SourcePath, "attention_bias", "biased projections (qwen2, attention_bias, mlp_bias) are not supported by this architecture yet");
-        }
 
         using CheckpointWeightSource source = CheckpointWeightSource.Open(path);
         LlamaForCausalLM model = LoadFrom(device, source, new ModelDimensions(config), "");
+        for (int i = 0; i < model.Layers.Length && config.QkvBias; i++)
+        {
+            foreach ((string name, Layers.QuantizedLinear layer) in new[] { ("q_proj", model.Layers[i].QProj), ("k_proj", model.Layers[i].KProj), ("v_proj", model.Layers[i].VProj) })
+            {
+                if (layer.Bias is null)
+                {
+                    model.Dispose();
+                    throw new CheckpointFormatException(source.Location, $"model.layers.{i}.self_attn.{name}.bias", $"missing: {config.ModelType} with these settings has q/k/v projection biases");
+                }
+            }
+        }
+
         model._config = config;
         model._device = device;
         return model;

@@ -22,6 +22,22 @@ public static class Elementwise
         kernel(device.GridStride, a.View<float>(), b.View<float>(), y.View<float>(), a.ElementCount);
     }
 
+    /// <summary>y[r, :] += bias for every row (a linear layer's bias).</summary>
+    /// <exception cref="ArgumentException">Shapes or dtypes disagree.</exception>
+    public static void AddBias(DeviceTensor y, DeviceTensor bias)
+    {
+        if (y.Shape.Count != 2)
+        {
+            throw new ArgumentException($"y must be [rows, dim], not [{string.Join(", ", y.Shape)}].", nameof(y));
+        }
+
+        Shapes.Require(y, DType.F32, y.Shape, nameof(y));
+        Shapes.Require(bias, DType.F32, [y.Shape[1]], nameof(bias));
+        Device device = y.Device;
+        var kernel = device.Kernel("elementwise.addrow", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long, int>(ElementwiseKernels.AddRowVector));
+        kernel(device.GridStride, y.View<float>(), bias.View<float>(), y.Shape[0], checked((int)y.Shape[1]));
+    }
+
     /// <summary>Embedding lookup: y[t] = table[ids[t]].</summary>
     /// <param name="table">F32 [vocab, dim].</param>
     /// <param name="ids">Token ids, each in [0, vocab).</param>
