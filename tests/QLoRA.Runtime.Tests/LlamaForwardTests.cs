@@ -214,6 +214,54 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
     }
 
     [Fact]
+    public void LoraFromTheRunConfigAndFromASavedPeftAdapter()
+    {
+        (string folder, Weights weights) = WriteCheckpoint();
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        int[] ids = [4, 8, 15, 16];
+        float[] baseLogits = model.Forward(ids);
+
+        // Fresh adapters by the run's config: targets and rank_pattern win over the attributes' defaults; B = 0 keeps the output.
+        QLoRA.Core.Peft.LoraConfig config = QLoRA.Core.Peft.LoraConfig.Parse("""{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "rank_pattern": {"layers.1.self_attn.v_proj": 2}}""");
+        IReadOnlyList<string> adapted = QLoRA.Runtime.Layers.LoraAttachment.AttachNew(fixture.Device, model.EnumerateLayers(), config, seed: 1);
+        Assert.Equal(["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"], adapted);
+        Assert.Equal(2, model.Layers[1].VProj.Lora!.Rank);
+        Assert.Equal(2f, model.Layers[0].QProj.Lora!.Scaling);
+        Assert.All(model.Layers[0].QProj.Lora!.A.ToHost<float>(), a => Assert.InRange(a, -1 / MathF.Sqrt(Hidden), 1 / MathF.Sqrt(Hidden)));
+        Assert.Equal(baseLogits, model.Forward(ids));
+
+        // A saved adapter on layer 0's q_proj: the output equals the float64 model with W + s·B·A merged in.
+        var rng = new Random(9);
+        float[] a = [.. Enumerable.Range(0, 4 * Hidden).Select(_ => (float)(rng.NextDouble() - 0.5))];
+        float[] b = [.. Enumerable.Range(0, Heads * HeadDim * 4).Select(_ => (float)(rng.NextDouble() - 0.5) * 0.1f)];
+        var adapter = new QLoRA.Core.Peft.LoraAdapter(QLoRA.Core.Peft.LoraConfig.Parse("""{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}"""),
+            [new QLoRA.Core.Peft.LoraModuleWeights("model.layers.0.self_attn.q_proj", QLoRA.Core.TensorData.FromSingle(a, 4, Hidden), QLoRA.Core.TensorData.FromSingle(b, Heads * HeadDim, 4))]);
+        foreach (var layer in model.Layers)
+        {
+            layer.QProj.Lora = null;
+            layer.VProj.Lora = null;
+        }
+
+        QLoRA.Runtime.Layers.LoraAttachment.AttachSaved(fixture.Device, model.EnumerateLayers(), adapter);
+        float[] adaptedLogits = model.Forward(ids);
+        (float[] w, int outF, int inF) = weights.Linear["model.layers.0.self_attn.q_proj.weight"];
+        float[] merged = (float[])w.Clone();
+        for (int o = 0; o < outF; o++)
+        {
+            for (int i = 0; i < inF; i++)
+            {
+                merged[(o * inF) + i] += (float)(2.0 * Enumerable.Range(0, 4).Sum(r => (double)b[(o * 4) + r] * a[(r * inF) + i]));
+            }
+        }
+
+        weights.Linear["model.layers.0.self_attn.q_proj.weight"] = (merged, outF, inF);
+        double[] expected = Reference(weights, ids);
+        double scale = expected.Max(Math.Abs);
+        Assert.All(adaptedLogits.Zip(expected), p => Assert.True(Math.Abs(p.First - p.Second) <= 1e-4 * scale, $"{p.First} vs {p.Second}"));
+        Assert.NotEqual(baseLogits, adaptedLogits);
+    }
+
+    [Fact]
     public void TiedEmbeddingsStandInForAnAbsentLmHead()
     {
         (string folder, Weights weights) = WriteCheckpoint(tied: true);

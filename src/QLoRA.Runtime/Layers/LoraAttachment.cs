@@ -1,0 +1,59 @@
+using QLoRA.Core.Peft;
+using Device = QLoRA.Runtime.Devices.Device;
+
+namespace QLoRA.Runtime.Layers;
+
+/// <summary>
+/// Puts LoRA adapters on a model's 4-bit linear layers by PEFT's rules — the run's LoRA configuration (targets, r,
+/// alpha, rank_pattern, alpha_pattern, rsLoRA) wins over the attributes' defaults — either freshly initialized
+/// (A kaiming-uniform with a = √5, B zero, as PEFT) or from a saved PEFT adapter.
+/// </summary>
+public static class LoraAttachment
+{
+    /// <summary>Attaches new adapters to every targeted QuantizedLinear; returns the module names adapted.</summary>
+    /// <param name="device">Device of the layers.</param>
+    /// <param name="layers">The model's layers with their checkpoint names (the generated <c>EnumerateLayers()</c>).</param>
+    /// <param name="config">Targets and hyperparameters.</param>
+    /// <param name="seed">Seed of A's initialization (reproducible runs).</param>
+    public static IReadOnlyList<string> AttachNew(Device device, IEnumerable<(string Name, object Layer)> layers, LoraConfig config, int seed)
+    {
+        var rng = new Random(seed);
+        var adapted = new List<string>();
+        foreach ((string name, object layer) in layers)
+        {
+            if (layer is not QuantizedLinear linear || !config.Targets(name))
+            {
+                continue;
+            }
+
+            int rank = config.RankOf(name);
+            // kaiming_uniform_(a=√5) on A [r, in]: bound = gain·√(3/fan_in) with gain = √(2/(1+5)) → 1/√in.
+            double bound = 1.0 / Math.Sqrt(linear.InFeatures);
+            var a = new float[rank * linear.InFeatures];
+            for (int i = 0; i < a.Length; i++)
+            {
+                a[i] = (float)(((rng.NextDouble() * 2) - 1) * bound);
+            }
+
+            linear.Lora?.Dispose();
+            linear.Lora = new LoraSlot(device, a, new float[linear.OutFeatures * rank], rank, linear.InFeatures, linear.OutFeatures, (float)config.ScalingOf(name));
+            adapted.Add(name);
+        }
+
+        return adapted;
+    }
+
+    /// <summary>Attaches a saved PEFT adapter: every adapted module must exist in the model with matching in/out features.</summary>
+    /// <exception cref="PeftAdapterException">A module is missing from the model or its shapes disagree (named).</exception>
+    public static void AttachSaved(Device device, IEnumerable<(string Name, object Layer)> layers, LoraAdapter adapter)
+    {
+        var byName = layers.Where(l => l.Layer is QuantizedLinear).ToDictionary(l => l.Name, l => (QuantizedLinear)l.Layer, StringComparer.Ordinal);
+        adapter.Validate(byName.ToDictionary(e => e.Key, e => (e.Value.InFeatures, e.Value.OutFeatures)));
+        foreach (LoraModuleWeights module in adapter.Modules.Values)
+        {
+            QuantizedLinear linear = byName[module.Module];
+            linear.Lora?.Dispose();
+            linear.Lora = new LoraSlot(device, module.A.ToSingle(), module.B.ToSingle(), module.Rank, module.InFeatures, module.OutFeatures, (float)adapter.Config.ScalingOf(module.Module));
+        }
+    }
+}
