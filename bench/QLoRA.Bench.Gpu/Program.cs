@@ -13,6 +13,17 @@ using QLoRA.Runtime.Tensors;
 // shapes, each as a fraction of the copy bandwidth (or as TFLOP/s). Prints a table and one JSON record.
 //   . .gpu/env.sh && dotnet .gpu/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.dll           (CUDA, full shapes)
 //   dotnet run -c Release --project bench/QLoRA.Bench.Gpu -- --small            (any machine, small shapes)
+//   dotnet QLoRA.Bench.Gpu.dll logits <hf-folder> <out.f32> <id> <id> ...   (writes our logits for tests/interop/llama_parity.py)
+if (args.Length >= 3 && args[0] == "logits")
+{
+    using Device parityDevice = Device.Best();
+    using var model = QLoRA.Runtime.Models.LlamaForCausalLM.LoadModel(parityDevice, args[1]);
+    float[] logits = model.Forward([.. args.Skip(3).Select(int.Parse)]);
+    File.WriteAllBytes(args[2], System.Runtime.InteropServices.MemoryMarshal.AsBytes(logits.AsSpan()).ToArray());
+    Console.WriteLine($"device: {parityDevice.Description}; wrote {logits.Length} logits to {args[2]}");
+    return 0;
+}
+
 bool small = args.Contains("--small");
 using Device device = Device.Best();
 Console.WriteLine($"device: {device.Description}");
