@@ -24,6 +24,22 @@ if (args.Length >= 3 && args[0] == "logits")
     return 0;
 }
 
+//   dotnet QLoRA.Bench.Gpu.dll quantize <in.safetensors> <out.safetensors>   (bitsandbytes layout, for tests/interop/bnb_parity.py)
+if (args.Length == 3 && args[0] == "quantize")
+{
+    using var input = QLoRA.Core.SafeTensors.SafeTensorsFile.Open(args[1]);
+    var entries = new List<(QLoRA.Core.SafeTensors.SafeTensorSpec, ReadOnlyMemory<byte>)>();
+    foreach (var info in input.Tensors)
+    {
+        var q = QuantizedTensor.Quantize(input.GetBytes(info.Name), info.Dtype, info.Shape, QuantizationOptions.Default, info.Name);
+        entries.AddRange(QLoRA.Core.BitsAndBytes.BnbFourBitTensor.Entries(info.Name, q));
+    }
+
+    QLoRA.Core.SafeTensors.SafeTensorsWriter.Save(args[2], entries);
+    Console.WriteLine($"quantized {input.Tensors.Count} tensors to {args[2]}");
+    return 0;
+}
+
 bool small = args.Contains("--small");
 using Device device = Device.Best();
 Console.WriteLine($"device: {device.Description}");
