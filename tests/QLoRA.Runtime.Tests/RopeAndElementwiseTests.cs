@@ -115,4 +115,30 @@ public class RopeAndElementwiseTests(CpuDeviceFixture fixture) : IClassFixture<C
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => Elementwise.Embedding(emb, [1, 10], y.Rows(0, 2)));
         Assert.Contains("Token 1 has id 10", e.Message);
     }
+
+    [Fact]
+    public void EmbeddingBackwardSumsRepeatedIdsDeterministically()
+    {
+        int[] ids = [3, 0, 3, 7, 3, 0];
+        float[] dy = Random(ids.Length * 5, 9), start = Random(10 * 5, 10);
+        float[] Run()
+        {
+            using DeviceTensor g = DeviceTensor.FromHost<float>(fixture.Device, dy, DType.F32, ids.Length, 5);
+            using DeviceTensor table = DeviceTensor.FromHost<float>(fixture.Device, start, DType.F32, 10, 5);
+            Elementwise.EmbeddingBackward(g, ids, table);
+            return table.ToHost<float>();
+        }
+
+        float[] got = Run();
+        for (int v = 0; v < 10; v++)
+        {
+            for (int j = 0; j < 5; j++)
+            {
+                double expected = start[(v * 5) + j] + Enumerable.Range(0, ids.Length).Where(t => ids[t] == v).Sum(t => (double)dy[(t * 5) + j]);
+                Assert.True(Math.Abs(got[(v * 5) + j] - expected) <= 1e-6, $"dTable[{v},{j}] {got[(v * 5) + j]} vs {expected}");
+            }
+        }
+
+        Assert.Equal(got.Select(BitConverter.SingleToUInt32Bits), Run().Select(BitConverter.SingleToUInt32Bits));
+    }
 }

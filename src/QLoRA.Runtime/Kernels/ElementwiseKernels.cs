@@ -34,4 +34,25 @@ internal static class ElementwiseKernels
             y[i] += bias[i % dim];
         }
     }
+
+    /// <summary>
+    /// Embedding backward without atomics: tokens are grouped by id on the host (order[]: token indices sorted by id,
+    /// segments[s]..segments[s+1]: the tokens of unique id ids[s]); each (segment, column) sums its rows in order.
+    /// </summary>
+    public static void ScatterAddSorted(ArrayView<float> dy, ArrayView<int> order, ArrayView<int> segmentStarts, ArrayView<int> segmentIds, ArrayView<float> dTable, int segments, int dim)
+    {
+        long count = (long)segments * dim;
+        for (long i = Grid.GlobalIndex.X; i < count; i += (long)Grid.DimX * Group.DimX)
+        {
+            int segment = (int)(i / dim);
+            int column = (int)(i % dim);
+            float sum = 0f;
+            for (int k = segmentStarts[segment]; k < segmentStarts[segment + 1]; k++)
+            {
+                sum += dy[((long)order[k] * dim) + column];
+            }
+
+            dTable[((long)segmentIds[segment] * dim) + column] += sum;
+        }
+    }
 }
