@@ -229,6 +229,37 @@ internal static class Emitter
 
     private static void EmitFootprint(StringBuilder sb, ClassModel model)
     {
+        // A class whose dimensions are all constants (and that has no stacks) gets its footprint as constants too.
+        bool constant = model.Layers.All(l => l.Kind != LayerKind.Stack && (l.First?.IsConstant ?? true) && (l.Second?.IsConstant ?? true));
+        if (constant)
+        {
+            long parameters = 0, bytes = 0;
+            foreach (LayerModel layer in model.Layers)
+            {
+                long n = (long)layer.First!.Value * (layer.Second?.Value ?? 1);
+                parameters += n;
+                if (layer.Kind == LayerKind.QuantizedLinear)
+                {
+                    long blocks = (n + layer.BlockSize - 1) / layer.BlockSize;
+                    bytes += ((n + 1) / 2) + (layer.DoubleQuant ? blocks + (4L * ((blocks + 255) / 256)) + 1024 + 4 : 4L * blocks);
+                }
+                else
+                {
+                    bytes += 2 * n;
+                }
+            }
+
+            sb.AppendLine("    /// <summary>Parameters of the base weights (all dimensions are constants).</summary>");
+            sb.Append("    public const long DeclaredParameterCount = ").Append(parameters.ToString(CultureInfo.InvariantCulture)).AppendLine(";");
+            sb.AppendLine();
+            sb.AppendLine("    /// <summary>Bytes of the base weights at the declared storage (all dimensions are constants).</summary>");
+            sb.Append("    public const long DeclaredWeightBytes = ").Append(bytes.ToString(CultureInfo.InvariantCulture)).AppendLine(";");
+            sb.AppendLine();
+            sb.AppendLine("    /// <summary>Bytes of the base weights all in bf16 (all dimensions are constants).</summary>");
+            sb.Append("    public const long DeclaredBf16WeightBytes = ").Append((2 * parameters).ToString(CultureInfo.InvariantCulture)).AppendLine(";");
+            sb.AppendLine();
+        }
+
         sb.AppendLine("    /// <summary>Parameters of the base weights (LoRA adapters excluded).</summary>");
         sb.AppendLine("    public static long ParameterCount(global::QLoRA.Modeling.ModelDimensions dims) => Footprint(dims).Parameters;");
         sb.AppendLine();

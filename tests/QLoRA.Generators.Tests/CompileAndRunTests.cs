@@ -112,6 +112,21 @@ public class CompileAndRunTests
     }
 
     [Fact]
+    public void ConstantModelsGetFootprintConstantsEqualToTheMethods()
+    {
+        (Compilation output, var diagnostics, _) = GeneratorHarness.Run(Models.ConstantFp4);
+        Assert.Empty(diagnostics);
+        using var stream = new MemoryStream();
+        Assert.True(output.Emit(stream, cancellationToken: TestContext.Current.CancellationToken).Success);
+        Type probe = Assembly.Load(stream.ToArray()).GetType("Probe")!;
+        var dims = new QLoRA.Modeling.ModelDimensions(new System.Text.Json.Nodes.JsonObject(), "none");
+        Assert.Equal(2048L + 64, probe.GetField("DeclaredParameterCount")!.GetValue(null));
+        Assert.Equal(probe.GetMethod("WeightBytes")!.Invoke(null, [dims]), probe.GetField("DeclaredWeightBytes")!.GetValue(null));
+        Assert.Equal((2048L / 2) + (4 * (2048 / 32)) + (2 * 64), probe.GetField("DeclaredWeightBytes")!.GetValue(null)); // FP4 codes + f32 absmax per 32 + bf16 norm
+        Assert.Equal(probe.GetMethod("Bf16WeightBytes")!.Invoke(null, [dims]), probe.GetField("DeclaredBf16WeightBytes")!.GetValue(null));
+    }
+
+    [Fact]
     public void AWrongShapeInTheCheckpointNamesTheTensorAndBothShapes()
     {
         Type model = Build().GetType("Demo.TinyLlama")!;

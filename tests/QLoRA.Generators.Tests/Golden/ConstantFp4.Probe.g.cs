@@ -70,6 +70,15 @@ partial class Probe : global::System.IDisposable
         }
     }
 
+    /// <summary>Parameters of the base weights (all dimensions are constants).</summary>
+    public const long DeclaredParameterCount = 2112;
+
+    /// <summary>Bytes of the base weights at the declared storage (all dimensions are constants).</summary>
+    public const long DeclaredWeightBytes = 1408;
+
+    /// <summary>Bytes of the base weights all in bf16 (all dimensions are constants).</summary>
+    public const long DeclaredBf16WeightBytes = 4224;
+
     /// <summary>Parameters of the base weights (LoRA adapters excluded).</summary>
     public static long ParameterCount(global::QLoRA.Modeling.ModelDimensions dims) => Footprint(dims).Parameters;
 
