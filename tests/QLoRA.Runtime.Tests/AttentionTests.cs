@@ -17,10 +17,10 @@ public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceF
         return [.. Enumerable.Range(0, count).Select(_ => (float)((rng.NextDouble() * 2) - 1))];
     }
 
-    private static int Start(int t) => t < 5 ? 0 : 5;
+    private static int Start(int t, int window) => Math.Max(t < 5 ? 0 : 5, window > 0 ? t - window + 1 : 0);
 
     // Plain float64 attention, materializing each row's scores.
-    private static double[] Reference(float[] q, float[] k, float[] v)
+    private static double[] Reference(float[] q, float[] k, float[] v, int window)
     {
         var o = new double[Tokens * Heads * D];
         double scale = 1 / Math.Sqrt(D);
@@ -30,7 +30,7 @@ public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceF
             {
                 int kvh = h / (Heads / KvHeads);
                 var scores = new List<double>();
-                for (int j = Start(t); j <= t; j++)
+                for (int j = Start(t, window); j <= t; j++)
                 {
                     double sdot = 0;
                     for (int e = 0; e < D; e++)
@@ -44,11 +44,11 @@ public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceF
                 double max = scores.Max();
                 double[] p = [.. scores.Select(x => Math.Exp(x - max))];
                 double sum = p.Sum();
-                for (int j = Start(t); j <= t; j++)
+                for (int j = Start(t, window); j <= t; j++)
                 {
                     for (int e = 0; e < D; e++)
                     {
-                        o[(((t * Heads) + h) * D) + e] += p[j - Start(t)] / sum * v[(((j * KvHeads) + kvh) * D) + e];
+                        o[(((t * Heads) + h) * D) + e] += p[j - Start(t, window)] / sum * v[(((j * KvHeads) + kvh) * D) + e];
                     }
                 }
             }
@@ -57,8 +57,10 @@ public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceF
         return o;
     }
 
-    [Fact]
-    public void ForwardAndGradientsMatchFloat64()
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)] // Mistral-style sliding window: each token sees itself and one key before it
+    public void ForwardAndGradientsMatchFloat64(int window)
     {
         float[] q = Random(Tokens * Heads * D, 1), k = Random(Tokens * KvHeads * D, 2), v = Random(Tokens * KvHeads * D, 3), c = Random(Tokens * Heads * D, 4);
         Devices.Device device = fixture.Device;
@@ -67,8 +69,8 @@ public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceF
         using DeviceTensor tv = DeviceTensor.FromHost<float>(device, v, DType.F32, Tokens, KvHeads, D);
         using DeviceTensor o = DeviceTensor.Allocate(device, DType.F32, Tokens, Heads, D);
         using DeviceTensor lse = DeviceTensor.Allocate(device, DType.F32, Tokens, Heads);
-        Attention.Forward(tq, tk, tv, Boundaries, o, lse);
-        double[] expected = Reference(q, k, v);
+        Attention.Forward(tq, tk, tv, Boundaries, o, lse, window);
+        double[] expected = Reference(q, k, v, window);
         float[] got = o.ToHost<float>();
         for (int i = 0; i < got.Length; i++)
         {
@@ -82,9 +84,9 @@ public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceF
         using DeviceTensor dQ = DeviceTensor.Allocate(device, DType.F32, Tokens, Heads, D);
         using DeviceTensor dK = DeviceTensor.Allocate(device, DType.F32, Tokens, KvHeads, D);
         using DeviceTensor dV = DeviceTensor.Allocate(device, DType.F32, Tokens, KvHeads, D);
-        Attention.Backward(tq, tk, tv, Boundaries, o, lse, dO, dQ, dK, dV);
+        Attention.Backward(tq, tk, tv, Boundaries, o, lse, dO, dQ, dK, dV, window);
 
-        double Loss(float[] qs, float[] ks, float[] vs) => Reference(qs, ks, vs).Select((x, i) => x * c[i]).Sum();
+        double Loss(float[] qs, float[] ks, float[] vs) => Reference(qs, ks, vs, window).Select((x, i) => x * c[i]).Sum();
         void Check(string name, float[] values, float[] grads, Func<float[], double> loss)
         {
             for (int i = 0; i < values.Length; i += 7)

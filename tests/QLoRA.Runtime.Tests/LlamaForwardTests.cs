@@ -24,13 +24,14 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
 
     private sealed record Weights(Dictionary<string, float[]> Dense, Dictionary<string, (float[] W, int Out, int In)> Linear);
 
-    private static (string Folder, Weights W) WriteCheckpoint(bool tied = false, bool qwen = false)
+    private static (string Folder, Weights W) WriteCheckpoint(bool tied = false, bool qwen = false, int slidingWindow = 0)
     {
         string dir = Directory.CreateTempSubdirectory("qlora-llama-").FullName;
-        string modelType = qwen ? "qwen2" : "llama";
+        string modelType = qwen ? "qwen2" : slidingWindow > 0 ? "mistral" : "llama";
+        string window = slidingWindow > 0 ? $",\"sliding_window\":{slidingWindow}" : "";
         File.WriteAllText(Path.Combine(dir, "config.json"), $$"""
             {"model_type":"{{modelType}}","hidden_size":{{Hidden}},"intermediate_size":{{Inter}},"num_hidden_layers":{{LayerCount}},"num_attention_heads":{{Heads}},
-             "num_key_value_heads":{{KvHeads}},"vocab_size":{{Vocab}},"rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":128,"torch_dtype":"bfloat16"}
+             "num_key_value_heads":{{KvHeads}},"vocab_size":{{Vocab}},"rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":128,"torch_dtype":"bfloat16"{{window}}}
             """);
         var dense = new Dictionary<string, float[]>();
         var linear = new Dictionary<string, (float[], int, int)>();
@@ -116,7 +117,7 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         }
     }
 
-    private static double[] Reference(Weights w, int[] ids)
+    private static double[] Reference(Weights w, int[] ids, int window = 0)
     {
         int t = ids.Length;
         double[][] x = [.. ids.Select(id => Enumerable.Range(0, Hidden).Select(j => (double)w.Dense["model.embed_tokens.weight"][(id * Hidden) + j]).ToArray())];
@@ -149,15 +150,16 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
                 for (int hd = 0; hd < Heads; hd++)
                 {
                     int kv = hd / (Heads / KvHeads);
-                    double[] scores = [.. Enumerable.Range(0, i + 1).Select(j => Enumerable.Range(0, HeadDim).Sum(e => q[i][(hd * HeadDim) + e] * k[j][(kv * HeadDim) + e]) / Math.Sqrt(HeadDim))];
+                    int first = window > 0 ? Math.Max(0, i - window + 1) : 0;
+                    double[] scores = [.. Enumerable.Range(first, i + 1 - first).Select(j => Enumerable.Range(0, HeadDim).Sum(e => q[i][(hd * HeadDim) + e] * k[j][(kv * HeadDim) + e]) / Math.Sqrt(HeadDim))];
                     double max = scores.Max();
                     double[] pr = [.. scores.Select(s => Math.Exp(s - max))];
                     double sum = pr.Sum();
-                    for (int j = 0; j <= i; j++)
+                    for (int j = first; j <= i; j++)
                     {
                         for (int e = 0; e < HeadDim; e++)
                         {
-                            attention[i][(hd * HeadDim) + e] += pr[j] / sum * v[j][(kv * HeadDim) + e];
+                            attention[i][(hd * HeadDim) + e] += pr[j - first] / sum * v[j][(kv * HeadDim) + e];
                         }
                     }
                 }
@@ -259,6 +261,20 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         double scale = expected.Max(Math.Abs);
         Assert.All(adaptedLogits.Zip(expected), p => Assert.True(Math.Abs(p.First - p.Second) <= 1e-4 * scale, $"{p.First} vs {p.Second}"));
         Assert.NotEqual(baseLogits, adaptedLogits);
+    }
+
+    [Fact]
+    public void MistralSlidingWindowMatchesFloat64()
+    {
+        (string folder, Weights weights) = WriteCheckpoint(slidingWindow: 3);
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        int[] ids = [4, 8, 15, 16, 23, 42, 7];
+        float[] logits = model.Forward(ids);
+        double[] expected = Reference(weights, ids, window: 3);
+        double scale = expected.Max(Math.Abs);
+        Assert.All(logits.Zip(expected), p => Assert.True(Math.Abs(p.First - p.Second) <= 1e-4 * scale, $"{p.First} vs {p.Second}"));
+        double[] unwindowed = Reference(weights, ids);
+        Assert.True(logits.Zip(unwindowed).Any(p => Math.Abs(p.First - p.Second) > 1e-3 * scale), "the window must change late tokens' logits");
     }
 
     [Fact]

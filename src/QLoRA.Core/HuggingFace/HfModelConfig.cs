@@ -65,6 +65,9 @@ public sealed class HfModelConfig
     /// <summary><c>mlp_bias</c> (llama).</summary>
     public bool MlpBias { get; private init; }
 
+    /// <summary>Mistral's <c>sliding_window</c> (each token sees at most this many keys), or null for full causal attention.</summary>
+    public int? SlidingWindow { get; private init; }
+
     /// <summary><c>torch_dtype</c> or <c>dtype</c>, if given.</summary>
     public DType? Dtype { get; private init; }
 
@@ -171,8 +174,24 @@ public sealed class HfModelConfig
             OutputBias = outputBias,
             MlpBias = modelType == "llama" && (r.Bool("mlp_bias") ?? false),
             Dtype = dtype,
+            SlidingWindow = ReadSlidingWindow(modelType, r, sourcePath),
             Raw = root,
         };
+    }
+
+    private static int? ReadSlidingWindow(string modelType, FieldReader r, string path)
+    {
+        if (modelType == "mistral")
+        {
+            return r.PositiveInt("sliding_window");
+        }
+
+        if (modelType == "qwen2" && r.Bool("use_sliding_window") == true)
+        {
+            throw new HfConfigException(path, "use_sliding_window", "qwen2's per-layer sliding window cannot be run; set it to false");
+        }
+
+        return null;
     }
 
     private static RopeParameters ReadRope(JsonObject root, FieldReader r, string path)

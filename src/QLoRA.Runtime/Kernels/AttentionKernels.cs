@@ -3,11 +3,11 @@ using ILGPU;
 namespace QLoRA.Runtime.Kernels;
 
 /// <summary>Sizes of a packed causal attention call.</summary>
-internal readonly record struct AttentionShape(int Tokens, int Heads, int KvHeads, int HeadDim, float Scale);
+internal readonly record struct AttentionShape(int Tokens, int Heads, int KvHeads, int HeadDim, float Scale, int Window);
 
 /// <summary>
 /// Causal attention with grouped-query heads over packed variable-length sequences (each token attends to the
-/// tokens of its own sequence up to itself). Flash-style: online softmax, no tokens×tokens matrix; the forward keeps
+/// tokens of its own sequence up to itself, and with a sliding window only to the last <c>Window</c> of them). Flash-style: online softmax, no tokens×tokens matrix; the forward keeps
 /// the log-sum-exp per (token, head) for the backward, which recomputes probabilities. Every reduction runs in a
 /// fixed order (deterministic). Layouts: q, o [tokens, heads, d]; k, v [tokens, kvHeads, d]; lse [tokens, heads].
 /// </summary>
@@ -29,7 +29,7 @@ internal static class AttentionKernels
 
             float max = float.NegativeInfinity;
             float sum = 0f;
-            for (int j = sequenceStart[t]; j <= t; j++)
+            for (int j = First(sequenceStart[t], t, s.Window); j <= t; j++)
             {
                 long kBase = (((long)j * s.KvHeads) + (h / group)) * s.HeadDim;
                 float score = 0f;
@@ -78,7 +78,7 @@ internal static class AttentionKernels
             }
 
             delta[row] = d;
-            for (int j = sequenceStart[t]; j <= t; j++)
+            for (int j = First(sequenceStart[t], t, s.Window); j <= t; j++)
             {
                 long kBase = (((long)j * s.KvHeads) + (h / group)) * s.HeadDim;
                 float score = 0f, dp = 0f;
@@ -116,7 +116,8 @@ internal static class AttentionKernels
 
             for (int h = kvh * group; h < (kvh + 1) * group; h++)
             {
-                for (int t = j; t < sequenceEnd[j]; t++)
+                int last = s.Window > 0 && j + s.Window < sequenceEnd[j] ? j + s.Window : sequenceEnd[j];
+                for (int t = j; t < last; t++)
                 {
                     long qRow = ((long)t * s.Heads) + h;
                     long qBase = qRow * s.HeadDim;
@@ -140,4 +141,7 @@ internal static class AttentionKernels
     }
 
     private static float XMax(float a, float b) => a > b ? a : b;
+
+    // With a sliding window w, token t sees keys t − w + 1 … t (as transformers masks q − k ≥ w).
+    private static int First(int sequenceStart, int t, int window) => window > 0 && t - window + 1 > sequenceStart ? t - window + 1 : sequenceStart;
 }

@@ -84,7 +84,7 @@ public partial class LlamaForCausalLM
             DeviceTensor q3 = q.Reshape(t, heads, headDim), k3 = k.Reshape(t, kvHeads, headDim), v3 = v.Reshape(t, kvHeads, headDim);
             Rope.Forward(q3, positions, invFreq);
             Rope.Forward(k3, positions, invFreq);
-            Attention.Forward(q3, k3, v3, boundaries, attention, lse);
+            Attention.Forward(q3, k3, v3, boundaries, attention, lse, c.SlidingWindow ?? 0);
             layer.OProj.Forward(attention.Reshape(t, heads * headDim), projected);
             Elementwise.Add(x, projected, x);
             layer.PostAttentionLayernorm.Forward(x, h, inverseRms);

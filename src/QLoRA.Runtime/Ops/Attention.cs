@@ -21,9 +21,10 @@ public static class Attention
     /// <param name="o">F32 [tokens, heads, d], written.</param>
     /// <param name="lse">F32 [tokens, heads], written (kept for the backward).</param>
     /// <exception cref="ArgumentException">Shapes disagree or the boundaries are malformed.</exception>
-    public static void Forward(DeviceTensor q, DeviceTensor k, DeviceTensor v, ReadOnlySpan<int> sequenceBoundaries, DeviceTensor o, DeviceTensor lse)
+    /// <param name="slidingWindow">Mistral's sliding_window: each token sees at most this many keys (itself included); 0 for none.</param>
+    public static void Forward(DeviceTensor q, DeviceTensor k, DeviceTensor v, ReadOnlySpan<int> sequenceBoundaries, DeviceTensor o, DeviceTensor lse, int slidingWindow = 0)
     {
-        AttentionShape s = Check(q, k, v, o, lse);
+        AttentionShape s = Check(q, k, v, o, lse, slidingWindow);
         Device device = q.Device;
         using DeviceTensor starts = Boundaries(device, sequenceBoundaries, s.Tokens, end: false);
         var kernel = device.Kernel("attention.forward", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.Forward));
@@ -32,9 +33,9 @@ public static class Attention
 
     /// <summary>Gradients dq, dk, dv from dO, recomputing probabilities from the saved log-sum-exp.</summary>
     /// <exception cref="ArgumentException">Shapes disagree or the boundaries are malformed.</exception>
-    public static void Backward(DeviceTensor q, DeviceTensor k, DeviceTensor v, ReadOnlySpan<int> sequenceBoundaries, DeviceTensor o, DeviceTensor lse, DeviceTensor dO, DeviceTensor dQ, DeviceTensor dK, DeviceTensor dV)
+    public static void Backward(DeviceTensor q, DeviceTensor k, DeviceTensor v, ReadOnlySpan<int> sequenceBoundaries, DeviceTensor o, DeviceTensor lse, DeviceTensor dO, DeviceTensor dQ, DeviceTensor dK, DeviceTensor dV, int slidingWindow = 0)
     {
-        AttentionShape s = Check(q, k, v, o, lse);
+        AttentionShape s = Check(q, k, v, o, lse, slidingWindow);
         Shapes.Require(dO, DType.F32, q.Shape, nameof(dO));
         Shapes.Require(dQ, DType.F32, q.Shape, nameof(dQ));
         Shapes.Require(dK, DType.F32, k.Shape, nameof(dK));
@@ -49,8 +50,9 @@ public static class Attention
         keyValue(device.GridStride, q.View<float>(), k.View<float>(), v.View<float>(), ends.View<int>(), lse.View<float>(), dO.View<float>(), delta.View<float>(), dK.View<float>(), dV.View<float>(), s);
     }
 
-    private static AttentionShape Check(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse)
+    private static AttentionShape Check(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse, int slidingWindow)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(slidingWindow);
         if (q.Shape.Count != 3 || k.Shape.Count != 3)
         {
             throw new ArgumentException($"q must be [tokens, heads, d] and k [tokens, kvHeads, d]; got [{string.Join(", ", q.Shape)}] and [{string.Join(", ", k.Shape)}].", nameof(q));
@@ -67,7 +69,7 @@ public static class Attention
         Shapes.Require(v, DType.F32, [tokens, kvHeads, d], nameof(v));
         Shapes.Require(o, DType.F32, q.Shape, nameof(o));
         Shapes.Require(lse, DType.F32, [tokens, heads], nameof(lse));
-        return new AttentionShape(tokens, heads, kvHeads, d, 1f / MathF.Sqrt(d));
+        return new AttentionShape(tokens, heads, kvHeads, d, 1f / MathF.Sqrt(d), slidingWindow);
     }
 
     // Per token: the start (or end) of its sequence, from cumulative boundaries.

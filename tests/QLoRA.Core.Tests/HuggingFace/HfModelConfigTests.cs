@@ -67,6 +67,8 @@ public class HfModelConfigTests
         Assert.Equal(new RopeParameters(RopeType.Default, 1e6), mistral.Rope);
         Assert.Equal(DType.F16, mistral.Dtype);
         Assert.False(mistral.QkvBias);
+        Assert.Null(mistral.SlidingWindow);
+        Assert.Equal(4096, HfModelConfig.Parse("""{"model_type":"mistral","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":100,"sliding_window":4096}""").SlidingWindow);
 
         HfModelConfig qwen = HfModelConfig.Parse("""{"model_type":"qwen2","hidden_size":896,"intermediate_size":4864,"num_hidden_layers":24,"num_attention_heads":14,"num_key_value_heads":2,"vocab_size":151936,"rope_scaling":null,"tie_word_embeddings":true,"rms_norm_eps":1e-06}""");
         Assert.True(qwen.QkvBias);
@@ -117,6 +119,7 @@ public class HfModelConfigTests
         { Tiny + ",\"rope_scaling\":7}", "rope_scaling", "object or null" },
         { Tiny + ",\"torch_dtype\":\"int8\"}", "torch_dtype", "'int8'" },
         { Tiny + ",\"dtype\":\"float8\"}", "dtype", "'float8'" },
+        { Tiny.Replace("llama", "qwen2") + ",\"use_sliding_window\":true}", "use_sliding_window", "cannot be run" },
     };
 
     [Theory]
