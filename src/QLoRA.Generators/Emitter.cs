@@ -49,6 +49,7 @@ internal static class Emitter
 
         EmitEnumerate(sb, model);
         EmitLoraEnumeration(sb, model);
+        EmitTrainable(sb, model);
         EmitFootprint(sb, model);
         EmitDispose(sb, model);
         sb.AppendLine("}");
@@ -223,6 +224,38 @@ internal static class Emitter
         sb.AppendLine("        {");
         sb.AppendLine("            yield return (\"base_model.model.\" + target.Module + \".lora_A.weight\", \"base_model.model.\" + target.Module + \".lora_B.weight\");");
         sb.AppendLine("        }");
+        sb.AppendLine("    }");
+        sb.AppendLine();
+    }
+
+    private static void EmitTrainable(StringBuilder sb, ClassModel model)
+    {
+        sb.AppendLine("    /// <summary>Trainable parameters — the attached LoRA matrices — with their PEFT names (without base_model.model.) and gradient buffers.</summary>");
+        sb.AppendLine("    public global::System.Collections.Generic.IEnumerable<(string Name, global::QLoRA.Runtime.Tensors.DeviceTensor Value, global::QLoRA.Runtime.Tensors.DeviceTensor Gradient)> EnumerateTrainableParameters(string prefix = \"\")");
+        sb.AppendLine("    {");
+        foreach (LayerModel layer in model.Layers)
+        {
+            if (layer.Kind == LayerKind.Stack)
+            {
+                sb.Append("        for (int i = 0; i < ").Append(layer.Property).AppendLine(".Length; i++)");
+                sb.AppendLine("        {");
+                sb.Append("            foreach (var entry in ").Append(layer.Property).Append("[i].EnumerateTrainableParameters(prefix + ").Append(Quote(layer.CheckpointName + ".")).AppendLine(" + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + \".\"))");
+                sb.AppendLine("            {");
+                sb.AppendLine("                yield return entry;");
+                sb.AppendLine("            }");
+                sb.AppendLine("        }");
+            }
+            else if (layer.Kind == LayerKind.QuantizedLinear)
+            {
+                sb.Append("        if (").Append(layer.Property).AppendLine(".Lora is { } __lora" + layer.Property + ")");
+                sb.AppendLine("        {");
+                sb.Append("            yield return (prefix + ").Append(Quote(layer.CheckpointName + ".lora_A.weight")).Append(", __lora").Append(layer.Property).Append(".A, __lora").Append(layer.Property).AppendLine(".GradA);");
+                sb.Append("            yield return (prefix + ").Append(Quote(layer.CheckpointName + ".lora_B.weight")).Append(", __lora").Append(layer.Property).Append(".B, __lora").Append(layer.Property).AppendLine(".GradB);");
+                sb.AppendLine("        }");
+            }
+        }
+
+        sb.AppendLine("        yield break;");
         sb.AppendLine("    }");
         sb.AppendLine();
     }

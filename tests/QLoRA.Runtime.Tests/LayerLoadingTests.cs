@@ -81,5 +81,7 @@ public class LayerLoadingTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         Assert.Contains("missing", e.Message);
         e = Assert.Throws<CheckpointFormatException>(() => Linear.Load(fixture.Device, source, "model.layers.0.self_attn.q_proj.weight", 32, 16));
         Assert.Contains("stored 4-bit", e.Message);
+        e = Assert.Throws<CheckpointFormatException>(() => QuantizedLinear.Load(fixture.Device, source, "model.layers.0.self_attn.q_proj.weight", 32, 16, new QuantizationOptions(QuantType.Fp4, 128)));
+        Assert.Contains("is stored nf4 (block 64) but the model declares fp4 (block 128)", e.Message);
     }
 }

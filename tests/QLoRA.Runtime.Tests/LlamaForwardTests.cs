@@ -231,6 +231,12 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         Assert.Equal(2f, model.Layers[0].QProj.Lora!.Scaling);
         Assert.All(model.Layers[0].QProj.Lora!.A.ToHost<float>(), a => Assert.InRange(a, -1 / MathF.Sqrt(Hidden), 1 / MathF.Sqrt(Hidden)));
         Assert.Equal(baseLogits, model.Forward(ids));
+        var trainable = model.EnumerateTrainableParameters().ToList();
+        Assert.Equal(8, trainable.Count);
+        Assert.Equal("model.layers.0.self_attn.q_proj.lora_A.weight", trainable[0].Name);
+        Assert.Equal("model.layers.1.self_attn.v_proj.lora_B.weight", trainable[^1].Name);
+        Assert.Equal([KvHeads * HeadDim, 2L], trainable[^1].Value.Shape);
+        Assert.Equal(trainable[^1].Value.Shape, trainable[^1].Gradient.Shape);
 
         // A saved adapter on layer 0's q_proj: the output equals the float64 model with W + s·B·A merged in.
         var rng = new Random(9);

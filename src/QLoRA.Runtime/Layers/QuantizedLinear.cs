@@ -31,15 +31,23 @@ public sealed class QuantizedLinear : IDisposable
 
     /// <summary>
     /// Builds the layer from checkpoint weight <paramref name="name"/> of shape [out, in]: a bitsandbytes 4-bit tensor is
-    /// uploaded as it is; a dense one is quantized on load with <paramref name="quantizeDense"/> (QLoRA's defaults if null).
+    /// uploaded as it is (and must match the declared type and block size when <paramref name="quantizeDense"/> is given);
+    /// a dense one is quantized on load with <paramref name="quantizeDense"/> (QLoRA's defaults if null).
     /// </summary>
-    /// <exception cref="CheckpointFormatException">Missing, or its shape differs from [out, in] (both shapes named).</exception>
+    /// <exception cref="CheckpointFormatException">Missing, of another shape (both shapes named), or stored with another 4-bit type or block size.</exception>
     public static QuantizedLinear Load(Device device, QLoRA.Core.Weights.IWeightSource source, string name, int inFeatures, int outFeatures, QLoRA.Core.Quantization.QuantizationOptions? quantizeDense = null)
     {
         QLoRA.Core.Weights.WeightInfo info = QLoRA.Core.Weights.WeightSourceExtensions.Require(source, name, outFeatures, inFeatures);
         QLoRA.Core.Quantization.QuantizedTensor tensor = info.QuantType is not null
             ? source.ReadQuantized(name)
             : QLoRA.Core.Quantization.QuantizedTensor.Quantize(source.ReadSingle(name), info.Shape, quantizeDense, name);
+        if (info.QuantType is not null && quantizeDense is not null
+            && (tensor.State.Type != quantizeDense.Type || tensor.State.BlockSize != quantizeDense.BlockSize))
+        {
+            // The declared storage is an assertion about the weights: a differently quantized file is an error, not a surprise.
+            throw new CheckpointFormatException(source.Location, name,
+                $"is stored {tensor.State.Type.ToString().ToLowerInvariant()} (block {tensor.State.BlockSize}) but the model declares {quantizeDense.Type.ToString().ToLowerInvariant()} (block {quantizeDense.BlockSize})");
+        }
         var layer = new QuantizedLinear(device, DeviceQuantizedTensor.Upload(device, tensor));
         layer.Bias = Linear.LoadOptionalBias(device, source, name, outFeatures);
         return layer;

@@ -70,6 +70,17 @@ partial class Probe : global::System.IDisposable
         }
     }
 
+    /// <summary>Trainable parameters — the attached LoRA matrices — with their PEFT names (without base_model.model.) and gradient buffers.</summary>
+    public global::System.Collections.Generic.IEnumerable<(string Name, global::QLoRA.Runtime.Tensors.DeviceTensor Value, global::QLoRA.Runtime.Tensors.DeviceTensor Gradient)> EnumerateTrainableParameters(string prefix = "")
+    {
+        if (Head.Lora is { } __loraHead)
+        {
+            yield return (prefix + "head.lora_A.weight", __loraHead.A, __loraHead.GradA);
+            yield return (prefix + "head.lora_B.weight", __loraHead.B, __loraHead.GradB);
+        }
+        yield break;
+    }
+
     /// <summary>Parameters of the base weights (all dimensions are constants).</summary>
     public const long DeclaredParameterCount = 2112;
 

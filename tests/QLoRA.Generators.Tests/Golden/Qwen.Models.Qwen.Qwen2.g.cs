@@ -84,6 +84,19 @@ partial class Qwen2 : global::System.IDisposable
         }
     }
 
+    /// <summary>Trainable parameters — the attached LoRA matrices — with their PEFT names (without base_model.model.) and gradient buffers.</summary>
+    public global::System.Collections.Generic.IEnumerable<(string Name, global::QLoRA.Runtime.Tensors.DeviceTensor Value, global::QLoRA.Runtime.Tensors.DeviceTensor Gradient)> EnumerateTrainableParameters(string prefix = "")
+    {
+        for (int i = 0; i < Blocks.Length; i++)
+        {
+            foreach (var entry in Blocks[i].EnumerateTrainableParameters(prefix + "model.layers." + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + "."))
+            {
+                yield return entry;
+            }
+        }
+        yield break;
+    }
+
     /// <summary>Parameters of the base weights (LoRA adapters excluded).</summary>
     public static long ParameterCount(global::QLoRA.Modeling.ModelDimensions dims) => Footprint(dims).Parameters;
 

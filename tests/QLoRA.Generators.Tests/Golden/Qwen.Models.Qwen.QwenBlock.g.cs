@@ -57,6 +57,17 @@ partial class QwenBlock : global::System.IDisposable
         }
     }
 
+    /// <summary>Trainable parameters — the attached LoRA matrices — with their PEFT names (without base_model.model.) and gradient buffers.</summary>
+    public global::System.Collections.Generic.IEnumerable<(string Name, global::QLoRA.Runtime.Tensors.DeviceTensor Value, global::QLoRA.Runtime.Tensors.DeviceTensor Gradient)> EnumerateTrainableParameters(string prefix = "")
+    {
+        if (OProj.Lora is { } __loraOProj)
+        {
+            yield return (prefix + "self_attn.o_proj.lora_A.weight", __loraOProj.A, __loraOProj.GradA);
+            yield return (prefix + "self_attn.o_proj.lora_B.weight", __loraOProj.B, __loraOProj.GradB);
+        }
+        yield break;
+    }
+
     /// <summary>Parameters of the base weights (LoRA adapters excluded).</summary>
     public static long ParameterCount(global::QLoRA.Modeling.ModelDimensions dims) => Footprint(dims).Parameters;
 

@@ -77,6 +77,27 @@ partial class LlamaBlock : global::System.IDisposable
         }
     }
 
+    /// <summary>Trainable parameters — the attached LoRA matrices — with their PEFT names (without base_model.model.) and gradient buffers.</summary>
+    public global::System.Collections.Generic.IEnumerable<(string Name, global::QLoRA.Runtime.Tensors.DeviceTensor Value, global::QLoRA.Runtime.Tensors.DeviceTensor Gradient)> EnumerateTrainableParameters(string prefix = "")
+    {
+        if (QProj.Lora is { } __loraQProj)
+        {
+            yield return (prefix + "self_attn.q_proj.lora_A.weight", __loraQProj.A, __loraQProj.GradA);
+            yield return (prefix + "self_attn.q_proj.lora_B.weight", __loraQProj.B, __loraQProj.GradB);
+        }
+        if (UpProj.Lora is { } __loraUpProj)
+        {
+            yield return (prefix + "mlp.up_proj.lora_A.weight", __loraUpProj.A, __loraUpProj.GradA);
+            yield return (prefix + "mlp.up_proj.lora_B.weight", __loraUpProj.B, __loraUpProj.GradB);
+        }
+        if (DownProj.Lora is { } __loraDownProj)
+        {
+            yield return (prefix + "mlp.down_proj.lora_A.weight", __loraDownProj.A, __loraDownProj.GradA);
+            yield return (prefix + "mlp.down_proj.lora_B.weight", __loraDownProj.B, __loraDownProj.GradB);
+        }
+        yield break;
+    }
+
     /// <summary>Parameters of the base weights (LoRA adapters excluded).</summary>
     public static long ParameterCount(global::QLoRA.Modeling.ModelDimensions dims) => Footprint(dims).Parameters;
 
