@@ -154,40 +154,98 @@ public sealed class WeightsQuantizer(Action<string> progress)
         return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
+    // Tensors quantized ahead of the writer (bounded: each holds its packed codes, a quarter of its bf16 size).
+    private const int TensorsInFlight = 2;
+
     private void WriteAll(SourceSet source, WeightsJob job, string path, Dictionary<string, ManifestTensor> manifest)
     {
         // Build outputs are regenerated on demand: no fsync, the rename alone keeps readers from partial files.
         using var writer = new SafeTensorsAppendWriter(path, 64 + (source.Tensors.Count * 400), durable: false);
-        int index = 0;
-        foreach ((SafeTensorsFile file, SafeTensorInfo info) in source.Tensors)
+        var tensors = source.Tensors;
+        foreach ((SafeTensorsFile file, SafeTensorInfo info) in tensors)
         {
-            index++;
-            if (ShouldQuantize(info, job, out _))
+            if (ShouldQuantize(info, job, out _) && !info.Dtype.IsQuantizableFloat())
             {
-                QuantizationOptions options = job.Quantization!;
-                if (!info.Dtype.IsQuantizableFloat())
-                {
-                    throw new WeightsBuildException(BuildErrorCodes.UnsupportedDtype, file.Path, $"tensor '{info.Name}' is {info.Dtype}; only F32, BF16 and F16 weights can be quantized (or list the module in Keep)");
-                }
-
-                progress($"quantizing {info.Name[..^".weight".Length]} [{string.Join("×", info.Shape)}] {options.Type.ToBnbName()} … {index}/{source.Tensors.Count}");
-                QuantizeTensor(file, info, options, writer);
-                manifest[info.Name] = new ManifestTensor(info.Shape, options.Type.ToBnbName(), options.BlockSize, options.DoubleQuant, "");
-            }
-            else
-            {
-                progress($"copying {info.Name} [{string.Join("×", info.Shape)}] {info.Dtype} … {index}/{source.Tensors.Count}");
-                writer.Begin(new SafeTensorSpec(info.Name, info.Dtype, info.Shape));
-                for (long offset = 0; offset < info.ByteLength; offset += 1 << 26)
-                {
-                    writer.Write(file.GetBytes(info.Name, offset, (int)Math.Min(1 << 26, info.ByteLength - offset)));
-                }
-
-                manifest[info.Name] = new ManifestTensor(info.Shape, StoredName(info.Dtype), null, null, "");
+                throw new WeightsBuildException(BuildErrorCodes.UnsupportedDtype, file.Path, $"tensor '{info.Name}' is {info.Dtype}; only F32, BF16 and F16 weights can be quantized (or list the module in Keep)");
             }
         }
 
+        // Parallel across tensors: the next tensors are quantized while the current one is written (in file order).
+        var pending = new Task<QuantizedTensor>?[tensors.Count];
+        void StartAhead(int from)
+        {
+            for (int i = from, started = 0; i < tensors.Count && started < TensorsInFlight; i++)
+            {
+                (SafeTensorsFile file, SafeTensorInfo info) = tensors[i];
+                if (pending[i] is not null || !ShouldQuantize(info, job, out _) || info.ByteLength > int.MaxValue)
+                {
+                    started += pending[i] is not null ? 1 : 0;
+                    continue;
+                }
+
+                pending[i] = Task.Run(() => QuantizedTensor.Quantize(file.GetBytes(info.Name), info.Dtype, info.Shape, job.Quantization, info.Name));
+                started++;
+            }
+        }
+
+        try
+        {
+            for (int index = 0; index < tensors.Count; index++)
+            {
+                StartAhead(index);
+                (SafeTensorsFile file, SafeTensorInfo info) = tensors[index];
+                if (ShouldQuantize(info, job, out _))
+                {
+                    QuantizationOptions options = job.Quantization!;
+                    progress($"quantizing {info.Name[..^".weight".Length]} [{string.Join("×", info.Shape)}] {options.Type.ToBnbName()} … {index + 1}/{tensors.Count}");
+                    if (pending[index] is Task<QuantizedTensor> quantizing)
+                    {
+                        QuantizedTensor quantized = Await(quantizing, file, info);
+                        pending[index] = null;
+                        foreach ((SafeTensorSpec spec, ReadOnlyMemory<byte> data) in BnbFourBitTensor.Entries(info.Name, quantized))
+                        {
+                            writer.Add(spec, data.Span);
+                        }
+                    }
+                    else
+                    {
+                        QuantizeTensor(file, info, options, writer); // over 2 GiB: streamed in chunks instead
+                    }
+
+                    manifest[info.Name] = new ManifestTensor(info.Shape, options.Type.ToBnbName(), options.BlockSize, options.DoubleQuant, "");
+                }
+                else
+                {
+                    progress($"copying {info.Name} [{string.Join("×", info.Shape)}] {info.Dtype} … {index + 1}/{tensors.Count}");
+                    writer.Begin(new SafeTensorSpec(info.Name, info.Dtype, info.Shape));
+                    for (long offset = 0; offset < info.ByteLength; offset += 1 << 26)
+                    {
+                        writer.Write(file.GetBytes(info.Name, offset, (int)Math.Min(1 << 26, info.ByteLength - offset)));
+                    }
+
+                    manifest[info.Name] = new ManifestTensor(info.Shape, StoredName(info.Dtype), null, null, "");
+                }
+            }
+        }
+        finally
+        {
+            // On failure, let work already started finish before the sources are unmapped.
+            Task.WaitAll([.. pending.Where(t => t is not null).Select(t => (Task)t!.ContinueWith(_ => { }, TaskScheduler.Default))]);
+        }
+
         writer.Commit(new Dictionary<string, string> { ["format"] = "pt", ["qlora.quantized_by"] = "QLoRA.Sdk QuantizeWeights" });
+    }
+
+    private static QuantizedTensor Await(Task<QuantizedTensor> task, SafeTensorsFile file, SafeTensorInfo info)
+    {
+        try
+        {
+            return task.GetAwaiter().GetResult();
+        }
+        catch (NonFiniteValueException e)
+        {
+            throw new WeightsBuildException(BuildErrorCodes.NonFiniteWeights, file.Path, $"tensor '{info.Name}' holds {e.Value} at element {e.ElementIndex}; fix the checkpoint or list the module in Keep", e);
+        }
     }
 
     private static string StoredName(DType dtype) => dtype switch

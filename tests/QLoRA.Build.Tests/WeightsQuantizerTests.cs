@@ -107,6 +107,34 @@ public class WeightsQuantizerTests
         Assert.Null(JsonNode.Parse(File.ReadAllText(Path.Combine(modelDir, "config.json")))!["quantization_config"]);
     }
 
+    [Fact]
+    public void NonFiniteWeightsAreAnErrorNamingTheTensorAndElement()
+    {
+        string src = TempDir(), output = TempDir();
+        TinyCheckpoint.Write(src);
+        // Rewrite one projection with a NaN in it.
+        var entries = new List<(SafeTensorSpec, ReadOnlyMemory<byte>)>();
+        using (SafeTensorsFile file = SafeTensorsFile.Open(Path.Combine(src, "model.safetensors")))
+        {
+            foreach (SafeTensorInfo info in file.Tensors)
+            {
+                byte[] bytes = file.GetBytes(info.Name).ToArray();
+                if (info.Name == "model.layers.1.mlp.gate_proj.weight")
+                {
+                    BitConverter.TryWriteBytes(bytes.AsSpan(2 * 77), (ushort)0x7FC0); // bf16 NaN at element 77
+                }
+
+                entries.Add((new SafeTensorSpec(info.Name, info.Dtype, info.Shape), bytes));
+            }
+        }
+
+        SafeTensorsWriter.Save(Path.Combine(src, "model.safetensors"), entries);
+        var e = Assert.Throws<WeightsBuildException>(() => new WeightsQuantizer(_ => { }).Run(Job(src, output, new())));
+        Assert.Equal("QLR1008", e.Code);
+        Assert.Contains("'model.layers.1.mlp.gate_proj.weight' holds NaN at element 77", e.Message);
+        Assert.Empty(Directory.GetFileSystemEntries(output));
+    }
+
     [Theory]
     [InlineData("lm_head", "lm_head", true)]
     [InlineData("model.layers.0.mlp.down_proj", "down_proj", true)]
