@@ -108,6 +108,37 @@ public class WeightsQuantizerTests
     }
 
     [Fact]
+    public void UnsupportedDtypesAndWriteFailuresHaveTheirCodes()
+    {
+        string src = TempDir();
+        TinyCheckpoint.Write(src);
+        var entries = new List<(SafeTensorSpec, ReadOnlyMemory<byte>)>();
+        using (SafeTensorsFile file = SafeTensorsFile.Open(Path.Combine(src, "model.safetensors")))
+        {
+            foreach (SafeTensorInfo info in file.Tensors)
+            {
+                // One projection stored as int16 (same byte size as bf16): a linear weight that cannot be quantized.
+                DType dtype = info.Name == "model.layers.0.mlp.up_proj.weight" ? DType.I16 : info.Dtype;
+                entries.Add((new SafeTensorSpec(info.Name, dtype, info.Shape), file.GetBytes(info.Name).ToArray()));
+            }
+        }
+
+        SafeTensorsWriter.Save(Path.Combine(src, "model.safetensors"), entries);
+        var e = Assert.Throws<WeightsBuildException>(() => new WeightsQuantizer(_ => { }).Run(Job(src, TempDir(), new())));
+        Assert.Equal("QLR1003", e.Code);
+        Assert.Contains("'model.layers.0.mlp.up_proj.weight' is I16", e.Message);
+
+        // A file where the output folder should go: writing fails with QLR1006 and names the destination.
+        string clean = TempDir();
+        TinyCheckpoint.Write(clean);
+        string blocked = Path.Combine(TempDir(), "not-a-folder");
+        File.WriteAllText(blocked, "in the way");
+        e = Assert.Throws<WeightsBuildException>(() => new WeightsQuantizer(_ => { }).Run(Job(clean, blocked, new())));
+        Assert.Equal("QLR1006", e.Code);
+        Assert.Contains("not-a-folder", e.File);
+    }
+
+    [Fact]
     public void NonFiniteWeightsAreAnErrorNamingTheTensorAndElement()
     {
         string src = TempDir(), output = TempDir();
