@@ -146,6 +146,21 @@ internal static class Emitter
         sb.AppendLine();
     }
 
+    /// <summary>
+    /// Emits the loop that forwards a block stack's entries: for each block i, every item the
+    /// block's <paramref name="callOpen"/> call yields under the prefix "&lt;name&gt;.i.".
+    /// </summary>
+    private static void EmitStackDelegation(StringBuilder sb, LayerModel layer, string count, string callOpen, string variable)
+    {
+        sb.Append("        for (int i = 0; i < ").Append(count).AppendLine("; i++)");
+        sb.AppendLine("        {");
+        sb.Append("            foreach (var ").Append(variable).Append(" in ").Append(callOpen).Append("prefix + ").Append(Quote(layer.CheckpointName + ".")).AppendLine(" + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + \".\"))");
+        sb.AppendLine("            {");
+        sb.Append("                yield return ").Append(variable).AppendLine(";");
+        sb.AppendLine("            }");
+        sb.AppendLine("        }");
+    }
+
     private static void EmitLoad(StringBuilder sb, ClassModel model)
     {
         sb.AppendLine("    /// <summary>Loads the model from a Hugging Face folder (config.json + safetensors, dense or bitsandbytes 4-bit).</summary>");
@@ -167,13 +182,7 @@ internal static class Emitter
         {
             if (layer.Kind == LayerKind.Stack)
             {
-                sb.Append("        for (int i = 0; i < ").Append(layer.Property).AppendLine(".Length; i++)");
-                sb.AppendLine("        {");
-                sb.Append("            foreach (var entry in ").Append(layer.Property).Append("[i].EnumerateLayers(prefix + ").Append(Quote(layer.CheckpointName + ".")).AppendLine(" + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + \".\"))");
-                sb.AppendLine("            {");
-                sb.AppendLine("                yield return entry;");
-                sb.AppendLine("            }");
-                sb.AppendLine("        }");
+                EmitStackDelegation(sb, layer, layer.Property + ".Length", layer.Property + "[i].EnumerateLayers(", "entry");
             }
             else
             {
@@ -199,13 +208,7 @@ internal static class Emitter
         {
             if (layer.Kind == LayerKind.Stack)
             {
-                sb.Append("        for (int i = 0; i < ").Append(layer.First!.Emit()).AppendLine("; i++)");
-                sb.AppendLine("        {");
-                sb.Append("            foreach (var target in ").Append(layer.BlockType).Append(".EnumerateLoraTargets(dims, prefix + ").Append(Quote(layer.CheckpointName + ".")).AppendLine(" + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + \".\"))");
-                sb.AppendLine("            {");
-                sb.AppendLine("                yield return target;");
-                sb.AppendLine("            }");
-                sb.AppendLine("        }");
+                EmitStackDelegation(sb, layer, layer.First!.Emit(), layer.BlockType + ".EnumerateLoraTargets(dims, ", "target");
             }
             else if (layer.Lora is LoraModel l)
             {
@@ -237,13 +240,7 @@ internal static class Emitter
         {
             if (layer.Kind == LayerKind.Stack)
             {
-                sb.Append("        for (int i = 0; i < ").Append(layer.Property).AppendLine(".Length; i++)");
-                sb.AppendLine("        {");
-                sb.Append("            foreach (var entry in ").Append(layer.Property).Append("[i].EnumerateTrainableParameters(prefix + ").Append(Quote(layer.CheckpointName + ".")).AppendLine(" + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + \".\"))");
-                sb.AppendLine("            {");
-                sb.AppendLine("                yield return entry;");
-                sb.AppendLine("            }");
-                sb.AppendLine("        }");
+                EmitStackDelegation(sb, layer, layer.Property + ".Length", layer.Property + "[i].EnumerateTrainableParameters(", "entry");
             }
             else if (layer.Kind == LayerKind.QuantizedLinear)
             {
