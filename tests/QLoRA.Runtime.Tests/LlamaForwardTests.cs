@@ -196,6 +196,46 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         Assert.Equal(LayerCount * 7, LlamaForCausalLM.EnumerateLoraTargets(new QLoRA.Modeling.ModelDimensions(model.Config)).Count());
     }
 
+    // In a narrow compute dtype every activation and the dense weights are rounded (unit roundoff 2⁻⁸ for bf16, 2⁻¹¹
+    // for f16) and errors compound over the layers; the logits stay within a small multiple of that, relative to their
+    // RMS, and the float64 model's top token is kept wherever its margin over the runner-up is clear.
+    [Theory]
+    [InlineData(DType.BF16, 4e-2)]
+    [InlineData(DType.F16, 6e-3)]
+    public void LogitsInANarrowComputeDtypeStayCloseToFloat64(DType dtype, double relativeRms)
+    {
+        (string folder, Weights weights) = WriteCheckpoint();
+        DType before = fixture.Device.ComputeDtype;
+        fixture.Device.ComputeDtype = dtype;
+        try
+        {
+            using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+            Assert.Equal(dtype, model.Embed.Table.Dtype);
+            int[] ids = [3, 17, 42, 0, 9, 9, 31];
+            float[] logits = model.Forward(ids);
+            double[] expected = Reference(weights, ids);
+            double rms = Math.Sqrt(expected.Average(e => e * e));
+            double errorRms = Math.Sqrt(expected.Select((e, i) => (logits[i] - e) * (logits[i] - e)).Average());
+            Assert.True(errorRms <= relativeRms * rms, $"{dtype}: error RMS {errorRms} vs logit RMS {rms}");
+            Assert.True(errorRms >= 1e-7 * rms, $"{dtype}: suspiciously exact ({errorRms}); is the narrow dtype in use?");
+            for (int t = 0; t < ids.Length; t++)
+            {
+                double[] row = expected[(t * Vocab)..((t + 1) * Vocab)];
+                int best = Array.IndexOf(row, row.Max());
+                double margin = row[best] - row.Where((_, j) => j != best).Max();
+                if (margin > 8 * relativeRms * rms)
+                {
+                    float[] got = logits[(t * Vocab)..((t + 1) * Vocab)];
+                    Assert.Equal(best, Array.IndexOf(got, got.Max()));
+                }
+            }
+        }
+        finally
+        {
+            fixture.Device.ComputeDtype = before;
+        }
+    }
+
     [Fact]
     public void Qwen2WithQkvBiasMatchesFloat64AndAMissingBiasIsNamed()
     {

@@ -40,10 +40,13 @@ public class PtxInspectionTests
         Assert.DoesNotContain(".local", ptx); // no spills to local memory
     }
 
-    [Fact]
-    public void GemvReadsPackedWeightsSixteenBytesAtATime()
+    [Theory]
+    [InlineData(typeof(float), typeof(F32Element))]
+    [InlineData(typeof(ushort), typeof(Bf16Element))]
+    [InlineData(typeof(ushort), typeof(F16Element))]
+    public void GemvReadsPackedWeightsSixteenBytesAtATime(Type element, Type codec)
     {
-        MethodInfo gemv = typeof(Nf4GemvKernels).GetMethod("Gemv", BindingFlags.Public | BindingFlags.Static)!.MakeGenericMethod(typeof(NestedAbsmaxSource));
+        MethodInfo gemv = typeof(Nf4GemvKernels).GetMethod("Gemv", BindingFlags.Public | BindingFlags.Static)!.MakeGenericMethod(element, codec, typeof(NestedAbsmaxSource));
         string ptx = Ptx(gemv);
         Assert.Matches(@"\bld(\.global)?\.v4\.(b32|u32)", ptx);
         Assert.DoesNotContain(".local", ptx);

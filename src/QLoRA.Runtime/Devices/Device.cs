@@ -27,7 +27,33 @@ public sealed class Device : IDisposable
         GroupSize = kind == DeviceKind.Cuda ? 256 : Math.Max(1, accelerator.WarpSize);
         GroupCount = kind == DeviceKind.Cuda ? accelerator.NumMultiprocessors * 8 : Math.Max(1, accelerator.NumMultiprocessors);
         Allocator = new Memory.CachingAllocator(accelerator);
+        _computeDtype = DefaultComputeDtype(accelerator);
     }
+
+    private QLoRA.Core.DType _computeDtype;
+
+    /// <summary>
+    /// The dtype of activations, their gradients and dense frozen weights (embeddings, unquantized linears) for layers
+    /// and models loaded on this device: BF16 by default on CUDA GPUs that have it (sm_80+), F16 on older GPUs, F32 on
+    /// the CPU accelerator (which has no faster narrow arithmetic; tests and gradient checks use F32). Kernels always
+    /// sum in float32; norm weights, biases, LoRA matrices, their gradients and optimizer state stay F32.
+    /// Set it before loading a model.
+    /// </summary>
+    /// <exception cref="ArgumentException">Set to a dtype other than F32, BF16 or F16.</exception>
+    public QLoRA.Core.DType ComputeDtype
+    {
+        get => _computeDtype;
+        set => _computeDtype = value is QLoRA.Core.DType.F32 or QLoRA.Core.DType.BF16 or QLoRA.Core.DType.F16
+            ? value
+            : throw new ArgumentException($"The compute dtype is F32, BF16 or F16, not {value}.", nameof(value));
+    }
+
+    private static QLoRA.Core.DType DefaultComputeDtype(Accelerator accelerator) => accelerator switch
+    {
+        CudaAccelerator cuda when cuda.Architecture is { } arch && arch.Major >= 8 => QLoRA.Core.DType.BF16,
+        CudaAccelerator => QLoRA.Core.DType.F16,
+        _ => QLoRA.Core.DType.F32,
+    };
 
     /// <summary>The caching allocator device tensors come from.</summary>
     public Memory.CachingAllocator Allocator { get; }

@@ -10,11 +10,16 @@ internal readonly record struct AttentionShape(int Tokens, int Heads, int KvHead
 /// tokens of its own sequence up to itself, and with a sliding window only to the last <c>Window</c> of them). Flash-style: online softmax, no tokens×tokens matrix; the forward keeps
 /// the log-sum-exp per (token, head) for the backward, which recomputes probabilities. Every reduction runs in a
 /// fixed order (deterministic). Layouts: q, o [tokens, heads, d]; k, v [tokens, kvHeads, d]; lse [tokens, heads].
+/// Inputs and outputs are of one compute dtype; sums run in float32 in a scratch of the output's shape (the output
+/// itself when it is float32), stored rounded once at the end.
 /// </summary>
 internal static class AttentionKernels
 {
-    public static void Forward(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> sequenceStart, ArrayView<float> o, ArrayView<float> lse, AttentionShape s)
+    public static void Forward<T, TE>(ArrayView<T> q, ArrayView<T> k, ArrayView<T> v, ArrayView<int> sequenceStart, ArrayView<T> o, ArrayView<float> acc, ArrayView<float> lse, AttentionShape s)
+        where T : unmanaged
+        where TE : struct, IElement<T>
     {
+        TE e8 = default;
         int group = s.Heads / s.KvHeads;
         long rows = (long)s.Tokens * s.Heads;
         for (long row = Grid.GlobalIndex.X; row < rows; row += (long)Grid.DimX * Group.DimX)
@@ -24,7 +29,7 @@ internal static class AttentionKernels
             long qBase = row * s.HeadDim;
             for (int e = 0; e < s.HeadDim; e++)
             {
-                o[qBase + e] = 0f;
+                acc[qBase + e] = 0f;
             }
 
             float max = float.NegativeInfinity;
@@ -35,7 +40,7 @@ internal static class AttentionKernels
                 float score = 0f;
                 for (int e = 0; e < s.HeadDim; e++)
                 {
-                    score += q[qBase + e] * k[kBase + e];
+                    score += e8.Load(q[qBase + e]) * e8.Load(k[kBase + e]);
                 }
 
                 score *= s.Scale;
@@ -45,7 +50,7 @@ internal static class AttentionKernels
                 sum = (sum * correction) + p;
                 for (int e = 0; e < s.HeadDim; e++)
                 {
-                    o[qBase + e] = (o[qBase + e] * correction) + (p * v[kBase + e]);
+                    acc[qBase + e] = (acc[qBase + e] * correction) + (p * e8.Load(v[kBase + e]));
                 }
 
                 max = newMax;
@@ -53,7 +58,7 @@ internal static class AttentionKernels
 
             for (int e = 0; e < s.HeadDim; e++)
             {
-                o[qBase + e] /= sum;
+                o[qBase + e] = e8.Store(acc[qBase + e] / sum);
             }
 
             lse[row] = max + MathF.Log(sum);
@@ -61,8 +66,11 @@ internal static class AttentionKernels
     }
 
     /// <summary>delta[t, h] = dO·O, then dQ = Σ_j P(dP − delta)·scale·k_j.</summary>
-    public static void BackwardQuery(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> sequenceStart, ArrayView<float> o, ArrayView<float> lse, ArrayView<float> dO, ArrayView<float> delta, ArrayView<float> dQ, AttentionShape s)
+    public static void BackwardQuery<T, TE>(ArrayView<T> q, ArrayView<T> k, ArrayView<T> v, ArrayView<int> sequenceStart, ArrayView<T> o, ArrayView<float> lse, ArrayView<T> dO, ArrayView<float> delta, ArrayView<T> dQ, ArrayView<float> acc, AttentionShape s)
+        where T : unmanaged
+        where TE : struct, IElement<T>
     {
+        TE e8 = default;
         int group = s.Heads / s.KvHeads;
         long rows = (long)s.Tokens * s.Heads;
         for (long row = Grid.GlobalIndex.X; row < rows; row += (long)Grid.DimX * Group.DimX)
@@ -73,8 +81,8 @@ internal static class AttentionKernels
             float d = 0f;
             for (int e = 0; e < s.HeadDim; e++)
             {
-                d += dO[qBase + e] * o[qBase + e];
-                dQ[qBase + e] = 0f;
+                d += e8.Load(dO[qBase + e]) * e8.Load(o[qBase + e]);
+                acc[qBase + e] = 0f;
             }
 
             delta[row] = d;
@@ -84,23 +92,31 @@ internal static class AttentionKernels
                 float score = 0f, dp = 0f;
                 for (int e = 0; e < s.HeadDim; e++)
                 {
-                    score += q[qBase + e] * k[kBase + e];
-                    dp += dO[qBase + e] * v[kBase + e];
+                    score += e8.Load(q[qBase + e]) * e8.Load(k[kBase + e]);
+                    dp += e8.Load(dO[qBase + e]) * e8.Load(v[kBase + e]);
                 }
 
                 float p = MathF.Exp((score * s.Scale) - lse[row]);
                 float ds = p * (dp - d) * s.Scale;
                 for (int e = 0; e < s.HeadDim; e++)
                 {
-                    dQ[qBase + e] += ds * k[kBase + e];
+                    acc[qBase + e] += ds * e8.Load(k[kBase + e]);
                 }
+            }
+
+            for (int e = 0; e < s.HeadDim; e++)
+            {
+                dQ[qBase + e] = e8.Store(acc[qBase + e]);
             }
         }
     }
 
     /// <summary>dK_j = Σ_{h in group, t ≥ j} P(dP − delta)·scale·q_t and dV_j = Σ P·dO_t, per key row in order.</summary>
-    public static void BackwardKeyValue(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> sequenceEnd, ArrayView<float> lse, ArrayView<float> dO, ArrayView<float> delta, ArrayView<float> dK, ArrayView<float> dV, AttentionShape s)
+    public static void BackwardKeyValue<T, TE>(ArrayView<T> q, ArrayView<T> k, ArrayView<T> v, ArrayView<int> sequenceEnd, ArrayView<float> lse, ArrayView<T> dO, ArrayView<float> delta, ArrayView<T> dK, ArrayView<T> dV, ArrayView<float> dKAcc, ArrayView<float> dVAcc, AttentionShape s)
+        where T : unmanaged
+        where TE : struct, IElement<T>
     {
+        TE e8 = default;
         int group = s.Heads / s.KvHeads;
         long rows = (long)s.Tokens * s.KvHeads;
         for (long row = Grid.GlobalIndex.X; row < rows; row += (long)Grid.DimX * Group.DimX)
@@ -110,8 +126,8 @@ internal static class AttentionKernels
             long kBase = row * s.HeadDim;
             for (int e = 0; e < s.HeadDim; e++)
             {
-                dK[kBase + e] = 0f;
-                dV[kBase + e] = 0f;
+                dKAcc[kBase + e] = 0f;
+                dVAcc[kBase + e] = 0f;
             }
 
             for (int h = kvh * group; h < (kvh + 1) * group; h++)
@@ -124,18 +140,24 @@ internal static class AttentionKernels
                     float score = 0f, dp = 0f;
                     for (int e = 0; e < s.HeadDim; e++)
                     {
-                        score += q[qBase + e] * k[kBase + e];
-                        dp += dO[qBase + e] * v[kBase + e];
+                        score += e8.Load(q[qBase + e]) * e8.Load(k[kBase + e]);
+                        dp += e8.Load(dO[qBase + e]) * e8.Load(v[kBase + e]);
                     }
 
                     float p = MathF.Exp((score * s.Scale) - lse[qRow]);
                     float ds = p * (dp - delta[qRow]) * s.Scale;
                     for (int e = 0; e < s.HeadDim; e++)
                     {
-                        dK[kBase + e] += ds * q[qBase + e];
-                        dV[kBase + e] += p * dO[qBase + e];
+                        dKAcc[kBase + e] += ds * e8.Load(q[qBase + e]);
+                        dVAcc[kBase + e] += p * e8.Load(dO[qBase + e]);
                     }
                 }
+            }
+
+            for (int e = 0; e < s.HeadDim; e++)
+            {
+                dK[kBase + e] = e8.Store(dKAcc[kBase + e]);
+                dV[kBase + e] = e8.Store(dVAcc[kBase + e]);
             }
         }
     }

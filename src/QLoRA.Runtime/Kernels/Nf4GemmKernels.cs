@@ -14,7 +14,9 @@ internal static class Nf4GemmKernels
 {
     private const int Tile = 4;
 
-    public static void Gemm<TAbsmax>(ArrayView<float> x, ArrayView<byte> packed, TAbsmax absmax, ArrayView<float> table, ArrayView<float> c, Nf4GemmShape s)
+    public static void Gemm<T, TE, TAbsmax>(ArrayView<T> x, ArrayView<byte> packed, TAbsmax absmax, ArrayView<float> table, ArrayView<T> c, Nf4GemmShape s)
+        where T : unmanaged
+        where TE : struct, IElement<T>
         where TAbsmax : struct, IAbsmaxSource
     {
         int inner = s.TransposeW != 0 ? s.In : s.Out;
@@ -30,7 +32,7 @@ internal static class Nf4GemmKernels
             float c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
             for (int k = 0; k < inner; k++)
             {
-                float a0 = X(x, s, inner, row0, k), a1 = X(x, s, inner, row0 + 1, k), a2 = X(x, s, inner, row0 + 2, k), a3 = X(x, s, inner, row0 + 3, k);
+                float a0 = X<T, TE>(x, s, inner, row0, k), a1 = X<T, TE>(x, s, inner, row0 + 1, k), a2 = X<T, TE>(x, s, inner, row0 + 2, k), a3 = X<T, TE>(x, s, inner, row0 + 3, k);
                 float b0 = W(packed, absmax, table, s, n, k, col0), b1 = W(packed, absmax, table, s, n, k, col0 + 1);
                 float b2 = W(packed, absmax, table, s, n, k, col0 + 2), b3 = W(packed, absmax, table, s, n, k, col0 + 3);
                 c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3;
@@ -39,14 +41,16 @@ internal static class Nf4GemmKernels
                 c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2; c33 += a3 * b3;
             }
 
-            Store(c, s, n, row0, col0, c00, c01, c02, c03);
-            Store(c, s, n, row0 + 1, col0, c10, c11, c12, c13);
-            Store(c, s, n, row0 + 2, col0, c20, c21, c22, c23);
-            Store(c, s, n, row0 + 3, col0, c30, c31, c32, c33);
+            Store<T, TE>(c, s, n, row0, col0, c00, c01, c02, c03);
+            Store<T, TE>(c, s, n, row0 + 1, col0, c10, c11, c12, c13);
+            Store<T, TE>(c, s, n, row0 + 2, col0, c20, c21, c22, c23);
+            Store<T, TE>(c, s, n, row0 + 3, col0, c30, c31, c32, c33);
         }
     }
 
-    private static float X(ArrayView<float> x, Nf4GemmShape s, int inner, int i, int k) => i >= s.M ? 0f : x[((long)i * inner) + k];
+    private static float X<T, TE>(ArrayView<T> x, Nf4GemmShape s, int inner, int i, int k)
+        where T : unmanaged
+        where TE : struct, IElement<T> => i >= s.M ? 0f : default(TE).Load(x[((long)i * inner) + k]);
 
     // op(W)[k, j]: W[j, k] for the forward (Wᵀ), W[k, j] for the input gradient; 0 past the edge.
     private static float W<TAbsmax>(ArrayView<byte> packed, TAbsmax absmax, ArrayView<float> table, Nf4GemmShape s, int n, int k, int j)
@@ -63,7 +67,9 @@ internal static class Nf4GemmKernels
         return table[code] * absmax.Get(index / s.BlockSize);
     }
 
-    private static void Store(ArrayView<float> c, Nf4GemmShape s, int n, int i, int j, float v0, float v1, float v2, float v3)
+    private static void Store<T, TE>(ArrayView<T> c, Nf4GemmShape s, int n, int i, int j, float v0, float v1, float v2, float v3)
+        where T : unmanaged
+        where TE : struct, IElement<T>
     {
         if (i >= s.M)
         {
@@ -71,17 +77,20 @@ internal static class Nf4GemmKernels
         }
 
         long row = (long)i * n;
-        StoreOne(c, s, n, row + j, j, v0);
-        StoreOne(c, s, n, row + j + 1, j + 1, v1);
-        StoreOne(c, s, n, row + j + 2, j + 2, v2);
-        StoreOne(c, s, n, row + j + 3, j + 3, v3);
+        StoreOne<T, TE>(c, s, n, row + j, j, v0);
+        StoreOne<T, TE>(c, s, n, row + j + 1, j + 1, v1);
+        StoreOne<T, TE>(c, s, n, row + j + 2, j + 2, v2);
+        StoreOne<T, TE>(c, s, n, row + j + 3, j + 3, v3);
     }
 
-    private static void StoreOne(ArrayView<float> c, Nf4GemmShape s, int n, long index, int j, float value)
+    private static void StoreOne<T, TE>(ArrayView<T> c, Nf4GemmShape s, int n, long index, int j, float value)
+        where T : unmanaged
+        where TE : struct, IElement<T>
     {
         if (j < n)
         {
-            c[index] = s.Beta == 0f ? s.Alpha * value : (s.Alpha * value) + (s.Beta * c[index]);
+            TE e = default;
+            c[index] = e.Store(s.Beta == 0f ? s.Alpha * value : (s.Alpha * value) + (s.Beta * e.Load(c[index])));
         }
     }
 }

@@ -12,9 +12,12 @@ internal readonly record struct GemvShape(int Batch, int Out, int In, int BlockS
 /// </summary>
 internal static class Nf4GemvKernels
 {
-    public static void Gemv<TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, ArrayView<float> x, ArrayView<float> y, GemvShape s)
+    public static void Gemv<T, TE, TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, ArrayView<T> x, ArrayView<T> y, GemvShape s)
+        where T : unmanaged
+        where TE : struct, IElement<T>
         where TAbsmax : struct, IAbsmaxSource
     {
+        TE e = default;
         int chunksPerRow = s.In / 32;
         for (int o = Grid.GlobalIndex.X; o < s.Out; o += Grid.DimX * Group.DimX)
         {
@@ -34,32 +37,35 @@ internal static class Nf4GemvKernels
                         float w0 = table[(int)(value >> 4)] * scale;
                         float w1 = table[(int)(value & 15)] * scale;
                         int i = column + (word * 8) + (b * 2);
-                        y0 += Dot(x, s, 0, i, w0, w1);
-                        if (s.Batch > 1) { y1 += Dot(x, s, 1, i, w0, w1); }
-                        if (s.Batch > 2) { y2 += Dot(x, s, 2, i, w0, w1); }
-                        if (s.Batch > 3) { y3 += Dot(x, s, 3, i, w0, w1); }
-                        if (s.Batch > 4) { y4 += Dot(x, s, 4, i, w0, w1); }
-                        if (s.Batch > 5) { y5 += Dot(x, s, 5, i, w0, w1); }
-                        if (s.Batch > 6) { y6 += Dot(x, s, 6, i, w0, w1); }
-                        if (s.Batch > 7) { y7 += Dot(x, s, 7, i, w0, w1); }
+                        y0 += Dot<T, TE>(x, s, 0, i, w0, w1);
+                        if (s.Batch > 1) { y1 += Dot<T, TE>(x, s, 1, i, w0, w1); }
+                        if (s.Batch > 2) { y2 += Dot<T, TE>(x, s, 2, i, w0, w1); }
+                        if (s.Batch > 3) { y3 += Dot<T, TE>(x, s, 3, i, w0, w1); }
+                        if (s.Batch > 4) { y4 += Dot<T, TE>(x, s, 4, i, w0, w1); }
+                        if (s.Batch > 5) { y5 += Dot<T, TE>(x, s, 5, i, w0, w1); }
+                        if (s.Batch > 6) { y6 += Dot<T, TE>(x, s, 6, i, w0, w1); }
+                        if (s.Batch > 7) { y7 += Dot<T, TE>(x, s, 7, i, w0, w1); }
                     }
                 }
             }
 
-            y[o] = y0;
-            if (s.Batch > 1) { y[s.Out + o] = y1; }
-            if (s.Batch > 2) { y[(2L * s.Out) + o] = y2; }
-            if (s.Batch > 3) { y[(3L * s.Out) + o] = y3; }
-            if (s.Batch > 4) { y[(4L * s.Out) + o] = y4; }
-            if (s.Batch > 5) { y[(5L * s.Out) + o] = y5; }
-            if (s.Batch > 6) { y[(6L * s.Out) + o] = y6; }
-            if (s.Batch > 7) { y[(7L * s.Out) + o] = y7; }
+            y[o] = e.Store(y0);
+            if (s.Batch > 1) { y[s.Out + o] = e.Store(y1); }
+            if (s.Batch > 2) { y[(2L * s.Out) + o] = e.Store(y2); }
+            if (s.Batch > 3) { y[(3L * s.Out) + o] = e.Store(y3); }
+            if (s.Batch > 4) { y[(4L * s.Out) + o] = e.Store(y4); }
+            if (s.Batch > 5) { y[(5L * s.Out) + o] = e.Store(y5); }
+            if (s.Batch > 6) { y[(6L * s.Out) + o] = e.Store(y6); }
+            if (s.Batch > 7) { y[(7L * s.Out) + o] = e.Store(y7); }
         }
     }
 
-    private static float Dot(ArrayView<float> x, GemvShape s, int row, int i, float w0, float w1)
+    private static float Dot<T, TE>(ArrayView<T> x, GemvShape s, int row, int i, float w0, float w1)
+        where T : unmanaged
+        where TE : struct, IElement<T>
     {
+        TE e = default;
         long offset = ((long)row * s.In) + i;
-        return (x[offset] * w0) + (x[offset + 1] * w1);
+        return (e.Load(x[offset]) * w0) + (e.Load(x[offset + 1]) * w1);
     }
 }

@@ -9,8 +9,11 @@ namespace QLoRA.Runtime.Kernels;
 internal static class RopeKernels
 {
     /// <summary>x: [tokens, heads, headDim] in place; positions: [tokens]; direction +1 forward, −1 backward.</summary>
-    public static void Rotate(ArrayView<float> x, ArrayView<int> positions, ArrayView<float> invFreq, int tokens, int heads, int headDim, float direction)
+    public static void Rotate<T, TE>(ArrayView<T> x, ArrayView<int> positions, ArrayView<float> invFreq, int tokens, int heads, int headDim, float direction)
+        where T : unmanaged
+        where TE : struct, IElement<T>
     {
+        TE e = default;
         int half = headDim / 2;
         long pairs = (long)tokens * heads * half;
         for (long p = Grid.GlobalIndex.X; p < pairs; p += (long)Grid.DimX * Group.DimX)
@@ -22,10 +25,10 @@ internal static class RopeKernels
             float c = MathF.Cos(angle);
             float s = MathF.Sin(angle) * direction;
             long first = (row * headDim) + i;
-            float a = x[first];
-            float b = x[first + half];
-            x[first] = (a * c) - (b * s);
-            x[first + half] = (b * c) + (a * s);
+            float a = e.Load(x[first]);
+            float b = e.Load(x[first + half]);
+            x[first] = e.Store((a * c) - (b * s));
+            x[first + half] = e.Store((b * c) + (a * s));
         }
     }
 }

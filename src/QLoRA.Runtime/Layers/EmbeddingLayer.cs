@@ -25,12 +25,12 @@ public sealed class EmbeddingLayer : IDisposable
     /// <summary>Width.</summary>
     public int Dim { get; }
 
-    /// <summary>Loads checkpoint weight <paramref name="name"/> [vocab, dim].</summary>
+    /// <summary>Loads checkpoint weight <paramref name="name"/> [vocab, dim], stored in <see cref="Device.ComputeDtype"/>.</summary>
     /// <exception cref="CheckpointFormatException">Missing, not float, or of another shape (both shapes named).</exception>
     public static EmbeddingLayer Load(Device device, IWeightSource source, string name, int vocab, int dim)
     {
         source.Require(name, vocab, dim);
-        return new EmbeddingLayer(DeviceTensor.FromHost<float>(device, source.ReadSingle(name), DType.F32, vocab, dim));
+        return new EmbeddingLayer(DeviceTensor.FromSingle(device, source.ReadSingle(name), device.ComputeDtype, vocab, dim));
     }
 
     /// <summary>y[t] = table[ids[t]].</summary>

@@ -6,7 +6,7 @@ using Device = QLoRA.Runtime.Devices.Device;
 
 namespace QLoRA.Runtime.Layers;
 
-/// <summary>A frozen dense linear layer (e.g. lm_head kept unquantized): y = x Wᵀ, W [out, in] in float32 on the device.</summary>
+/// <summary>A frozen dense linear layer (e.g. lm_head kept unquantized): y = x Wᵀ, W [out, in] in the device's compute dtype, bias in F32.</summary>
 public sealed class Linear : IDisposable
 {
     private Linear(DeviceTensor weight)
@@ -25,12 +25,12 @@ public sealed class Linear : IDisposable
     /// <summary>Output features.</summary>
     public int OutFeatures { get; }
 
-    /// <summary>Loads checkpoint weight <paramref name="name"/> [out, in] (a dense float tensor).</summary>
+    /// <summary>Loads checkpoint weight <paramref name="name"/> [out, in] (a dense float tensor), stored in <see cref="Device.ComputeDtype"/>.</summary>
     /// <exception cref="CheckpointFormatException">Missing, 4-bit, not float, or of another shape (both shapes named).</exception>
     public static Linear Load(Device device, IWeightSource source, string name, int inFeatures, int outFeatures)
     {
         source.Require(name, outFeatures, inFeatures);
-        return new Linear(DeviceTensor.FromHost<float>(device, source.ReadSingle(name), DType.F32, outFeatures, inFeatures))
+        return new Linear(DeviceTensor.FromSingle(device, source.ReadSingle(name), device.ComputeDtype, outFeatures, inFeatures))
         {
             Bias = LoadOptionalBias(device, source, name, outFeatures),
         };
@@ -57,7 +57,7 @@ public sealed class Linear : IDisposable
         return DeviceTensor.FromHost<float>(device, source.ReadSingle(biasName), DType.F32, outFeatures);
     }
 
-    /// <summary>y = x Wᵀ (+ bias).</summary>
+    /// <summary>y = x Wᵀ (+ bias); x in the weight's dtype, y in it or F32 (e.g. float32 logits).</summary>
     public void Forward(DeviceTensor x, DeviceTensor y)
     {
         Gemm.Multiply(x, Weight, y, transposeB: true);

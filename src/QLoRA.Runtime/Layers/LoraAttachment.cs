@@ -36,7 +36,7 @@ public static class LoraAttachment
             }
 
             linear.Lora?.Dispose();
-            linear.Lora = new LoraSlot(device, a, new float[linear.OutFeatures * rank], rank, linear.InFeatures, linear.OutFeatures, (float)config.ScalingOf(name));
+            linear.Lora = new LoraSlot(device, a, new float[linear.OutFeatures * rank], rank, linear.InFeatures, linear.OutFeatures, (float)config.ScalingOf(name), config.LoraDropout);
             adapted.Add(name);
         }
 
@@ -53,7 +53,7 @@ public static class LoraAttachment
         {
             QuantizedLinear linear = byName[module.Module];
             linear.Lora?.Dispose();
-            linear.Lora = new LoraSlot(device, module.A.ToSingle(), module.B.ToSingle(), module.Rank, module.InFeatures, module.OutFeatures, (float)adapter.Config.ScalingOf(module.Module));
+            linear.Lora = new LoraSlot(device, module.A.ToSingle(), module.B.ToSingle(), module.Rank, module.InFeatures, module.OutFeatures, (float)adapter.Config.ScalingOf(module.Module), adapter.Config.LoraDropout);
         }
     }
 }

@@ -5,15 +5,22 @@ using Device = QLoRA.Runtime.Devices.Device;
 namespace QLoRA.Runtime.Layers;
 
 /// <summary>
-/// The LoRA adapter of a linear layer: A [r, in], B [out, r], scaling s (alpha / r, or alpha / √r with rsLoRA), and
-/// their float32 gradients. y += s · (x Aᵀ) Bᵀ.
+/// The LoRA adapter of a linear layer: A [r, in], B [out, r], scaling s (alpha / r, or alpha / √r with rsLoRA), dropout
+/// on the adapter's input (training only), and float32 gradients. y += s · (dropout(x) Aᵀ) Bᵀ. A and B are float32 master
+/// weights; when activations are BF16 or F16 the layer rounds them to that dtype for each product, as autocast does.
 /// </summary>
 public sealed class LoraSlot : IDisposable
 {
     /// <summary>Creates a slot from host matrices (float32, row-major).</summary>
     /// <exception cref="ArgumentException">Shapes disagree with rank and features.</exception>
-    public LoraSlot(Device device, float[] a, float[] b, int rank, int inFeatures, int outFeatures, float scaling)
+    /// <exception cref="ArgumentOutOfRangeException">Dropout is outside [0, 1).</exception>
+    public LoraSlot(Device device, float[] a, float[] b, int rank, int inFeatures, int outFeatures, float scaling, double dropout = 0)
     {
+        if (!(dropout >= 0 && dropout < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(dropout), dropout, "LoRA dropout must be in [0, 1).");
+        }
+
         if (a.Length != (long)rank * inFeatures || b.Length != (long)outFeatures * rank)
         {
             throw new ArgumentException($"LoRA A must be [{rank}, {inFeatures}] and B [{outFeatures}, {rank}]; got {a.Length} and {b.Length} values.");
@@ -21,6 +28,7 @@ public sealed class LoraSlot : IDisposable
 
         Rank = rank;
         Scaling = scaling;
+        Dropout = dropout;
         A = DeviceTensor.FromHost<float>(device, a, DType.F32, rank, inFeatures);
         B = DeviceTensor.FromHost<float>(device, b, DType.F32, outFeatures, rank);
         GradA = DeviceTensor.Allocate(device, DType.F32, rank, inFeatures);
@@ -33,6 +41,15 @@ public sealed class LoraSlot : IDisposable
 
     /// <summary>s in y += s·(x Aᵀ) Bᵀ.</summary>
     public float Scaling { get; }
+
+    /// <summary>Probability of dropping an element of the adapter's input during training (lora_dropout).</summary>
+    public double Dropout { get; }
+
+    /// <summary>
+    /// Seed of the dropout mask; the trainer sets a new one per step (and per layer). Forward and backward of one step
+    /// must see the same seed: the mask is regenerated from it, not stored.
+    /// </summary>
+    public uint DropoutSeed { get; set; }
 
     /// <summary>lora_A.weight [r, in].</summary>
     public DeviceTensor A { get; }

@@ -68,10 +68,11 @@ public sealed class QuantizedLinear : IDisposable
     /// <summary>The LoRA adapter, if attached.</summary>
     public LoraSlot? Lora { get; set; }
 
-    /// <summary>y = x Wᵀ (+ LoRA).</summary>
-    /// <param name="x">F32 [tokens, in].</param>
-    /// <param name="y">F32 [tokens, out], written.</param>
-    public void Forward(DeviceTensor x, DeviceTensor y)
+    /// <summary>y = x Wᵀ (+ bias) (+ s·(dropout(x) Aᵀ) Bᵀ).</summary>
+    /// <param name="x">[tokens, in] of a compute dtype (F32, BF16, F16).</param>
+    /// <param name="y">[tokens, out] of x's dtype, written.</param>
+    /// <param name="training">Apply the adapter's dropout (with <see cref="LoraSlot.DropoutSeed"/>).</param>
+    public void Forward(DeviceTensor x, DeviceTensor y, bool training = false)
     {
         int tokens = CheckInput(x);
         Weight.Multiply(x, y, transposeWeight: true);
@@ -82,17 +83,22 @@ public sealed class QuantizedLinear : IDisposable
 
         if (Lora is LoraSlot lora)
         {
-            using DeviceTensor xa = DeviceTensor.Allocate(_device, DType.F32, tokens, lora.Rank);
-            Gemm.Multiply(x, lora.A, xa, transposeB: true);
-            Gemm.Multiply(xa, lora.B, y, transposeB: true, alpha: lora.Scaling, beta: 1f);
+            using var operands = new LoraOperands(lora, x, training);
+            using DeviceTensor xa = DeviceTensor.Allocate(_device, x.Dtype, tokens, lora.Rank);
+            Gemm.Multiply(operands.Input, operands.A, xa, transposeB: true);
+            Gemm.Multiply(xa, operands.B, y, transposeB: true, alpha: lora.Scaling, beta: 1f);
         }
     }
 
     /// <summary>
-    /// Backward from dy: accumulates the LoRA gradients (dB += s·dyᵀ(x Aᵀ), dA += s·(dy B)ᵀ x) and, when
-    /// <paramref name="dx"/> is given, writes dx = dy W + s·(dy B) A.
+    /// Backward from dy: accumulates the LoRA gradients (dB += s·dyᵀ(x̃ Aᵀ), dA += s·(dy B)ᵀ x̃, with x̃ = dropout(x)) in
+    /// float32 and, when <paramref name="dx"/> is given, writes dx = dy W + dropoutᵀ(s·(dy B) A).
     /// </summary>
-    public void Backward(DeviceTensor x, DeviceTensor dy, DeviceTensor? dx)
+    /// <param name="x">The forward's input.</param>
+    /// <param name="dy">[tokens, out] of x's dtype.</param>
+    /// <param name="dx">[tokens, in] of x's dtype, written; null when the input needs no gradient.</param>
+    /// <param name="training">Whether the forward applied dropout (the same seed must still be set).</param>
+    public void Backward(DeviceTensor x, DeviceTensor dy, DeviceTensor? dx, bool training = false)
     {
         int tokens = CheckInput(x);
         if (dx is not null)
@@ -102,16 +108,70 @@ public sealed class QuantizedLinear : IDisposable
 
         if (Lora is LoraSlot lora)
         {
-            using DeviceTensor xa = DeviceTensor.Allocate(_device, DType.F32, tokens, lora.Rank);
-            using DeviceTensor dyB = DeviceTensor.Allocate(_device, DType.F32, tokens, lora.Rank);
-            Gemm.Multiply(x, lora.A, xa, transposeB: true);
-            Gemm.Multiply(dy, lora.B, dyB);
+            using var operands = new LoraOperands(lora, x, training);
+            using DeviceTensor xa = DeviceTensor.Allocate(_device, x.Dtype, tokens, lora.Rank);
+            using DeviceTensor dyB = DeviceTensor.Allocate(_device, x.Dtype, tokens, lora.Rank);
+            Gemm.Multiply(operands.Input, operands.A, xa, transposeB: true);
+            Gemm.Multiply(dy, operands.B, dyB);
             Gemm.Multiply(dy, xa, lora.GradB, transposeA: true, alpha: lora.Scaling, beta: 1f);
-            Gemm.Multiply(dyB, x, lora.GradA, transposeA: true, alpha: lora.Scaling, beta: 1f);
-            if (dx is not null)
+            Gemm.Multiply(dyB, operands.Input, lora.GradA, transposeA: true, alpha: lora.Scaling, beta: 1f);
+            if (dx is null)
             {
-                Gemm.Multiply(dyB, lora.A, dx, alpha: lora.Scaling, beta: 1f);
+                return;
             }
+
+            if (operands.Dropped)
+            {
+                // The adapter saw dropout(x): its input gradient goes back through the same mask.
+                using DeviceTensor dxLora = DeviceTensor.Allocate(_device, x.Dtype, tokens, InFeatures);
+                Gemm.Multiply(dyB, operands.A, dxLora, alpha: lora.Scaling);
+                Ops.Dropout.Apply(dxLora, dxLora, lora.Dropout, lora.DropoutSeed);
+                Elementwise.Add(dx, dxLora, dx);
+            }
+            else
+            {
+                Gemm.Multiply(dyB, operands.A, dx, alpha: lora.Scaling, beta: 1f);
+            }
+        }
+    }
+
+    /// <summary>The adapter's operands for one pass: the (dropped-out) input and A, B in the input's dtype.</summary>
+    private readonly struct LoraOperands : IDisposable
+    {
+        private readonly DeviceTensor? _dropped, _a, _b;
+
+        public LoraOperands(LoraSlot lora, DeviceTensor x, bool training)
+        {
+            if (training && lora.Dropout > 0)
+            {
+                _dropped = DeviceTensor.Allocate(x.Device, x.Dtype, [.. x.Shape]);
+                Ops.Dropout.Apply(x, _dropped, lora.Dropout, lora.DropoutSeed);
+            }
+
+            if (x.Dtype != DType.F32)
+            {
+                _a = Elementwise.ConvertTo(lora.A, x.Dtype);
+                _b = Elementwise.ConvertTo(lora.B, x.Dtype);
+            }
+
+            Input = _dropped ?? x;
+            A = _a ?? lora.A;
+            B = _b ?? lora.B;
+        }
+
+        public DeviceTensor Input { get; }
+
+        public DeviceTensor A { get; }
+
+        public DeviceTensor B { get; }
+
+        public bool Dropped => _dropped is not null;
+
+        public void Dispose()
+        {
+            _dropped?.Dispose();
+            _a?.Dispose();
+            _b?.Dispose();
         }
     }
 

@@ -8,7 +8,7 @@ using Device = QLoRA.Runtime.Devices.Device;
 
 namespace QLoRA.Runtime.Models;
 
-/// <summary>The Llama forward pass, composed from the runtime's kernels (float32 compute).</summary>
+/// <summary>The Llama forward pass, composed from the runtime's kernels, in the device's compute dtype (float32 sums).</summary>
 public partial class LlamaForCausalLM
 {
     private HfModelConfig? _config;
@@ -46,7 +46,7 @@ public partial class LlamaForCausalLM
         return model;
     }
 
-    /// <summary>Logits [tokens, vocab] of one sequence (positions 0…n−1), returned to the host.</summary>
+    /// <summary>Logits [tokens, vocab] of one sequence (positions 0…n−1), computed in float32 from the last hidden states and returned to the host.</summary>
     /// <exception cref="ArgumentException">No tokens.</exception>
     public float[] Forward(ReadOnlySpan<int> ids)
     {
@@ -58,22 +58,23 @@ public partial class LlamaForCausalLM
             throw new ArgumentException("At least one token is needed.", nameof(ids));
         }
 
+        DType dtype = Embed.Table.Dtype; // the device's compute dtype when the model was loaded
         int hidden = c.HiddenSize, heads = c.NumAttentionHeads, kvHeads = c.NumKeyValueHeads, headDim = c.HeadDim;
-        using DeviceTensor x = DeviceTensor.Allocate(device, DType.F32, t, hidden);
+        using DeviceTensor x = DeviceTensor.Allocate(device, dtype, t, hidden);
         Embed.Forward(ids, x);
         using DeviceTensor positions = DeviceTensor.FromHost<int>(device, [.. Enumerable.Range(0, t)], DType.I32, t);
         using DeviceTensor invFreq = DeviceTensor.FromHost<float>(device, RopeFrequencies.Compute(c.Rope, headDim), DType.F32, headDim / 2);
-        using DeviceTensor h = DeviceTensor.Allocate(device, DType.F32, t, hidden);
+        using DeviceTensor h = DeviceTensor.Allocate(device, dtype, t, hidden);
         using DeviceTensor inverseRms = DeviceTensor.Allocate(device, DType.F32, t);
-        using DeviceTensor q = DeviceTensor.Allocate(device, DType.F32, t, heads * headDim);
-        using DeviceTensor k = DeviceTensor.Allocate(device, DType.F32, t, kvHeads * headDim);
-        using DeviceTensor v = DeviceTensor.Allocate(device, DType.F32, t, kvHeads * headDim);
-        using DeviceTensor attention = DeviceTensor.Allocate(device, DType.F32, t, heads, headDim);
+        using DeviceTensor q = DeviceTensor.Allocate(device, dtype, t, heads * headDim);
+        using DeviceTensor k = DeviceTensor.Allocate(device, dtype, t, kvHeads * headDim);
+        using DeviceTensor v = DeviceTensor.Allocate(device, dtype, t, kvHeads * headDim);
+        using DeviceTensor attention = DeviceTensor.Allocate(device, dtype, t, heads, headDim);
         using DeviceTensor lse = DeviceTensor.Allocate(device, DType.F32, t, heads);
-        using DeviceTensor projected = DeviceTensor.Allocate(device, DType.F32, t, hidden);
-        using DeviceTensor gate = DeviceTensor.Allocate(device, DType.F32, t, c.IntermediateSize);
-        using DeviceTensor up = DeviceTensor.Allocate(device, DType.F32, t, c.IntermediateSize);
-        using DeviceTensor act = DeviceTensor.Allocate(device, DType.F32, t, c.IntermediateSize);
+        using DeviceTensor projected = DeviceTensor.Allocate(device, dtype, t, hidden);
+        using DeviceTensor gate = DeviceTensor.Allocate(device, dtype, t, c.IntermediateSize);
+        using DeviceTensor up = DeviceTensor.Allocate(device, dtype, t, c.IntermediateSize);
+        using DeviceTensor act = DeviceTensor.Allocate(device, dtype, t, c.IntermediateSize);
         int[] boundaries = [0, t];
         foreach (LlamaDecoderLayer layer in Layers)
         {

@@ -14,21 +14,19 @@ namespace QLoRA.Runtime.Ops;
 public static class Attention
 {
     /// <summary>o = softmax(scale·q kᵀ + causal mask within each sequence) v; writes the log-sum-exp per (token, head).</summary>
-    /// <param name="q">F32 [tokens, heads, d].</param>
-    /// <param name="k">F32 [tokens, kvHeads, d]; heads must be a multiple of kvHeads.</param>
-    /// <param name="v">F32 [tokens, kvHeads, d].</param>
+    /// <param name="q">[tokens, heads, d] of a compute dtype (F32, BF16, F16); q, k, v, o and the gradients share it.</param>
+    /// <param name="k">[tokens, kvHeads, d]; heads must be a multiple of kvHeads.</param>
+    /// <param name="v">[tokens, kvHeads, d].</param>
     /// <param name="sequenceBoundaries">Cumulative boundaries: starts at 0, non-decreasing, ends at tokens.</param>
-    /// <param name="o">F32 [tokens, heads, d], written.</param>
+    /// <param name="o">[tokens, heads, d], written.</param>
     /// <param name="lse">F32 [tokens, heads], written (kept for the backward).</param>
     /// <exception cref="ArgumentException">Shapes disagree or the boundaries are malformed.</exception>
     /// <param name="slidingWindow">Mistral's sliding_window: each token sees at most this many keys (itself included); 0 for none.</param>
     public static void Forward(DeviceTensor q, DeviceTensor k, DeviceTensor v, ReadOnlySpan<int> sequenceBoundaries, DeviceTensor o, DeviceTensor lse, int slidingWindow = 0)
     {
         AttentionShape s = Check(q, k, v, o, lse, slidingWindow);
-        Device device = q.Device;
-        using DeviceTensor starts = Boundaries(device, sequenceBoundaries, s.Tokens, end: false);
-        var kernel = device.Kernel("attention.forward", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.Forward));
-        kernel(device.GridStride, q.View<float>(), k.View<float>(), v.View<float>(), starts.View<int>(), o.View<float>(), lse.View<float>(), s);
+        using DeviceTensor starts = Boundaries(q.Device, sequenceBoundaries, s.Tokens, end: false);
+        ComputeDispatch.Run(q, new ForwardLaunch(q, k, v, starts, o, lse, s), nameof(q));
     }
 
     /// <summary>Gradients dq, dk, dv from dO, recomputing probabilities from the saved log-sum-exp.</summary>
@@ -36,18 +34,51 @@ public static class Attention
     public static void Backward(DeviceTensor q, DeviceTensor k, DeviceTensor v, ReadOnlySpan<int> sequenceBoundaries, DeviceTensor o, DeviceTensor lse, DeviceTensor dO, DeviceTensor dQ, DeviceTensor dK, DeviceTensor dV, int slidingWindow = 0)
     {
         AttentionShape s = Check(q, k, v, o, lse, slidingWindow);
-        Shapes.Require(dO, DType.F32, q.Shape, nameof(dO));
-        Shapes.Require(dQ, DType.F32, q.Shape, nameof(dQ));
-        Shapes.Require(dK, DType.F32, k.Shape, nameof(dK));
-        Shapes.Require(dV, DType.F32, v.Shape, nameof(dV));
+        Shapes.Require(dO, q.Dtype, q.Shape, nameof(dO));
+        Shapes.Require(dQ, q.Dtype, q.Shape, nameof(dQ));
+        Shapes.Require(dK, q.Dtype, k.Shape, nameof(dK));
+        Shapes.Require(dV, q.Dtype, v.Shape, nameof(dV));
         Device device = q.Device;
         using DeviceTensor starts = Boundaries(device, sequenceBoundaries, s.Tokens, end: false);
         using DeviceTensor ends = Boundaries(device, sequenceBoundaries, s.Tokens, end: true);
         using DeviceTensor delta = DeviceTensor.Allocate(device, DType.F32, s.Tokens, s.Heads);
-        var query = device.Kernel("attention.backward.q", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.BackwardQuery));
-        query(device.GridStride, q.View<float>(), k.View<float>(), v.View<float>(), starts.View<int>(), o.View<float>(), lse.View<float>(), dO.View<float>(), delta.View<float>(), dQ.View<float>(), s);
-        var keyValue = device.Kernel("attention.backward.kv", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.BackwardKeyValue));
-        keyValue(device.GridStride, q.View<float>(), k.View<float>(), v.View<float>(), ends.View<int>(), lse.View<float>(), dO.View<float>(), delta.View<float>(), dK.View<float>(), dV.View<float>(), s);
+        ComputeDispatch.Run(q, new BackwardLaunch(q, k, v, starts, ends, o, lse, dO, delta, dQ, dK, dV, s), nameof(q));
+    }
+
+    // Float32 sums go straight into a float32 output; other dtypes get a float32 scratch of the output's shape.
+    private static DeviceTensor? Scratch(DeviceTensor output) =>
+        output.Dtype == DType.F32 ? null : DeviceTensor.Allocate(output.Device, DType.F32, [.. output.Shape]);
+
+    private readonly record struct ForwardLaunch(DeviceTensor Q, DeviceTensor K, DeviceTensor V, DeviceTensor Starts, DeviceTensor O, DeviceTensor Lse, AttentionShape Shape) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = Q.Device;
+            using DeviceTensor? scratch = Scratch(O);
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("attention.forward"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.Forward<T, TE>));
+            kernel(device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), (scratch ?? O).View<float>(), Lse.View<float>(), Shape);
+        }
+    }
+
+    private readonly record struct BackwardLaunch(DeviceTensor Q, DeviceTensor K, DeviceTensor V, DeviceTensor Starts, DeviceTensor Ends, DeviceTensor O, DeviceTensor Lse, DeviceTensor DO, DeviceTensor Delta, DeviceTensor DQ, DeviceTensor DK, DeviceTensor DV, AttentionShape Shape) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = Q.Device;
+            using (DeviceTensor? scratch = Scratch(DQ))
+            {
+                var query = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.q"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, AttentionShape>(AttentionKernels.BackwardQuery<T, TE>));
+                query(device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DQ.View<T>(), (scratch ?? DQ).View<float>(), Shape);
+            }
+
+            using DeviceTensor? dKScratch = Scratch(DK), dVScratch = Scratch(DV);
+            var keyValue = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.kv"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.BackwardKeyValue<T, TE>));
+            keyValue(device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Ends.View<int>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DK.View<T>(), DV.View<T>(), (dKScratch ?? DK).View<float>(), (dVScratch ?? DV).View<float>(), Shape);
+        }
     }
 
     private static AttentionShape Check(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse, int slidingWindow)
@@ -64,10 +95,9 @@ public static class Attention
             throw new ArgumentException($"{heads} query heads are not a multiple of {kvHeads} key/value heads.", nameof(k));
         }
 
-        Shapes.Require(q, DType.F32, q.Shape, nameof(q));
-        Shapes.Require(k, DType.F32, [tokens, kvHeads, d], nameof(k));
-        Shapes.Require(v, DType.F32, [tokens, kvHeads, d], nameof(v));
-        Shapes.Require(o, DType.F32, q.Shape, nameof(o));
+        Shapes.Require(k, q.Dtype, [tokens, kvHeads, d], nameof(k));
+        Shapes.Require(v, q.Dtype, [tokens, kvHeads, d], nameof(v));
+        Shapes.Require(o, q.Dtype, q.Shape, nameof(o));
         Shapes.Require(lse, DType.F32, [tokens, heads], nameof(lse));
         return new AttentionShape(tokens, heads, kvHeads, d, 1f / MathF.Sqrt(d), slidingWindow);
     }

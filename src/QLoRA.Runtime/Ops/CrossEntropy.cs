@@ -11,6 +11,8 @@ namespace QLoRA.Runtime.Ops;
 /// The language-model loss fused with the output projection and chunked over tokens: logits = h Wᵀ are formed for
 /// <c>chunkTokens</c> rows at a time (never [tokens, vocab] at once), turned into their loss and gradient in place,
 /// and pushed back into dh (and dW when given). Mean over the tokens whose label is not the ignore index.
+/// Hidden states and lm_head share a compute dtype (F32, BF16, F16); logits, the softmax and the loss are float32,
+/// the logit gradient is rounded to the compute dtype before it is multiplied back (as autocast does).
 /// </summary>
 public static class CrossEntropy
 {
@@ -18,10 +20,10 @@ public static class CrossEntropy
     public const int DefaultIgnoreIndex = -100;
 
     /// <summary>Computes the mean loss and, when asked, its gradients.</summary>
-    /// <param name="hidden">F32 [tokens, dim], the final hidden states.</param>
-    /// <param name="weight">F32 [vocab, dim], lm_head.</param>
+    /// <param name="hidden">[tokens, dim], the final hidden states (F32, BF16 or F16).</param>
+    /// <param name="weight">[vocab, dim], lm_head, of the hidden states' dtype.</param>
     /// <param name="labels">Target id per token (already shifted), or the ignore index.</param>
-    /// <param name="dHidden">F32 [tokens, dim] receiving dLoss/dh, or null.</param>
+    /// <param name="dHidden">[tokens, dim] of the hidden states' dtype receiving dLoss/dh, or null.</param>
     /// <param name="dWeight">F32 [vocab, dim] accumulating dLoss/dW, or null (lm_head frozen).</param>
     /// <param name="chunkTokens">Rows of logits alive at once.</param>
     /// <param name="ignoreIndex">Label that contributes nothing.</param>
@@ -30,7 +32,7 @@ public static class CrossEntropy
     public static double ForwardBackward(DeviceTensor hidden, DeviceTensor weight, ReadOnlySpan<int> labels, DeviceTensor? dHidden, DeviceTensor? dWeight, int chunkTokens = 1024, int ignoreIndex = DefaultIgnoreIndex)
     {
         int tokens = checked((int)hidden.Shape[0]), dim = checked((int)hidden.Shape[1]), vocab = checked((int)weight.Shape[0]);
-        Shapes.Require(weight, DType.F32, [vocab, dim], nameof(weight));
+        Shapes.Require(weight, hidden.Dtype, [vocab, dim], nameof(weight));
         if (labels.Length != tokens)
         {
             throw new ArgumentException($"{labels.Length} labels for {tokens} tokens.", nameof(labels));
@@ -49,7 +51,7 @@ public static class CrossEntropy
 
         if (dHidden is not null)
         {
-            Shapes.Require(dHidden, DType.F32, hidden.Shape, nameof(dHidden));
+            Shapes.Require(dHidden, hidden.Dtype, hidden.Shape, nameof(dHidden));
         }
 
         if (dWeight is not null)
@@ -61,6 +63,7 @@ public static class CrossEntropy
         float scale = counted == 0 ? 0f : 1f / counted;
         int chunk = Math.Max(1, Math.Min(chunkTokens, tokens));
         using DeviceTensor logits = DeviceTensor.Allocate(device, DType.F32, chunk, vocab);
+        using DeviceTensor? rounded = hidden.Dtype == DType.F32 || (dHidden is null && dWeight is null) ? null : DeviceTensor.Allocate(device, hidden.Dtype, chunk, vocab);
         using DeviceTensor losses = DeviceTensor.Allocate(device, DType.F32, tokens);
         using DeviceTensor labelTensor = DeviceTensor.FromHost(device, labels, DType.I32, tokens);
         var kernel = device.Kernel("crossentropy.chunk", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>(CrossEntropyKernels.LossAndGradient));
@@ -71,14 +74,21 @@ public static class CrossEntropy
             DeviceTensor z = logits.Rows(0, rows);
             Gemm.Multiply(h, weight, z, transposeB: true);
             kernel(device.GridStride, z.View<float>(), labelTensor.Rows(start, rows).View<int>(), losses.Rows(start, rows).View<float>(), rows, vocab, ignoreIndex, scale);
+            DeviceTensor dz = z;
+            if (rounded is not null)
+            {
+                dz = rounded.Rows(0, rows);
+                Elementwise.Convert(z, dz);
+            }
+
             if (dHidden is not null)
             {
-                Gemm.Multiply(z, weight, dHidden.Rows(start, rows));
+                Gemm.Multiply(dz, weight, dHidden.Rows(start, rows));
             }
 
             if (dWeight is not null)
             {
-                Gemm.Multiply(z, h, dWeight, transposeA: true, beta: 1f);
+                Gemm.Multiply(dz, h, dWeight, transposeA: true, beta: 1f);
             }
         }
 

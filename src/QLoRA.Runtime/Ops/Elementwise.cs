@@ -7,19 +7,37 @@ using Device = QLoRA.Runtime.Devices.Device;
 
 namespace QLoRA.Runtime.Ops;
 
-/// <summary>Residual add and embedding lookup on float32 device tensors.</summary>
+/// <summary>
+/// Residual add, bias add, dtype conversion and embedding lookup on device tensors of a compute dtype (F32, BF16 or F16;
+/// arithmetic in float32, results rounded to the tensor's dtype). Biases and parameter gradients are F32.
+/// </summary>
 public static class Elementwise
 {
-    /// <summary>y = a + b (y may alias a or b).</summary>
+    /// <summary>y = a + b (y may alias a or b), all of one compute dtype.</summary>
     /// <exception cref="ArgumentException">Shapes or dtypes disagree.</exception>
     public static void Add(DeviceTensor a, DeviceTensor b, DeviceTensor y)
     {
-        Shapes.Require(a, DType.F32, a.Shape, nameof(a));
-        Shapes.Require(b, DType.F32, a.Shape, nameof(b));
-        Shapes.Require(y, DType.F32, a.Shape, nameof(y));
-        Device device = a.Device;
-        var kernel = device.Kernel("elementwise.add", acc => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, long>(ElementwiseKernels.Add));
-        kernel(device.GridStride, a.View<float>(), b.View<float>(), y.View<float>(), a.ElementCount);
+        Shapes.Require(b, a.Dtype, a.Shape, nameof(b));
+        Shapes.Require(y, a.Dtype, a.Shape, nameof(y));
+        ComputeDispatch.Run(a, new AddLaunch(a, b, y), nameof(a));
+    }
+
+    /// <summary>y = x in another compute dtype (bf16 and f16 round to nearest even).</summary>
+    /// <param name="x">F32, BF16 or F16.</param>
+    /// <param name="y">F32, BF16 or F16 of the same shape, written.</param>
+    /// <exception cref="ArgumentException">Shapes differ or a dtype is not a compute dtype.</exception>
+    public static void Convert(DeviceTensor x, DeviceTensor y)
+    {
+        Shapes.Require(y, y.Dtype, x.Shape, nameof(y));
+        ComputeDispatch.Run(x, new ConvertLaunch(x, y), nameof(x));
+    }
+
+    /// <summary>A new tensor holding <paramref name="x"/> in <paramref name="dtype"/>.</summary>
+    public static DeviceTensor ConvertTo(DeviceTensor x, DType dtype)
+    {
+        DeviceTensor y = DeviceTensor.Allocate(x.Device, dtype, [.. x.Shape]);
+        Convert(x, y);
+        return y;
     }
 
     /// <summary>y[r, :] += bias for every row (a linear layer's bias).</summary>
@@ -31,17 +49,14 @@ public static class Elementwise
             throw new ArgumentException($"y must be [rows, dim], not [{string.Join(", ", y.Shape)}].", nameof(y));
         }
 
-        Shapes.Require(y, DType.F32, y.Shape, nameof(y));
         Shapes.Require(bias, DType.F32, [y.Shape[1]], nameof(bias));
-        Device device = y.Device;
-        var kernel = device.Kernel("elementwise.addrow", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, long, int>(ElementwiseKernels.AddRowVector));
-        kernel(device.GridStride, y.View<float>(), bias.View<float>(), y.Shape[0], checked((int)y.Shape[1]));
+        ComputeDispatch.Run(y, new AddBiasLaunch(y, bias), nameof(y));
     }
 
     /// <summary>Embedding lookup: y[t] = table[ids[t]].</summary>
-    /// <param name="table">F32 [vocab, dim].</param>
+    /// <param name="table">[vocab, dim] of a compute dtype.</param>
     /// <param name="ids">Token ids, each in [0, vocab).</param>
-    /// <param name="y">F32 [ids.Length, dim].</param>
+    /// <param name="y">[ids.Length, dim] of the table's dtype.</param>
     /// <exception cref="ArgumentOutOfRangeException">An id is outside the vocabulary (named with its position).</exception>
     public static void Embedding(DeviceTensor table, ReadOnlySpan<int> ids, DeviceTensor y)
     {
@@ -60,12 +75,9 @@ public static class Elementwise
             }
         }
 
-        Shapes.Require(table, DType.F32, table.Shape, nameof(table));
-        Shapes.Require(y, DType.F32, [ids.Length, dim], nameof(y));
-        Device device = table.Device;
-        using DeviceTensor idTensor = DeviceTensor.FromHost(device, ids, DType.I32, ids.Length);
-        var kernel = device.Kernel("elementwise.gather", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(ElementwiseKernels.Gather));
-        kernel(device.GridStride, table.View<float>(), idTensor.View<int>(), y.View<float>(), ids.Length, dim);
+        Shapes.Require(y, table.Dtype, [ids.Length, dim], nameof(y));
+        using DeviceTensor idTensor = DeviceTensor.FromHost(table.Device, ids, DType.I32, ids.Length);
+        ComputeDispatch.Run(table, new GatherLaunch(table, idTensor, y, ids.Length, dim), nameof(table));
         // Freed blocks are reused only by later work on the same (default) stream, so no synchronization is needed.
     }
 
@@ -73,7 +85,7 @@ public static class Elementwise
     /// Embedding backward: dTable[ids[t]] += dy[t] for every token, deterministic (tokens grouped by id on the host,
     /// each row summed in token order; no atomics).
     /// </summary>
-    /// <param name="dy">F32 [tokens, dim].</param>
+    /// <param name="dy">[tokens, dim] of a compute dtype.</param>
     /// <param name="ids">Token ids.</param>
     /// <param name="dTable">F32 [vocab, dim], accumulated into.</param>
     /// <exception cref="ArgumentOutOfRangeException">An id is outside the vocabulary.</exception>
@@ -81,7 +93,7 @@ public static class Elementwise
     {
         long vocab = dTable.Shape[0];
         int dim = checked((int)dTable.Shape[1]);
-        Shapes.Require(dy, DType.F32, [ids.Length, dim], nameof(dy));
+        Shapes.Require(dy, dy.Dtype, [ids.Length, dim], nameof(dy));
         Shapes.Require(dTable, DType.F32, dTable.Shape, nameof(dTable));
         int[] order = new int[ids.Length];
         for (int t = 0; t < ids.Length; t++)
@@ -129,7 +141,75 @@ public static class Elementwise
         using DeviceTensor orderTensor = DeviceTensor.FromHost<int>(device, order, DType.I32, order.Length);
         using DeviceTensor startTensor = DeviceTensor.FromHost<int>(device, starts.ToArray(), DType.I32, starts.Count);
         using DeviceTensor idTensor = DeviceTensor.FromHost<int>(device, uniqueIds.ToArray(), DType.I32, uniqueIds.Count);
-        var kernel = device.Kernel("elementwise.scatter", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int>(ElementwiseKernels.ScatterAddSorted));
-        kernel(device.GridStride, dy.View<float>(), orderTensor.View<int>(), startTensor.View<int>(), idTensor.View<int>(), dTable.View<float>(), uniqueIds.Count, dim);
+        ComputeDispatch.Run(dy, new ScatterLaunch(dy, orderTensor, startTensor, idTensor, dTable, uniqueIds.Count, dim), nameof(dy));
+    }
+
+    private readonly record struct AddLaunch(DeviceTensor A, DeviceTensor B, DeviceTensor Y) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = A.Device;
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("elementwise.add"), acc => acc.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(ElementwiseKernels.Add<T, TE>));
+            kernel(device.GridStride, A.View<T>(), B.View<T>(), Y.View<T>(), A.ElementCount);
+        }
+    }
+
+    private readonly record struct AddBiasLaunch(DeviceTensor Y, DeviceTensor Bias) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = Y.Device;
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("elementwise.addrow"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<float>, long, int>(ElementwiseKernels.AddRowVector<T, TE>));
+            kernel(device.GridStride, Y.View<T>(), Bias.View<float>(), Y.Shape[0], checked((int)Y.Shape[1]));
+        }
+    }
+
+    private readonly record struct GatherLaunch(DeviceTensor Table, DeviceTensor Ids, DeviceTensor Y, int Tokens, int Dim) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = Table.Device;
+            var kernel = device.Kernel("elementwise.gather." + typeof(T).Name, a => a.LoadStreamKernel<ArrayView<T>, ArrayView<int>, ArrayView<T>, int, int>(ElementwiseKernels.Gather<T>));
+            kernel(device.GridStride, Table.View<T>(), Ids.View<int>(), Y.View<T>(), Tokens, Dim);
+        }
+    }
+
+    private readonly record struct ScatterLaunch(DeviceTensor Dy, DeviceTensor Order, DeviceTensor Starts, DeviceTensor Ids, DeviceTensor DTable, int Segments, int Dim) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = Dy.Device;
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("elementwise.scatter"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int>(ElementwiseKernels.ScatterAddSorted<T, TE>));
+            kernel(device.GridStride, Dy.View<T>(), Order.View<int>(), Starts.View<int>(), Ids.View<int>(), DTable.View<float>(), Segments, Dim);
+        }
+    }
+
+    private readonly record struct ConvertLaunch(DeviceTensor X, DeviceTensor Y) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T> => ComputeDispatch.Run(Y, new ConvertInto<T, TE>(X, Y), nameof(Y));
+    }
+
+    private readonly record struct ConvertInto<TIn, TInE>(DeviceTensor X, DeviceTensor Y) : IComputeLaunch
+        where TIn : unmanaged
+        where TInE : struct, IElement<TIn>
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = X.Device;
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>(ComputeDispatch.Key<TInE>("elementwise.convert")), a => a.LoadStreamKernel<ArrayView<TIn>, ArrayView<T>, long>(ElementwiseKernels.Convert<TIn, TInE, T, TE>));
+            kernel(device.GridStride, X.View<TIn>(), Y.View<T>(), X.ElementCount);
+        }
     }
 }

@@ -8,8 +8,10 @@ using Device = QLoRA.Runtime.Devices.Device;
 namespace QLoRA.Runtime.Ops;
 
 /// <summary>
-/// C = α·op(A)·op(B) + β·C on float32 row-major matrices, with the transposes the linear layers need:
+/// C = α·op(A)·op(B) + β·C on row-major matrices, with the transposes the linear layers need:
 /// forward y = x·Wᵀ (<c>transposeB</c>), input gradient dx = dy·W, weight gradient dW = dyᵀ·x (<c>transposeA</c>).
+/// A and B share a compute dtype (F32, BF16, F16); C has that dtype or F32 (float32 gradients of bf16 products);
+/// products are summed in float32 and C is rounded once.
 /// </summary>
 public static class Gemm
 {
@@ -21,15 +23,20 @@ public static class Gemm
     /// <param name="transposeB">Use Bᵀ.</param>
     /// <param name="alpha">Scale of the product.</param>
     /// <param name="beta">Scale of the existing C.</param>
-    /// <exception cref="ArgumentException">Inner dimensions or C's shape disagree (both shapes are named).</exception>
+    /// <exception cref="ArgumentException">Inner dimensions or C's shape disagree (both shapes are named), or the dtypes do.</exception>
     public static void Multiply(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeA = false, bool transposeB = false, float alpha = 1f, float beta = 0f)
     {
         foreach ((DeviceTensor t, string name) in new[] { (a, nameof(a)), (b, nameof(b)), (c, nameof(c)) })
         {
-            if (t.Shape.Count != 2 || t.Dtype != DType.F32)
+            if (t.Shape.Count != 2 || !ComputeDispatch.IsCompute(t.Dtype))
             {
-                throw new ArgumentException($"{name} must be a 2-D F32 matrix, not {t.Dtype} [{string.Join(", ", t.Shape)}].", name);
+                throw new ArgumentException($"{name} must be a 2-D F32, BF16 or F16 matrix, not {t.Dtype} [{string.Join(", ", t.Shape)}].", name);
             }
+        }
+
+        if (b.Dtype != a.Dtype || (c.Dtype != a.Dtype && c.Dtype != DType.F32))
+        {
+            throw new ArgumentException($"A and B must share a dtype and C must have it or be F32; got {a.Dtype}, {b.Dtype} and {c.Dtype}.", nameof(c));
         }
 
         int m = checked((int)(transposeA ? a.Shape[1] : a.Shape[0]));
@@ -41,10 +48,29 @@ public static class Gemm
             throw new ArgumentException($"Inner dimensions differ: op(A) is [{m}, {k}] and op(B) is [{kb}, {n}].", nameof(b));
         }
 
-        Shapes.Require(c, DType.F32, [m, n], nameof(c));
+        Shapes.Require(c, c.Dtype, [m, n], nameof(c));
         var shape = new GemmShape(m, n, k, transposeA ? 1 : 0, transposeB ? 1 : 0, checked((int)a.Shape[1]), checked((int)b.Shape[1]), n, alpha, beta);
-        Device device = a.Device;
-        var kernel = device.Kernel("gemm.f32", acc => acc.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmShape>(GemmKernels.Gemm));
-        kernel(device.GridStride, a.View<float>(), b.View<float>(), c.View<float>(), shape);
+        ComputeDispatch.Run(a, new InputLaunch(a, b, c, shape), nameof(a));
+    }
+
+    private readonly record struct InputLaunch(DeviceTensor A, DeviceTensor B, DeviceTensor C, GemmShape Shape) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T> => ComputeDispatch.Run(C, new OutputLaunch<T, TE>(A, B, C, Shape), nameof(C));
+    }
+
+    private readonly record struct OutputLaunch<T, TE>(DeviceTensor A, DeviceTensor B, DeviceTensor C, GemmShape Shape) : IComputeLaunch
+        where T : unmanaged
+        where TE : struct, IElement<T>
+    {
+        public void Run<TC, TCE>()
+            where TC : unmanaged
+            where TCE : struct, IElement<TC>
+        {
+            Device device = A.Device;
+            var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm")), acc => acc.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<TC>, GemmShape>(GemmKernels.Gemm<T, TE, TC, TCE>));
+            kernel(device.GridStride, A.View<T>(), B.View<T>(), C.View<TC>(), Shape);
+        }
     }
 }

@@ -7,22 +7,20 @@ using Device = QLoRA.Runtime.Devices.Device;
 
 namespace QLoRA.Runtime.Ops;
 
-/// <summary>RMSNorm forward and backward on float32 device tensors.</summary>
+/// <summary>RMSNorm forward and backward: activations of a compute dtype (F32, BF16, F16), weight and statistics in F32.</summary>
 public static class RmsNorm
 {
     /// <summary>y = w ⊙ x / rms(x); saves 1/rms per row in <paramref name="inverseRms"/>.</summary>
-    /// <param name="x">[rows, dim] F32.</param>
+    /// <param name="x">[rows, dim], F32, BF16 or F16.</param>
     /// <param name="weight">[dim] F32.</param>
-    /// <param name="y">[rows, dim] F32, written.</param>
+    /// <param name="y">[rows, dim] of x's dtype, written.</param>
     /// <param name="inverseRms">[rows] F32, written.</param>
     /// <param name="eps">rms_norm_eps.</param>
     /// <exception cref="ArgumentException">Shapes or dtypes disagree.</exception>
     public static void Forward(DeviceTensor x, DeviceTensor weight, DeviceTensor y, DeviceTensor inverseRms, float eps)
     {
         (int rows, int dim) = Check(x, weight, y, inverseRms);
-        Device device = x.Device;
-        var kernel = device.Kernel("rmsnorm.forward", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(RmsNormKernels.Forward));
-        kernel(device.GridStride, x.View<float>(), weight.View<float>(), y.View<float>(), inverseRms.View<float>(), rows, dim, eps);
+        ComputeDispatch.Run(x, new ForwardLaunch(x, weight, y, inverseRms, rows, dim, eps), nameof(x));
     }
 
     /// <summary>Gradients of the input and the weight from dy and the forward's saved 1/rms.</summary>
@@ -30,13 +28,35 @@ public static class RmsNorm
     public static void Backward(DeviceTensor x, DeviceTensor weight, DeviceTensor dy, DeviceTensor inverseRms, DeviceTensor dx, DeviceTensor dWeight)
     {
         (int rows, int dim) = Check(x, weight, dy, inverseRms);
-        Shapes.Require(dx, DType.F32, x.Shape, nameof(dx));
+        Shapes.Require(dx, x.Dtype, x.Shape, nameof(dx));
         Shapes.Require(dWeight, DType.F32, weight.Shape, nameof(dWeight));
-        Device device = x.Device;
-        var input = device.Kernel("rmsnorm.backward.input", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(RmsNormKernels.BackwardInput));
-        input(device.GridStride, x.View<float>(), weight.View<float>(), dy.View<float>(), inverseRms.View<float>(), dx.View<float>(), rows, dim);
-        var weights = device.Kernel("rmsnorm.backward.weight", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(RmsNormKernels.BackwardWeight));
-        weights(device.GridStride, x.View<float>(), dy.View<float>(), inverseRms.View<float>(), dWeight.View<float>(), rows, dim);
+        ComputeDispatch.Run(x, new BackwardLaunch(x, weight, dy, inverseRms, dx, dWeight, rows, dim), nameof(x));
+    }
+
+    private readonly record struct ForwardLaunch(DeviceTensor X, DeviceTensor Weight, DeviceTensor Y, DeviceTensor InverseRms, int Rows, int Dim, float Eps) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = X.Device;
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.forward"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, int, int, float>(RmsNormKernels.Forward<T, TE>));
+            kernel(device.GridStride, X.View<T>(), Weight.View<float>(), Y.View<T>(), InverseRms.View<float>(), Rows, Dim, Eps);
+        }
+    }
+
+    private readonly record struct BackwardLaunch(DeviceTensor X, DeviceTensor Weight, DeviceTensor Dy, DeviceTensor InverseRms, DeviceTensor Dx, DeviceTensor DWeight, int Rows, int Dim) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = X.Device;
+            var input = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.backward.input"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int, int>(RmsNormKernels.BackwardInput<T, TE>));
+            input(device.GridStride, X.View<T>(), Weight.View<float>(), Dy.View<T>(), InverseRms.View<float>(), Dx.View<T>(), Rows, Dim);
+            var weights = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.backward.weight"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int>(RmsNormKernels.BackwardWeight<T, TE>));
+            weights(device.GridStride, X.View<T>(), Dy.View<T>(), InverseRms.View<float>(), DWeight.View<float>(), Rows, Dim);
+        }
     }
 
     private static (int Rows, int Dim) Check(DeviceTensor x, DeviceTensor weight, DeviceTensor y, DeviceTensor inverseRms)
@@ -48,9 +68,8 @@ public static class RmsNorm
 
         int rows = checked((int)x.Shape[0]);
         int dim = checked((int)x.Shape[1]);
-        Shapes.Require(x, DType.F32, x.Shape, nameof(x));
         Shapes.Require(weight, DType.F32, [dim], nameof(weight));
-        Shapes.Require(y, DType.F32, x.Shape, nameof(y));
+        Shapes.Require(y, x.Dtype, x.Shape, nameof(y));
         Shapes.Require(inverseRms, DType.F32, [rows], nameof(inverseRms));
         return (rows, dim);
     }

@@ -11,7 +11,7 @@ namespace QLoRA.Runtime.Ops;
 public static class Rope
 {
     /// <summary>Rotates <paramref name="x"/> [tokens, heads, headDim] in place by each token's position.</summary>
-    /// <param name="x">F32 [tokens, heads, headDim].</param>
+    /// <param name="x">[tokens, heads, headDim], F32, BF16 or F16 (angles and rotation in float32).</param>
     /// <param name="positions">I32 [tokens].</param>
     /// <param name="invFreq">F32 [headDim / 2], from <see cref="RopeFrequencies.Compute"/>.</param>
     /// <exception cref="ArgumentException">Shapes or dtypes disagree.</exception>
@@ -28,11 +28,20 @@ public static class Rope
         }
 
         int tokens = checked((int)x.Shape[0]), heads = checked((int)x.Shape[1]), headDim = checked((int)x.Shape[2]);
-        Shapes.Require(x, DType.F32, x.Shape, nameof(x));
         Shapes.Require(positions, DType.I32, [tokens], nameof(positions));
         Shapes.Require(invFreq, DType.F32, [headDim / 2], nameof(invFreq));
-        Device device = x.Device;
-        var kernel = device.Kernel("rope.rotate", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>(RopeKernels.Rotate));
-        kernel(device.GridStride, x.View<float>(), positions.View<int>(), invFreq.View<float>(), tokens, heads, headDim, direction);
+        ComputeDispatch.Run(x, new RotateLaunch(x, positions, invFreq, tokens, heads, headDim, direction), nameof(x));
+    }
+
+    private readonly record struct RotateLaunch(DeviceTensor X, DeviceTensor Positions, DeviceTensor InvFreq, int Tokens, int Heads, int HeadDim, float Direction) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = X.Device;
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("rope.rotate"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<int>, ArrayView<float>, int, int, int, float>(RopeKernels.Rotate<T, TE>));
+            kernel(device.GridStride, X.View<T>(), Positions.View<int>(), InvFreq.View<float>(), Tokens, Heads, HeadDim, Direction);
+        }
     }
 }

@@ -7,19 +7,16 @@ using Device = QLoRA.Runtime.Devices.Device;
 
 namespace QLoRA.Runtime.Ops;
 
-/// <summary>SwiGLU (silu(gate) ⊙ up) forward and backward on float32 device tensors of equal shape.</summary>
+/// <summary>SwiGLU (silu(gate) ⊙ up) forward and backward on device tensors of one shape and compute dtype (F32, BF16, F16; float32 arithmetic).</summary>
 public static class SwiGlu
 {
     /// <summary>y = silu(gate) ⊙ up.</summary>
     /// <exception cref="ArgumentException">Shapes or dtypes disagree.</exception>
     public static void Forward(DeviceTensor gate, DeviceTensor up, DeviceTensor y)
     {
-        Shapes.Require(gate, DType.F32, gate.Shape, nameof(gate));
-        Shapes.Require(up, DType.F32, gate.Shape, nameof(up));
-        Shapes.Require(y, DType.F32, gate.Shape, nameof(y));
-        Device device = gate.Device;
-        var kernel = device.Kernel("swiglu.forward", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, long>(SwiGluKernels.Forward));
-        kernel(device.GridStride, gate.View<float>(), up.View<float>(), y.View<float>(), gate.ElementCount);
+        Shapes.Require(up, gate.Dtype, gate.Shape, nameof(up));
+        Shapes.Require(y, gate.Dtype, gate.Shape, nameof(y));
+        ComputeDispatch.Run(gate, new ForwardLaunch(gate, up, y), nameof(gate));
     }
 
     /// <summary>Gradients of gate and up from dy.</summary>
@@ -28,11 +25,33 @@ public static class SwiGlu
     {
         foreach ((DeviceTensor t, string name) in new[] { (up, nameof(up)), (dy, nameof(dy)), (dGate, nameof(dGate)), (dUp, nameof(dUp)) })
         {
-            Shapes.Require(t, DType.F32, gate.Shape, name);
+            Shapes.Require(t, gate.Dtype, gate.Shape, name);
         }
 
-        Device device = gate.Device;
-        var kernel = device.Kernel("swiglu.backward", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long>(SwiGluKernels.Backward));
-        kernel(device.GridStride, gate.View<float>(), up.View<float>(), dy.View<float>(), dGate.View<float>(), dUp.View<float>(), gate.ElementCount);
+        ComputeDispatch.Run(gate, new BackwardLaunch(gate, up, dy, dGate, dUp), nameof(gate));
+    }
+
+    private readonly record struct ForwardLaunch(DeviceTensor Gate, DeviceTensor Up, DeviceTensor Y) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = Gate.Device;
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("swiglu.forward"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(SwiGluKernels.Forward<T, TE>));
+            kernel(device.GridStride, Gate.View<T>(), Up.View<T>(), Y.View<T>(), Gate.ElementCount);
+        }
+    }
+
+    private readonly record struct BackwardLaunch(DeviceTensor Gate, DeviceTensor Up, DeviceTensor Dy, DeviceTensor DGate, DeviceTensor DUp) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = Gate.Device;
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("swiglu.backward"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(SwiGluKernels.Backward<T, TE>));
+            kernel(device.GridStride, Gate.View<T>(), Up.View<T>(), Dy.View<T>(), DGate.View<T>(), DUp.View<T>(), Gate.ElementCount);
+        }
     }
 }

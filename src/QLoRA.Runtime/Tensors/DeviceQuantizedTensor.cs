@@ -97,8 +97,8 @@ public sealed class DeviceQuantizedTensor : IDisposable
     /// <summary>
     /// y = x · Wᵀ for a 2-D weight [out, in] straight from the packed codes (decode-time GEMV, batch 1…8).
     /// </summary>
-    /// <param name="x">F32 [batch, in], 1 ≤ batch ≤ 8.</param>
-    /// <param name="y">F32 [batch, out], written.</param>
+    /// <param name="x">[batch, in], 1 ≤ batch ≤ 8, of a compute dtype (F32, BF16, F16).</param>
+    /// <param name="y">[batch, out] of x's dtype, written (float32 sums, rounded once).</param>
     /// <exception cref="ArgumentException">Shapes disagree, batch is outside 1…8, or in is not a multiple of 32.</exception>
     public void Gemv(DeviceTensor x, DeviceTensor y)
     {
@@ -119,23 +119,40 @@ public sealed class DeviceQuantizedTensor : IDisposable
         }
 
         int batch = checked((int)x.Shape[0]);
-        Ops.Shapes.Require(y, QLoRA.Core.DType.F32, [batch, outFeatures], nameof(y));
-        var shape = new GemvShape(batch, outFeatures, inFeatures, State.BlockSize);
-        if (_absmax is not null)
+        Ops.Shapes.Require(y, x.Dtype, [batch, outFeatures], nameof(y));
+        Ops.ComputeDispatch.Run(x, new GemvLaunch(this, x, y, new GemvShape(batch, outFeatures, inFeatures, State.BlockSize)), nameof(x));
+    }
+
+    private void Gemv<T, TE, TAbsmax>(TAbsmax absmax, DeviceTensor x, DeviceTensor y, GemvShape shape)
+        where T : unmanaged
+        where TE : struct, IElement<T>
+        where TAbsmax : struct, IAbsmaxSource
+    {
+        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemv.4bit." + typeof(TAbsmax).Name), a => a.LoadStreamKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, ArrayView<T>, ArrayView<T>, GemvShape>(Nf4GemvKernels.Gemv<T, TE, TAbsmax>));
+        kernel(_device.GridStride, _packed.View, absmax, _table.View, x.View<T>(), y.View<T>(), shape);
+    }
+
+    private readonly record struct GemvLaunch(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor Y, GemvShape Shape) : Ops.IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
         {
-            var kernel = _device.Kernel("gemv.nf4.plain", a => a.LoadStreamKernel<ArrayView<UInt4>, PlainAbsmaxSource, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemvShape>(Nf4GemvKernels.Gemv));
-            kernel(_device.GridStride, _packed.View, new PlainAbsmaxSource(_absmax.View), _table.View, x.View<float>(), y.View<float>(), shape);
-        }
-        else
-        {
-            var kernel = _device.Kernel("gemv.nf4.nested", a => a.LoadStreamKernel<ArrayView<UInt4>, NestedAbsmaxSource, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemvShape>(Nf4GemvKernels.Gemv));
-            kernel(_device.GridStride, _packed.View, Nested(), _table.View, x.View<float>(), y.View<float>(), shape);
+            if (Weight._absmax is not null)
+            {
+                Weight.Gemv<T, TE, PlainAbsmaxSource>(new PlainAbsmaxSource(Weight._absmax.View), X, Y, Shape);
+            }
+            else
+            {
+                Weight.Gemv<T, TE, NestedAbsmaxSource>(Weight.Nested(), X, Y, Shape);
+            }
         }
     }
 
     /// <summary>
     /// C = α·X·op(W) + β·C with the weight decoded on the fly (no dequantized copy): op(W) = Wᵀ for the forward
-    /// (X [m, in] → C [m, out]), or W for the input gradient (X [m, out] → C [m, in]).
+    /// (X [m, in] → C [m, out]), or W for the input gradient (X [m, out] → C [m, in]). X and C share a compute dtype
+    /// (F32, BF16, F16); sums run in float32.
     /// </summary>
     /// <exception cref="ArgumentException">Shapes disagree.</exception>
     public void Multiply(DeviceTensor x, DeviceTensor c, bool transposeWeight = true, float alpha = 1f, float beta = 0f)
@@ -153,18 +170,35 @@ public sealed class DeviceQuantizedTensor : IDisposable
         }
 
         int m = checked((int)x.Shape[0]);
-        Ops.Shapes.Require(c, QLoRA.Core.DType.F32, [m, n], nameof(c));
+        Ops.Shapes.Require(c, x.Dtype, [m, n], nameof(c));
         var shape = new Nf4GemmShape(m, outFeatures, inFeatures, State.BlockSize, transposeWeight ? 1 : 0, alpha, beta);
+        Ops.ComputeDispatch.Run(x, new GemmLaunch(this, x, c, shape), nameof(x));
+    }
+
+    private void Gemm<T, TE, TAbsmax>(TAbsmax absmax, DeviceTensor x, DeviceTensor c, Nf4GemmShape shape)
+        where T : unmanaged
+        where TE : struct, IElement<T>
+        where TAbsmax : struct, IAbsmaxSource
+    {
         ArrayView<byte> bytes = _packed.View.AsContiguous().Cast<byte>();
-        if (_absmax is not null)
+        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit." + typeof(TAbsmax).Name), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<byte>, TAbsmax, ArrayView<float>, ArrayView<T>, Nf4GemmShape>(Nf4GemmKernels.Gemm<T, TE, TAbsmax>));
+        kernel(_device.GridStride, x.View<T>(), bytes, absmax, _table.View, c.View<T>(), shape);
+    }
+
+    private readonly record struct GemmLaunch(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor C, Nf4GemmShape Shape) : Ops.IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
         {
-            var kernel = _device.Kernel("gemm.nf4.plain", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<byte>, PlainAbsmaxSource, ArrayView<float>, ArrayView<float>, Nf4GemmShape>(Nf4GemmKernels.Gemm));
-            kernel(_device.GridStride, x.View<float>(), bytes, new PlainAbsmaxSource(_absmax.View), _table.View, c.View<float>(), shape);
-        }
-        else
-        {
-            var kernel = _device.Kernel("gemm.nf4.nested", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<byte>, NestedAbsmaxSource, ArrayView<float>, ArrayView<float>, Nf4GemmShape>(Nf4GemmKernels.Gemm));
-            kernel(_device.GridStride, x.View<float>(), bytes, Nested(), _table.View, c.View<float>(), shape);
+            if (Weight._absmax is not null)
+            {
+                Weight.Gemm<T, TE, PlainAbsmaxSource>(new PlainAbsmaxSource(Weight._absmax.View), X, C, Shape);
+            }
+            else
+            {
+                Weight.Gemm<T, TE, NestedAbsmaxSource>(Weight.Nested(), X, C, Shape);
+            }
         }
     }
 

@@ -73,6 +73,35 @@ public sealed class DeviceTensor : IDisposable
         return tensor;
     }
 
+    /// <summary>
+    /// Copies float32 host values to a new tensor of a compute dtype (F32, BF16 or F16; narrow dtypes round to nearest
+    /// even on the device, exactly as the kernels store).
+    /// </summary>
+    /// <exception cref="ArgumentException">The data length does not match the shape, or the dtype is not a compute dtype.</exception>
+    public static DeviceTensor FromSingle(Device device, ReadOnlySpan<float> data, DType dtype, params long[] shape)
+    {
+        if (dtype == DType.F32)
+        {
+            return FromHost(device, data, DType.F32, shape);
+        }
+
+        using DeviceTensor wide = FromHost(device, data, DType.F32, shape);
+        return Ops.Elementwise.ConvertTo(wide, dtype);
+    }
+
+    /// <summary>The elements as float32 on the host (converted from BF16 or F16).</summary>
+    /// <exception cref="ArgumentException">The dtype is not a compute dtype.</exception>
+    public float[] ToSingle()
+    {
+        if (Dtype == DType.F32)
+        {
+            return ToHost<float>();
+        }
+
+        using DeviceTensor wide = Ops.Elementwise.ConvertTo(this, DType.F32);
+        return wide.ToHost<float>();
+    }
+
     /// <summary>Copies the tensor to a new host array of <typeparamref name="T"/>.</summary>
     public T[] ToHost<T>()
         where T : unmanaged
