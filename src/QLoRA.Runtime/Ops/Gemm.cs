@@ -23,8 +23,10 @@ public static class Gemm
     /// <param name="transposeB">Use Bᵀ.</param>
     /// <param name="alpha">Scale of the product.</param>
     /// <param name="beta">Scale of the existing C.</param>
-    /// <exception cref="ArgumentException">Inner dimensions or C's shape disagree (both shapes are named), or the dtypes do.</exception>
-    public static void Multiply(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeA = false, bool transposeB = false, float alpha = 1f, float beta = 0f)
+    /// <param name="path">Which kernel: <see cref="GemmPath.Auto"/> takes tensor cores on CUDA where they apply.</param>
+    /// <exception cref="ArgumentException">Inner dimensions or C's shape disagree (both shapes are named), or the dtypes do,
+    /// or <see cref="GemmPath.TensorCore"/> was asked for operands it does not take.</exception>
+    public static void Multiply(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeA = false, bool transposeB = false, float alpha = 1f, float beta = 0f, GemmPath path = GemmPath.Auto)
     {
         foreach ((DeviceTensor t, string name) in new[] { (a, nameof(a)), (b, nameof(b)), (c, nameof(c)) })
         {
@@ -49,8 +51,49 @@ public static class Gemm
         }
 
         Shapes.Require(c, c.Dtype, [m, n], nameof(c));
+        bool tensorCoreShape = a.Dtype is DType.BF16 or DType.F16 && !transposeA && transposeB;
+        if (path == GemmPath.TensorCore && !tensorCoreShape)
+        {
+            throw new ArgumentException($"The tensor-core GEMM takes BF16 or F16 A [M, K] and B [N, K] (y = x·Wᵀ), not {a.Dtype} with transposeA={transposeA}, transposeB={transposeB}.", nameof(path));
+        }
+
+        if (path == GemmPath.TensorCore || (path == GemmPath.Auto && tensorCoreShape && a.Device.Kind == Devices.DeviceKind.Cuda))
+        {
+            var mma = new MmaGemmShape(m, n, k, alpha, beta, a.Dtype == DType.F16 ? 1 : 0);
+            if (a.Dtype == DType.BF16)
+            {
+                ComputeDispatch.Run(c, new TensorCoreLaunch<Bf16Element>(a, b, c, mma), nameof(c));
+            }
+            else
+            {
+                ComputeDispatch.Run(c, new TensorCoreLaunch<F16Element>(a, b, c, mma), nameof(c));
+            }
+
+            return;
+        }
+
         var shape = new GemmShape(m, n, k, transposeA ? 1 : 0, transposeB ? 1 : 0, checked((int)a.Shape[1]), checked((int)b.Shape[1]), n, alpha, beta);
         ComputeDispatch.Run(a, new InputLaunch(a, b, c, shape), nameof(a));
+    }
+
+    private readonly record struct TensorCoreLaunch<TE>(DeviceTensor A, DeviceTensor B, DeviceTensor C, MmaGemmShape Shape) : IComputeLaunch
+        where TE : struct, IElement<ushort>
+    {
+        public void Run<TC, TCE>()
+            where TC : unmanaged
+            where TCE : struct, IElement<TC>
+        {
+            Device device = A.Device;
+            var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm.mma")), acc => acc.LoadStreamKernel<ArrayView<ushort>, ArrayView<uint>, ArrayView<ushort>, ArrayView<uint>, ArrayView<TC>, MmaGemmShape>(MmaGemmKernels.Gemm<TE, TC, TCE>));
+            kernel(device.GridStride, A.View<ushort>(), Pairs(A), B.View<ushort>(), Pairs(B), C.View<TC>(), Shape);
+        }
+
+        // Two 16-bit elements per uint (only read when K is even; an odd tail element is not covered).
+        private static ArrayView<uint> Pairs(DeviceTensor t)
+        {
+            ArrayView<ushort> elements = t.View<ushort>();
+            return elements.SubView(0, elements.Length / 2 * 2).Cast<uint>();
+        }
     }
 
     private readonly record struct InputLaunch(DeviceTensor A, DeviceTensor B, DeviceTensor C, GemmShape Shape) : IComputeLaunch
