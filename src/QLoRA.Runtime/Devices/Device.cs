@@ -180,10 +180,36 @@ public sealed class Device : IDisposable
         }
     }
 
+    private readonly AsyncLocal<AcceleratorStream?> _stream = new();
+
+    /// <summary>
+    /// The stream this thread's (or async flow's) kernels, copies and allocations go to: the accelerator's default
+    /// stream unless <see cref="UseStream"/> chose another. Memory freed on a stream is reused only by allocations on
+    /// that stream, so work queued on different streams never races over a recycled block.
+    /// </summary>
+    public AcceleratorStream Stream => _stream.Value ?? Accelerator.DefaultStream;
+
+    /// <summary>A new stream of this device (dispose it when done).</summary>
+    public AcceleratorStream CreateStream() => Accelerator.CreateStream();
+
+    /// <summary>Routes this flow's work to <paramref name="stream"/> until the returned scope is disposed.</summary>
+    public IDisposable UseStream(AcceleratorStream stream)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        AcceleratorStream? previous = _stream.Value;
+        _stream.Value = stream;
+        return new StreamScope(this, previous);
+    }
+
+    private sealed class StreamScope(Device device, AcceleratorStream? previous) : IDisposable
+    {
+        public void Dispose() => device._stream.Value = previous;
+    }
+
     /// <summary>Launch geometry of grid-stride kernels.</summary>
     internal KernelConfig GridStride => new(GroupCount, GroupSize);
 
-    /// <summary>Waits for all queued work.</summary>
+    /// <summary>Waits for all queued work on every stream.</summary>
     public void Synchronize() => Accelerator.Synchronize();
 
     /// <summary>Releases the accelerator and context.</summary>

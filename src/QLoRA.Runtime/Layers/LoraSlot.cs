@@ -66,8 +66,8 @@ public sealed class LoraSlot : IDisposable
     /// <summary>Sets both gradients to zero.</summary>
     public void ZeroGradients()
     {
-        ILGPU.Runtime.ArrayViewExtensions.MemSetToZero(GradA.View<float>());
-        ILGPU.Runtime.ArrayViewExtensions.MemSetToZero(GradB.View<float>());
+        ILGPU.Runtime.ArrayViewExtensions.MemSetToZero(GradA.View<float>(), GradA.Device.Stream);
+        ILGPU.Runtime.ArrayViewExtensions.MemSetToZero(GradB.View<float>(), GradB.Device.Stream);
     }
 
     /// <summary>Frees the device tensors.</summary>

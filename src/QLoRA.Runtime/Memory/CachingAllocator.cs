@@ -17,7 +17,9 @@ public sealed class CachingAllocator : IDisposable
 
     private readonly Accelerator _accelerator;
     private readonly long? _limit;
-    private readonly Dictionary<long, Stack<MemoryBuffer1D<byte, Stride1D.Dense>>> _free = [];
+    // Free blocks by (stream, size class): a block is recycled only on the stream that last used it, so the next user
+    // is ordered after the previous one without a synchronization.
+    private readonly Dictionary<(AcceleratorStream? Stream, long Size), Stack<MemoryBuffer1D<byte, Stride1D.Dense>>> _free = [];
     private readonly object _gate = new();
 
     /// <summary>Creates an allocator; <paramref name="limitBytes"/> caps reserved bytes (for tests and memory budgets).</summary>
@@ -44,15 +46,17 @@ public sealed class CachingAllocator : IDisposable
         bytes < LargeThreshold ? Math.Max(SmallRounding, (bytes + SmallRounding - 1) / SmallRounding * SmallRounding) : (bytes + LargeRounding - 1) / LargeRounding * LargeRounding;
 
     /// <summary>A block of at least <paramref name="bytes"/> bytes; dispose it to return it to the cache.</summary>
+    /// <param name="bytes">Requested size.</param>
+    /// <param name="stream">The stream that will use the block (it is recycled only for that stream once freed).</param>
     /// <exception cref="DeviceOutOfMemoryException">The device (or the limit) cannot provide it.</exception>
-    public DeviceBlock Allocate(long bytes)
+    public DeviceBlock Allocate(long bytes, AcceleratorStream? stream = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(bytes);
         long size = RoundSize(bytes);
         lock (_gate)
         {
             MemoryBuffer1D<byte, Stride1D.Dense> buffer;
-            if (_free.TryGetValue(size, out var stack) && stack.Count > 0)
+            if (_free.TryGetValue((stream, size), out var stack) && stack.Count > 0)
             {
                 buffer = stack.Pop();
                 CacheHits++;
@@ -65,7 +69,7 @@ public sealed class CachingAllocator : IDisposable
 
             AllocatedBytes += size;
             PeakAllocatedBytes = Math.Max(PeakAllocatedBytes, AllocatedBytes);
-            return new DeviceBlock(this, buffer, bytes);
+            return new DeviceBlock(this, buffer, bytes, stream);
         }
     }
 
@@ -116,15 +120,15 @@ public sealed class CachingAllocator : IDisposable
         }
     }
 
-    internal void Return(MemoryBuffer1D<byte, Stride1D.Dense> buffer)
+    internal void Return(MemoryBuffer1D<byte, Stride1D.Dense> buffer, AcceleratorStream? stream)
     {
         lock (_gate)
         {
             AllocatedBytes -= buffer.Length;
-            if (!_free.TryGetValue(buffer.Length, out var stack))
+            if (!_free.TryGetValue((stream, buffer.Length), out var stack))
             {
                 stack = new Stack<MemoryBuffer1D<byte, Stride1D.Dense>>();
-                _free[buffer.Length] = stack;
+                _free[(stream, buffer.Length)] = stack;
             }
 
             stack.Push(buffer);
@@ -141,9 +145,12 @@ public sealed class DeviceBlock : IDisposable
     private readonly CachingAllocator _owner;
     private MemoryBuffer1D<byte, Stride1D.Dense>? _buffer;
 
-    internal DeviceBlock(CachingAllocator owner, MemoryBuffer1D<byte, Stride1D.Dense> buffer, long length)
+    private readonly AcceleratorStream? _stream;
+
+    internal DeviceBlock(CachingAllocator owner, MemoryBuffer1D<byte, Stride1D.Dense> buffer, long length, AcceleratorStream? stream)
     {
         _owner = owner;
+        _stream = stream;
         _buffer = buffer;
         Length = length;
     }
@@ -163,7 +170,7 @@ public sealed class DeviceBlock : IDisposable
         MemoryBuffer1D<byte, Stride1D.Dense>? buffer = Interlocked.Exchange(ref _buffer, null);
         if (buffer is not null)
         {
-            _owner.Return(buffer);
+            _owner.Return(buffer, _stream);
         }
     }
 }

@@ -9,7 +9,7 @@ namespace QLoRA.Runtime.Native;
 
 /// <summary>
 /// cuBLAS <c>cublasGemmEx</c> through P/Invoke (ILGPU's own wrapper has no GemmEx and no bf16): bf16 or f32 row-major
-/// matrices, f32 accumulation, on the device's default stream. Available only on CUDA devices where libcublas.so.13
+/// matrices, f32 accumulation, on the device's current stream. Available only on CUDA devices where libcublas.so.13
 /// (or .12) loads; <see cref="TryCreate"/> returns null elsewhere and callers fall back to the ILGPU GEMM.
 /// </summary>
 public sealed unsafe class Cublas : IDisposable
@@ -68,6 +68,11 @@ public sealed unsafe class Cublas : IDisposable
         if (k != kb || c.Shape[0] != m || c.Shape[1] != n)
         {
             throw new ArgumentException($"op(A) [{m}, {k}] · op(B) [{kb}, {n}] does not fit C [{string.Join(", ", c.Shape)}].", nameof(c));
+        }
+
+        if (_device.Stream is CudaStream stream)
+        {
+            _api.SetStream(_handle, stream.StreamPtr); // follow the device's current stream (see Device.UseStream)
         }
 
         int type = a.Dtype == DType.BF16 ? CudaR16BF : CudaR32F;

@@ -34,7 +34,7 @@ public static class AdamW
             (float)options.LearningRate, (float)options.Beta1, (float)options.Beta2, (float)options.Epsilon, (float)options.WeightDecay,
             (float)(1 - Math.Pow(options.Beta1, step)), (float)Math.Sqrt(1 - Math.Pow(options.Beta2, step)), gradientScale);
         Device device = parameter.Device;
-        var kernel = device.Kernel("adamw.step", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWHyper>(AdamWKernels.Step));
-        kernel(device.GridStride, parameter.View<float>(), gradient.View<float>(), m.View<float>(), v.View<float>(), parameter.ElementCount, hyper);
+        var kernel = device.Kernel("adamw.step", a => a.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWHyper>(AdamWKernels.Step));
+        kernel(device.Stream, device.GridStride, parameter.View<float>(), gradient.View<float>(), m.View<float>(), v.View<float>(), parameter.ElementCount, hyper);
     }
 }

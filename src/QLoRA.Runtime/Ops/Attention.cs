@@ -57,8 +57,8 @@ public static class Attention
         {
             Device device = Q.Device;
             using DeviceTensor? scratch = Scratch(O);
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("attention.forward"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.Forward<T, TE>));
-            kernel(device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), (scratch ?? O).View<float>(), Lse.View<float>(), Shape);
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("attention.forward"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.Forward<T, TE>));
+            kernel(device.Stream, device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), (scratch ?? O).View<float>(), Lse.View<float>(), Shape);
         }
     }
 
@@ -71,13 +71,13 @@ public static class Attention
             Device device = Q.Device;
             using (DeviceTensor? scratch = Scratch(DQ))
             {
-                var query = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.q"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, AttentionShape>(AttentionKernels.BackwardQuery<T, TE>));
-                query(device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DQ.View<T>(), (scratch ?? DQ).View<float>(), Shape);
+                var query = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.q"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, AttentionShape>(AttentionKernels.BackwardQuery<T, TE>));
+                query(device.Stream, device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DQ.View<T>(), (scratch ?? DQ).View<float>(), Shape);
             }
 
             using DeviceTensor? dKScratch = Scratch(DK), dVScratch = Scratch(DV);
-            var keyValue = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.kv"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.BackwardKeyValue<T, TE>));
-            keyValue(device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Ends.View<int>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DK.View<T>(), DV.View<T>(), (dKScratch ?? DK).View<float>(), (dVScratch ?? DV).View<float>(), Shape);
+            var keyValue = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.kv"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.BackwardKeyValue<T, TE>));
+            keyValue(device.Stream, device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Ends.View<int>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DK.View<T>(), DV.View<T>(), (dKScratch ?? DK).View<float>(), (dVScratch ?? DV).View<float>(), Shape);
         }
     }
 

@@ -66,14 +66,14 @@ public static class CrossEntropy
         using DeviceTensor? rounded = hidden.Dtype == DType.F32 || (dHidden is null && dWeight is null) ? null : DeviceTensor.Allocate(device, hidden.Dtype, chunk, vocab);
         using DeviceTensor losses = DeviceTensor.Allocate(device, DType.F32, tokens);
         using DeviceTensor labelTensor = DeviceTensor.FromHost(device, labels, DType.I32, tokens);
-        var kernel = device.Kernel("crossentropy.chunk", a => a.LoadStreamKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>(CrossEntropyKernels.LossAndGradient));
+        var kernel = device.Kernel("crossentropy.chunk", a => a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>(CrossEntropyKernels.LossAndGradient));
         for (int start = 0; start < tokens; start += chunk)
         {
             int rows = Math.Min(chunk, tokens - start);
             DeviceTensor h = hidden.Rows(start, rows);
             DeviceTensor z = logits.Rows(0, rows);
             Gemm.Multiply(h, weight, z, transposeB: true);
-            kernel(device.GridStride, z.View<float>(), labelTensor.Rows(start, rows).View<int>(), losses.Rows(start, rows).View<float>(), rows, vocab, ignoreIndex, scale);
+            kernel(device.Stream, device.GridStride, z.View<float>(), labelTensor.Rows(start, rows).View<int>(), losses.Rows(start, rows).View<float>(), rows, vocab, ignoreIndex, scale);
             DeviceTensor dz = z;
             if (rounded is not null)
             {

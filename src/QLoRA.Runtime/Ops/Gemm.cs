@@ -84,8 +84,8 @@ public static class Gemm
             where TCE : struct, IElement<TC>
         {
             Device device = A.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm.mma")), acc => acc.LoadStreamKernel<ArrayView<ushort>, ArrayView<uint>, ArrayView<ushort>, ArrayView<uint>, ArrayView<TC>, MmaGemmShape>(MmaGemmKernels.Gemm<TE, TC, TCE>));
-            kernel(device.GridStride, A.View<ushort>(), Pairs(A), B.View<ushort>(), Pairs(B), C.View<TC>(), Shape);
+            var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm.mma")), acc => acc.LoadKernel<ArrayView<ushort>, ArrayView<uint>, ArrayView<ushort>, ArrayView<uint>, ArrayView<TC>, MmaGemmShape>(MmaGemmKernels.Gemm<TE, TC, TCE>));
+            kernel(device.Stream, device.GridStride, A.View<ushort>(), Pairs(A), B.View<ushort>(), Pairs(B), C.View<TC>(), Shape);
         }
 
         // Two 16-bit elements per uint (only read when K is even; an odd tail element is not covered).
@@ -112,8 +112,8 @@ public static class Gemm
             where TCE : struct, IElement<TC>
         {
             Device device = A.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm")), acc => acc.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<TC>, GemmShape>(GemmKernels.Gemm<T, TE, TC, TCE>));
-            kernel(device.GridStride, A.View<T>(), B.View<T>(), C.View<TC>(), Shape);
+            var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm")), acc => acc.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<TC>, GemmShape>(GemmKernels.Gemm<T, TE, TC, TCE>));
+            kernel(device.Stream, device.GridStride, A.View<T>(), B.View<T>(), C.View<TC>(), Shape);
         }
     }
 }

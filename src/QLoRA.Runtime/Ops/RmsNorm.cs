@@ -40,8 +40,8 @@ public static class RmsNorm
             where TE : struct, IElement<T>
         {
             Device device = X.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.forward"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, int, int, float>(RmsNormKernels.Forward<T, TE>));
-            kernel(device.GridStride, X.View<T>(), Weight.View<float>(), Y.View<T>(), InverseRms.View<float>(), Rows, Dim, Eps);
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.forward"), a => a.LoadKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, int, int, float>(RmsNormKernels.Forward<T, TE>));
+            kernel(device.Stream, device.GridStride, X.View<T>(), Weight.View<float>(), Y.View<T>(), InverseRms.View<float>(), Rows, Dim, Eps);
         }
     }
 
@@ -52,10 +52,10 @@ public static class RmsNorm
             where TE : struct, IElement<T>
         {
             Device device = X.Device;
-            var input = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.backward.input"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int, int>(RmsNormKernels.BackwardInput<T, TE>));
-            input(device.GridStride, X.View<T>(), Weight.View<float>(), Dy.View<T>(), InverseRms.View<float>(), Dx.View<T>(), Rows, Dim);
-            var weights = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.backward.weight"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int>(RmsNormKernels.BackwardWeight<T, TE>));
-            weights(device.GridStride, X.View<T>(), Dy.View<T>(), InverseRms.View<float>(), DWeight.View<float>(), Rows, Dim);
+            var input = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.backward.input"), a => a.LoadKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int, int>(RmsNormKernels.BackwardInput<T, TE>));
+            input(device.Stream, device.GridStride, X.View<T>(), Weight.View<float>(), Dy.View<T>(), InverseRms.View<float>(), Dx.View<T>(), Rows, Dim);
+            var weights = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.backward.weight"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int>(RmsNormKernels.BackwardWeight<T, TE>));
+            weights(device.Stream, device.GridStride, X.View<T>(), Dy.View<T>(), InverseRms.View<float>(), DWeight.View<float>(), Rows, Dim);
         }
     }
 

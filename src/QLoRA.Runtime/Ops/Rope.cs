@@ -40,8 +40,8 @@ public static class Rope
             where TE : struct, IElement<T>
         {
             Device device = X.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("rope.rotate"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<int>, ArrayView<float>, int, int, int, float>(RopeKernels.Rotate<T, TE>));
-            kernel(device.GridStride, X.View<T>(), Positions.View<int>(), InvFreq.View<float>(), Tokens, Heads, HeadDim, Direction);
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("rope.rotate"), a => a.LoadKernel<ArrayView<T>, ArrayView<int>, ArrayView<float>, int, int, int, float>(RopeKernels.Rotate<T, TE>));
+            kernel(device.Stream, device.GridStride, X.View<T>(), Positions.View<int>(), InvFreq.View<float>(), Tokens, Heads, HeadDim, Direction);
         }
     }
 }

@@ -38,8 +38,8 @@ public static class SwiGlu
             where TE : struct, IElement<T>
         {
             Device device = Gate.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("swiglu.forward"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(SwiGluKernels.Forward<T, TE>));
-            kernel(device.GridStride, Gate.View<T>(), Up.View<T>(), Y.View<T>(), Gate.ElementCount);
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("swiglu.forward"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(SwiGluKernels.Forward<T, TE>));
+            kernel(device.Stream, device.GridStride, Gate.View<T>(), Up.View<T>(), Y.View<T>(), Gate.ElementCount);
         }
     }
 
@@ -50,8 +50,8 @@ public static class SwiGlu
             where TE : struct, IElement<T>
         {
             Device device = Gate.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("swiglu.backward"), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(SwiGluKernels.Backward<T, TE>));
-            kernel(device.GridStride, Gate.View<T>(), Up.View<T>(), Dy.View<T>(), DGate.View<T>(), DUp.View<T>(), Gate.ElementCount);
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("swiglu.backward"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(SwiGluKernels.Backward<T, TE>));
+            kernel(device.Stream, device.GridStride, Gate.View<T>(), Up.View<T>(), Dy.View<T>(), DGate.View<T>(), DUp.View<T>(), Gate.ElementCount);
         }
     }
 }

@@ -66,13 +66,13 @@ public sealed class DeviceQuantizedTensor : IDisposable
         ArrayView<UInt4> vectors = output.SubView(0, output.Length / 8 * 8).Cast<UInt4>();
         if (_absmax is not null)
         {
-            var kernel = _device.Kernel("dequantize.bf16.plain", a => a.LoadStreamKernel<ArrayView<UInt4>, PlainAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
-            kernel(_device.GridStride, _packed.View, new PlainAbsmaxSource(_absmax.View), _table.View, ElementCount, State.BlockSize, vectors, output);
+            var kernel = _device.Kernel("dequantize.bf16.plain", a => a.LoadKernel<ArrayView<UInt4>, PlainAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
+            kernel(_device.Stream, _device.GridStride, _packed.View, new PlainAbsmaxSource(_absmax.View), _table.View, ElementCount, State.BlockSize, vectors, output);
         }
         else
         {
-            var kernel = _device.Kernel("dequantize.bf16.nested", a => a.LoadStreamKernel<ArrayView<UInt4>, NestedAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
-            kernel(_device.GridStride, _packed.View, Nested(), _table.View, ElementCount, State.BlockSize, vectors, output);
+            var kernel = _device.Kernel("dequantize.bf16.nested", a => a.LoadKernel<ArrayView<UInt4>, NestedAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
+            kernel(_device.Stream, _device.GridStride, _packed.View, Nested(), _table.View, ElementCount, State.BlockSize, vectors, output);
         }
     }
 
@@ -84,13 +84,13 @@ public sealed class DeviceQuantizedTensor : IDisposable
         ArrayView<UInt4> vectors = output.SubView(0, output.Length / 4 * 4).Cast<UInt4>();
         if (_absmax is not null)
         {
-            var kernel = _device.Kernel("dequantize.f32.plain", a => a.LoadStreamKernel<ArrayView<UInt4>, PlainAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
-            kernel(_device.GridStride, _packed.View, new PlainAbsmaxSource(_absmax.View), _table.View, ElementCount, State.BlockSize, vectors, output);
+            var kernel = _device.Kernel("dequantize.f32.plain", a => a.LoadKernel<ArrayView<UInt4>, PlainAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
+            kernel(_device.Stream, _device.GridStride, _packed.View, new PlainAbsmaxSource(_absmax.View), _table.View, ElementCount, State.BlockSize, vectors, output);
         }
         else
         {
-            var kernel = _device.Kernel("dequantize.f32.nested", a => a.LoadStreamKernel<ArrayView<UInt4>, NestedAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
-            kernel(_device.GridStride, _packed.View, Nested(), _table.View, ElementCount, State.BlockSize, vectors, output);
+            var kernel = _device.Kernel("dequantize.f32.nested", a => a.LoadKernel<ArrayView<UInt4>, NestedAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
+            kernel(_device.Stream, _device.GridStride, _packed.View, Nested(), _table.View, ElementCount, State.BlockSize, vectors, output);
         }
     }
 
@@ -128,8 +128,8 @@ public sealed class DeviceQuantizedTensor : IDisposable
         where TE : struct, IElement<T>
         where TAbsmax : struct, IAbsmaxSource
     {
-        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemv.4bit." + typeof(TAbsmax).Name), a => a.LoadStreamKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, ArrayView<T>, ArrayView<T>, GemvShape>(Nf4GemvKernels.Gemv<T, TE, TAbsmax>));
-        kernel(_device.GridStride, _packed.View, absmax, _table.View, x.View<T>(), y.View<T>(), shape);
+        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemv.4bit." + typeof(TAbsmax).Name), a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, ArrayView<T>, ArrayView<T>, GemvShape>(Nf4GemvKernels.Gemv<T, TE, TAbsmax>));
+        kernel(_device.Stream, _device.GridStride, _packed.View, absmax, _table.View, x.View<T>(), y.View<T>(), shape);
     }
 
     private readonly record struct GemvLaunch(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor Y, GemvShape Shape) : Ops.IComputeLaunch
@@ -181,8 +181,8 @@ public sealed class DeviceQuantizedTensor : IDisposable
         where TAbsmax : struct, IAbsmaxSource
     {
         ArrayView<byte> bytes = _packed.View.AsContiguous().Cast<byte>();
-        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit." + typeof(TAbsmax).Name), a => a.LoadStreamKernel<ArrayView<T>, ArrayView<byte>, TAbsmax, ArrayView<float>, ArrayView<T>, Nf4GemmShape>(Nf4GemmKernels.Gemm<T, TE, TAbsmax>));
-        kernel(_device.GridStride, x.View<T>(), bytes, absmax, _table.View, c.View<T>(), shape);
+        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit." + typeof(TAbsmax).Name), a => a.LoadKernel<ArrayView<T>, ArrayView<byte>, TAbsmax, ArrayView<float>, ArrayView<T>, Nf4GemmShape>(Nf4GemmKernels.Gemm<T, TE, TAbsmax>));
+        kernel(_device.Stream, _device.GridStride, x.View<T>(), bytes, absmax, _table.View, c.View<T>(), shape);
     }
 
     private readonly record struct GemmLaunch(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor C, Nf4GemmShape Shape) : Ops.IComputeLaunch

@@ -52,7 +52,7 @@ public sealed class DeviceTensor : IDisposable
     public static DeviceTensor Allocate(Device device, DType dtype, params long[] shape)
     {
         long bytes = checked(shape.Aggregate(1L, (a, d) => d >= 0 ? a * d : throw new ArgumentException($"Shape [{string.Join(", ", shape)}] has a negative dimension.", nameof(shape))) * dtype.SizeInBytes());
-        DeviceBlock block = device.Allocator.Allocate(bytes);
+        DeviceBlock block = device.Allocator.Allocate(bytes, device.Stream);
         return new DeviceTensor(device, dtype, shape, block.View, block, block, 0);
     }
 
@@ -69,7 +69,7 @@ public sealed class DeviceTensor : IDisposable
             throw new ArgumentException($"{bytes.Length} bytes do not fill a {dtype} tensor of shape [{string.Join(", ", shape)}] ({tensor.ByteLength} bytes).", nameof(data));
         }
 
-        tensor._bytes.CopyFromCPU(bytes.ToArray());
+        tensor._bytes.CopyFromCPU(device.Stream, bytes.ToArray());
         return tensor;
     }
 
@@ -102,13 +102,15 @@ public sealed class DeviceTensor : IDisposable
         return wide.ToHost<float>();
     }
 
-    /// <summary>Copies the tensor to a new host array of <typeparamref name="T"/>.</summary>
+    /// <summary>Copies the tensor to a new host array of <typeparamref name="T"/> (after the work queued on the device's current stream).</summary>
     public T[] ToHost<T>()
         where T : unmanaged
     {
         CheckElement<T>();
         var bytes = new byte[ByteLength];
-        _bytes.CopyToCPU(bytes);
+        AcceleratorStream stream = Device.Stream;
+        _bytes.CopyToCPU(stream, bytes);
+        stream.Synchronize(); // the caller reads the array next
         return MemoryMarshal.Cast<byte, T>(bytes).ToArray();
     }
 
