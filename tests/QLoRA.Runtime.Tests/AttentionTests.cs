@@ -104,6 +104,81 @@ public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceF
         Check("dv", v, dV.ToHost<float>(), vs => Loss(q, k, vs));
     }
 
+    // Tiles of 8 rows (a CPU accelerator with 8-thread groups): blocks and key tiles straddle sequence boundaries and
+    // the window; each row's output and gradients must still match float64 (gradients via the float64 output's finite
+    // differences along a random direction).
+    [Theory]
+    [InlineData(0)]
+    [InlineData(5)]
+    public void EightRowTilesAcrossSequenceBoundariesMatchFloat64(int window)
+    {
+        const int tokens = 27, heads = 6, kvHeads = 3, d = 5;
+        int[] boundaries = [0, 11, 12, 27];
+        using Devices.Device device = Devices.Device.Cpu(4, 2);
+        Assert.Equal(8, device.TileSize);
+        float[] q = Random(tokens * heads * d, 11), k = Random(tokens * kvHeads * d, 12), v = Random(tokens * kvHeads * d, 13), c = Random(tokens * heads * d, 14);
+        int StartOf(int t)
+        {
+            int s = boundaries.Last(b => b <= t && Array.IndexOf(boundaries, b) < boundaries.Length - 1 && boundaries[Array.IndexOf(boundaries, b) + 1] > t);
+            return window > 0 ? Math.Max(s, t - window + 1) : s;
+        }
+
+        double[] Reference(float[] qs, float[] ks, float[] vs)
+        {
+            var o = new double[qs.Length];
+            for (int t = 0; t < tokens; t++)
+            {
+                for (int h = 0; h < heads; h++)
+                {
+                    int kvh = h / (heads / kvHeads), first = StartOf(t);
+                    double[] scores = [.. Enumerable.Range(first, t - first + 1).Select(j => Enumerable.Range(0, d).Sum(e => (double)qs[(((t * heads) + h) * d) + e] * ks[(((j * kvHeads) + kvh) * d) + e]) / Math.Sqrt(d))];
+                    double max = scores.Max(), sum = scores.Sum(x => Math.Exp(x - max));
+                    for (int j = first; j <= t; j++)
+                    {
+                        for (int e = 0; e < d; e++)
+                        {
+                            o[(((t * heads) + h) * d) + e] += Math.Exp(scores[j - first] - max) / sum * vs[(((j * kvHeads) + kvh) * d) + e];
+                        }
+                    }
+                }
+            }
+
+            return o;
+        }
+
+        using DeviceTensor tq = DeviceTensor.FromHost<float>(device, q, DType.F32, tokens, heads, d);
+        using DeviceTensor tk = DeviceTensor.FromHost<float>(device, k, DType.F32, tokens, kvHeads, d);
+        using DeviceTensor tv = DeviceTensor.FromHost<float>(device, v, DType.F32, tokens, kvHeads, d);
+        using DeviceTensor o = DeviceTensor.FromHost<float>(device, Enumerable.Repeat(float.NaN, q.Length).ToArray(), DType.F32, tokens, heads, d);
+        using DeviceTensor lse = DeviceTensor.Allocate(device, DType.F32, tokens, heads);
+        Attention.Forward(tq, tk, tv, boundaries, o, lse, window);
+        double[] expected = Reference(q, k, v);
+        float[] got = o.ToHost<float>();
+        for (int i = 0; i < got.Length; i++)
+        {
+            Assert.True(Math.Abs(got[i] - expected[i]) <= 2e-6, $"o[{i}] {got[i]} vs {expected[i]}");
+        }
+
+        using DeviceTensor dO = DeviceTensor.FromHost<float>(device, c, DType.F32, tokens, heads, d);
+        using DeviceTensor dQ = DeviceTensor.Allocate(device, DType.F32, tokens, heads, d);
+        using DeviceTensor dK = DeviceTensor.Allocate(device, DType.F32, tokens, kvHeads, d);
+        using DeviceTensor dV = DeviceTensor.Allocate(device, DType.F32, tokens, kvHeads, d);
+        Attention.Backward(tq, tk, tv, boundaries, o, lse, dO, dQ, dK, dV, window);
+        double Loss(float[] qs, float[] ks, float[] vs) => Reference(qs, ks, vs).Select((x, i) => x * c[i]).Sum();
+        void Directional(string name, float[] values, float[] grads, Func<float[], double> loss)
+        {
+            float[] direction = Random(values.Length, 99);
+            float[] plus = [.. values.Select((x, i) => x + (1e-3f * direction[i]))], minus = [.. values.Select((x, i) => x - (1e-3f * direction[i]))];
+            double fd = (loss(plus) - loss(minus)) / 2e-3;
+            double analytic = grads.Select((g, i) => (double)g * direction[i]).Sum();
+            Assert.True(Math.Abs(fd - analytic) <= 1e-3 * (Math.Abs(fd) + 1), $"{name}: directional finite difference {fd} vs {analytic}");
+        }
+
+        Directional("dq", q, dQ.ToHost<float>(), qs => Loss(qs, k, v));
+        Directional("dk", k, dK.ToHost<float>(), ks => Loss(q, ks, v));
+        Directional("dv", v, dV.ToHost<float>(), vs => Loss(q, k, vs));
+    }
+
     [Fact]
     public void MalformedBoundariesAndHeadCountsAreRejected()
     {

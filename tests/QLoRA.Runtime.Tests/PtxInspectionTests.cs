@@ -1,5 +1,6 @@
 using System.Reflection;
 using ILGPU;
+using ILGPU.Algorithms;
 using ILGPU.Backends.EntryPoints;
 using ILGPU.Backends.PTX;
 using ILGPU.Runtime;
@@ -16,7 +17,7 @@ public class PtxInspectionTests
 {
     private static string Ptx(MethodInfo kernel)
     {
-        using Context context = Context.Create(builder => builder.Default());
+        using Context context = Context.Create(builder => builder.Default().EnableAlgorithms());
         var backend = new PTXBackend(context, CudaArchitecture.SM_90, CudaInstructionSet.ISA_80, null!);
         var entry = EntryPointDescription.FromExplicitlyGroupedKernel(kernel);
         var compiled = (PTXCompiledKernel)backend.Compile(entry, default);
@@ -68,5 +69,56 @@ public class PtxInspectionTests
         Assert.NotEmpty(locals);
         Assert.All(locals, l => Assert.Equal("4", l.Groups[1].Value));
         Assert.True(locals.Count <= 2 * 4 * 14, $"{locals.Count} local slots: more than one per mma operand");
+    }
+
+    [Theory]
+    [InlineData("Forward")]
+    [InlineData("BackwardQuery")]
+    [InlineData("BackwardKeyValue")]
+    public void AttentionKernelsCompileForCudaWithSharedTilesAndBarriers(string name)
+    {
+        MethodInfo kernel = typeof(AttentionKernels).GetMethod(name, BindingFlags.Public | BindingFlags.Static)!.MakeGenericMethod(typeof(ushort), typeof(Bf16Element));
+        string ptx = Ptx(kernel);
+        Assert.Contains(".shared", ptx);   // the dynamic tile
+        Assert.Contains("bar.sync", ptx);  // group barriers around each tile
+    }
+
+    // Every kernel entry point (public static void methods of the *Kernels classes), instantiated for bf16 activations:
+    // each must compile for CUDA. Math functions (exp, log, sin, cos) need ILGPU.Algorithms' intrinsics, which a plain
+    // context lacks; this is what catches that without a GPU.
+    public static TheoryData<string> KernelEntryPoints()
+    {
+        var data = new TheoryData<string>();
+        foreach (MethodInfo m in EntryPoints())
+        {
+            data.Add($"{m.DeclaringType!.Name}.{m.Name}");
+        }
+
+        return data;
+    }
+
+    private static IEnumerable<MethodInfo> EntryPoints() =>
+        typeof(DequantizeKernels).Assembly.GetTypes()
+            .Where(t => t.Namespace == "QLoRA.Runtime.Kernels" && t.Name.EndsWith("Kernels", StringComparison.Ordinal))
+            .SelectMany(t => t.GetMethods(BindingFlags.Public | BindingFlags.Static))
+            .Where(m => m.ReturnType == typeof(void));
+
+    [Theory]
+    [MemberData(nameof(KernelEntryPoints))]
+    public void EveryKernelCompilesForCuda(string name)
+    {
+        var arguments = new Dictionary<string, Type>
+        {
+            ["T"] = typeof(ushort), ["TE"] = typeof(Bf16Element), ["TC"] = typeof(float), ["TCE"] = typeof(F32Element),
+            ["TIn"] = typeof(float), ["TInE"] = typeof(F32Element), ["TOut"] = typeof(ushort), ["TOutE"] = typeof(F16Element),
+            ["TAbsmax"] = typeof(NestedAbsmaxSource),
+        };
+        MethodInfo method = EntryPoints().Single(m => $"{m.DeclaringType!.Name}.{m.Name}" == name);
+        if (method.IsGenericMethodDefinition)
+        {
+            method = method.MakeGenericMethod([.. method.GetGenericArguments().Select(g => arguments[g.Name])]);
+        }
+
+        Assert.Contains(".entry", Ptx(method));
     }
 }

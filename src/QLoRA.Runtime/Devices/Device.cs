@@ -1,4 +1,5 @@
 using ILGPU;
+using ILGPU.Algorithms;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
@@ -90,7 +91,7 @@ public sealed class Device : IDisposable
             return Parse(requested.Trim());
         }
 
-        Context context = Context.Create(builder => builder.Default());
+        Context context = Context.Create(builder => builder.Default().EnableAlgorithms());
         if (context.GetCudaDevices().Count > 0)
         {
             return Create(context, context.GetCudaDevice(0), DeviceKind.Cuda);
@@ -101,10 +102,13 @@ public sealed class Device : IDisposable
     }
 
     /// <summary>ILGPU's CPU accelerator, one multiprocessor per core (grid-stride kernels then use every core).</summary>
-    public static Device Cpu()
+    public static Device Cpu() => Cpu(CpuWarpSize, 1);
+
+    /// <summary>A CPU accelerator with wider groups (tests of tiled kernels at tile sizes above the default 2).</summary>
+    internal static Device Cpu(int threadsPerWarp, int warpsPerGroup)
     {
-        var cpu = new CPUDevice(numThreadsPerWarp: CpuWarpSize, numWarpsPerMultiprocessor: 1, numMultiprocessors: Environment.ProcessorCount);
-        Context context = Context.Create(builder => builder.CPU(cpu));
+        var cpu = new CPUDevice(numThreadsPerWarp: threadsPerWarp, numWarpsPerMultiprocessor: warpsPerGroup, numMultiprocessors: Environment.ProcessorCount);
+        Context context = Context.Create(builder => builder.CPU(cpu).EnableAlgorithms());
         return Create(context, context.GetCPUDevice(0), DeviceKind.Cpu);
     }
 
@@ -115,7 +119,7 @@ public sealed class Device : IDisposable
     /// <exception cref="DeviceNotAvailableException">No such CUDA device (or no CUDA driver).</exception>
     public static Device Cuda(int ordinal = 0)
     {
-        Context context = Context.Create(builder => builder.Cuda());
+        Context context = Context.Create(builder => builder.Cuda().EnableAlgorithms());
         int count = context.GetCudaDevices().Count;
         if (ordinal < 0 || ordinal >= count)
         {
@@ -205,6 +209,13 @@ public sealed class Device : IDisposable
     {
         public void Dispose() => device._stream.Value = previous;
     }
+
+    /// <summary>Threads per group (and rows per tile) of tiled kernels that share memory within a group.</summary>
+    internal int TileSize => Kind == DeviceKind.Cuda ? 64 : Math.Min(64, Accelerator.MaxNumThreadsPerGroup);
+
+    /// <summary>Launch geometry of a tiled kernel over <paramref name="items"/> group-sized work items.</summary>
+    internal KernelConfig Tiled(long items, int sharedFloats) =>
+        new(checked((int)Math.Max(1, Math.Min(items, GroupCount))), TileSize, SharedMemoryConfig.RequestDynamic<float>(sharedFloats));
 
     /// <summary>Launch geometry of grid-stride kernels.</summary>
     internal KernelConfig GridStride => new(GroupCount, GroupSize);

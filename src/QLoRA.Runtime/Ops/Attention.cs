@@ -9,7 +9,8 @@ namespace QLoRA.Runtime.Ops;
 
 /// <summary>
 /// Causal grouped-query attention over packed sequences described by cumulative boundaries
-/// (<c>[0, len0, len0+len1, …, tokens]</c>, as flash-attention's cu_seqlens): no padding, no tokens×tokens matrix.
+/// (<c>[0, len0, len0+len1, …, tokens]</c>, as flash-attention's cu_seqlens): no padding, no tokens×tokens matrix;
+/// flash-style tiles of rows through shared memory (see <see cref="AttentionKernels"/>). Head dimension up to 256.
 /// </summary>
 public static class Attention
 {
@@ -45,10 +46,6 @@ public static class Attention
         ComputeDispatch.Run(q, new BackwardLaunch(q, k, v, starts, ends, o, lse, dO, delta, dQ, dK, dV, s), nameof(q));
     }
 
-    // Float32 sums go straight into a float32 output; other dtypes get a float32 scratch of the output's shape.
-    private static DeviceTensor? Scratch(DeviceTensor output) =>
-        output.Dtype == DType.F32 ? null : DeviceTensor.Allocate(output.Device, DType.F32, [.. output.Shape]);
-
     private readonly record struct ForwardLaunch(DeviceTensor Q, DeviceTensor K, DeviceTensor V, DeviceTensor Starts, DeviceTensor O, DeviceTensor Lse, AttentionShape Shape) : IComputeLaunch
     {
         public void Run<T, TE>()
@@ -56,9 +53,9 @@ public static class Attention
             where TE : struct, IElement<T>
         {
             Device device = Q.Device;
-            using DeviceTensor? scratch = Scratch(O);
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("attention.forward"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.Forward<T, TE>));
-            kernel(device.Stream, device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), (scratch ?? O).View<float>(), Lse.View<float>(), Shape);
+            var kernel = device.Kernel(ComputeDispatch.Key<TE>("attention.forward"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, AttentionShape>(AttentionKernels.Forward<T, TE>));
+            KernelConfig config = device.Tiled(Blocks(device, Shape.Tokens) * Shape.Heads, AttentionKernels.KeyValueTileFloats(device.TileSize, Shape.HeadDim));
+            kernel(device.Stream, config, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), Lse.View<float>(), Shape);
         }
     }
 
@@ -69,17 +66,16 @@ public static class Attention
             where TE : struct, IElement<T>
         {
             Device device = Q.Device;
-            using (DeviceTensor? scratch = Scratch(DQ))
-            {
-                var query = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.q"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, AttentionShape>(AttentionKernels.BackwardQuery<T, TE>));
-                query(device.Stream, device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DQ.View<T>(), (scratch ?? DQ).View<float>(), Shape);
-            }
-
-            using DeviceTensor? dKScratch = Scratch(DK), dVScratch = Scratch(DV);
-            var keyValue = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.kv"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, AttentionShape>(AttentionKernels.BackwardKeyValue<T, TE>));
-            keyValue(device.Stream, device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Ends.View<int>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DK.View<T>(), DV.View<T>(), (dKScratch ?? DK).View<float>(), (dVScratch ?? DV).View<float>(), Shape);
+            var query = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.q"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, AttentionShape>(AttentionKernels.BackwardQuery<T, TE>));
+            KernelConfig queryConfig = device.Tiled(Blocks(device, Shape.Tokens) * Shape.Heads, AttentionKernels.KeyValueTileFloats(device.TileSize, Shape.HeadDim));
+            query(device.Stream, queryConfig, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DQ.View<T>(), Shape);
+            var keyValue = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.kv"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, AttentionShape>(AttentionKernels.BackwardKeyValue<T, TE>));
+            KernelConfig keyValueConfig = device.Tiled(Blocks(device, Shape.Tokens) * Shape.KvHeads, AttentionKernels.QueryTileFloats(device.TileSize, Shape.HeadDim));
+            keyValue(device.Stream, keyValueConfig, Q.View<T>(), K.View<T>(), V.View<T>(), Ends.View<int>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DK.View<T>(), DV.View<T>(), Shape);
         }
     }
+
+    private static long Blocks(Device device, int tokens) => (tokens + device.TileSize - 1) / device.TileSize;
 
     private static AttentionShape Check(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse, int slidingWindow)
     {
@@ -90,6 +86,11 @@ public static class Attention
         }
 
         int tokens = checked((int)q.Shape[0]), heads = checked((int)q.Shape[1]), d = checked((int)q.Shape[2]), kvHeads = checked((int)k.Shape[1]);
+        if (d > AttentionKernels.MaxHeadDim || q.Device.TileSize > AttentionKernels.MaxTile)
+        {
+            throw new ArgumentException($"Head dimension {d} is above the {AttentionKernels.MaxHeadDim} the attention kernels hold per thread.", nameof(q));
+        }
+
         if (kvHeads == 0 || heads % kvHeads != 0)
         {
             throw new ArgumentException($"{heads} query heads are not a multiple of {kvHeads} key/value heads.", nameof(k));
