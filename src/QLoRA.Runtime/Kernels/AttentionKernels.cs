@@ -42,10 +42,9 @@ internal static class AttentionKernels
         int blocks = (s.Tokens + tile - 1) / tile;
         for (int item = Grid.IdxX; item < blocks * s.Heads; item += Grid.DimX)
         {
-            int block0 = (item / s.Heads) * tile, h = item % s.Heads, kvh = h / group;
-            int t = block0 + lane;
-            bool valid = t < s.Tokens;
-            int first = valid ? First(sequenceStart[t], t, s.Window) : 0;
+            var block = new QueryBlock(item, tile, lane, s, sequenceStart);
+            int block0 = block.Start, h = block.Head, kvh = h / group, t = block.Token, first = block.First;
+            bool valid = block.Valid;
             long rowBase = (((long)t * s.Heads) + h) * d;
             for (int e = 0; e < d; e++)
             {
@@ -140,10 +139,9 @@ internal static class AttentionKernels
         int blocks = (s.Tokens + tile - 1) / tile;
         for (int item = Grid.IdxX; item < blocks * s.Heads; item += Grid.DimX)
         {
-            int block0 = (item / s.Heads) * tile, h = item % s.Heads, kvh = h / group;
-            int t = block0 + lane;
-            bool valid = t < s.Tokens;
-            int first = valid ? First(sequenceStart[t], t, s.Window) : 0;
+            var block = new QueryBlock(item, tile, lane, s, sequenceStart);
+            int block0 = block.Start, h = block.Head, kvh = h / group, t = block.Token, first = block.First;
+            bool valid = block.Valid;
             long row = ((long)t * s.Heads) + h, rowBase = row * d;
             float dd = 0f, rowLse = valid ? lse[row] : 0f;
             for (int e = 0; e < d; e++)
@@ -291,6 +289,30 @@ internal static class AttentionKernels
             sK[(lane * d) + e] = j >= 0 ? e8.Load(k[source + e]) : 0f;
             sV[(lane * d) + e] = j >= 0 ? e8.Load(v[source + e]) : 0f;
         }
+    }
+
+    /// <summary>Work item <c>item</c> of the query-row kernels: a block of G rows of one head, and this thread's row.</summary>
+    private readonly struct QueryBlock
+    {
+        public QueryBlock(int item, int tile, int lane, AttentionShape s, ArrayView<int> sequenceStart)
+        {
+            Start = (item / s.Heads) * tile;
+            Head = item % s.Heads;
+            Token = Start + lane;
+            Valid = Token < s.Tokens;
+            First = Valid ? AttentionKernels.First(sequenceStart[Token], Token, s.Window) : 0;
+        }
+
+        public int Start { get; }
+
+        public int Head { get; }
+
+        public int Token { get; }
+
+        public bool Valid { get; }
+
+        /// <summary>The first key this row sees.</summary>
+        public int First { get; }
     }
 
     private static float XMax(float a, float b) => a > b ? a : b;
