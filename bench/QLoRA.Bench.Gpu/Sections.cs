@@ -79,7 +79,8 @@ internal static class Sections
             // The 4-bit base weight: fused decode-in-GEMM against dequantize-to-bf16 then cuBLAS.
             var q = QuantizedTensor.Quantize(w.ToSingle(), [outF, inF]);
             using DeviceQuantizedTensor packed = DeviceQuantizedTensor.Upload(r.Device, q);
-            r.AddCompute($"gemm_nf4_fused_{name}", "NF4 GEMM fused (bf16 x)", shape, r.Time(() => packed.Multiply(x, y), 2), flops);
+            r.AddCompute($"gemm_nf4_fused_mma_{name}", "NF4 GEMM fused, decoded into mma.sync fragments", shape, r.Time(() => packed.Multiply(x, y, path: GemmPath.TensorCore), iterations), flops);
+            r.AddCompute($"gemm_nf4_fused_portable_{name}", "NF4 GEMM fused, portable", shape, r.Time(() => packed.Multiply(x, y, path: GemmPath.Portable), 2), flops);
             if (cublas is not null)
             {
                 using DeviceTensor dense = DeviceTensor.Allocate(r.Device, DType.BF16, outF, inF);

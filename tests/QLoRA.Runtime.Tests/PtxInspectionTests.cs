@@ -54,11 +54,11 @@ public class PtxInspectionTests
     }
 
     [Theory]
-    [InlineData(typeof(Bf16Element), typeof(float), typeof(F32Element))]
-    [InlineData(typeof(F16Element), typeof(ushort), typeof(F16Element))]
-    public void TensorCoreGemmEmitsMmaSyncForBothHalfTypes(Type element, Type output, Type outputCodec)
+    [InlineData(typeof(DenseOperand<Bf16Element>), typeof(DenseOperand<Bf16Element>), typeof(float), typeof(F32Element))]
+    [InlineData(typeof(DenseOperand<F16Element>), typeof(FourBitOperand<F16Element, NestedAbsmaxSource>), typeof(ushort), typeof(F16Element))]
+    public void TensorCoreGemmEmitsMmaSyncForBothHalfTypes(Type a, Type b, Type output, Type outputCodec)
     {
-        MethodInfo gemm = typeof(MmaGemmKernels).GetMethod("Gemm", BindingFlags.Public | BindingFlags.Static)!.MakeGenericMethod(element, output, outputCodec);
+        MethodInfo gemm = typeof(MmaGemmKernels).GetMethod("Gemm", BindingFlags.Public | BindingFlags.Static)!.MakeGenericMethod(a, b, output, outputCodec);
         string ptx = Ptx(gemm);
         Assert.Contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", ptx);
         Assert.Contains("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", ptx);
@@ -111,7 +111,7 @@ public class PtxInspectionTests
         {
             ["T"] = typeof(ushort), ["TE"] = typeof(Bf16Element), ["TC"] = typeof(float), ["TCE"] = typeof(F32Element),
             ["TIn"] = typeof(float), ["TInE"] = typeof(F32Element), ["TOut"] = typeof(ushort), ["TOutE"] = typeof(F16Element),
-            ["TAbsmax"] = typeof(NestedAbsmaxSource),
+            ["TAbsmax"] = typeof(NestedAbsmaxSource), ["TA"] = typeof(DenseOperand<Bf16Element>), ["TB"] = typeof(FourBitOperand<Bf16Element, NestedAbsmaxSource>),
         };
         MethodInfo method = EntryPoints().Single(m => $"{m.DeclaringType!.Name}.{m.Name}" == name);
         if (method.IsGenericMethodDefinition)

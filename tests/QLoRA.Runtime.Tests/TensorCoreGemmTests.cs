@@ -54,6 +54,31 @@ public class TensorCoreGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDe
         }
     }
 
+    // The 4-bit weight decoded into fragments: W is code × absmax rounded to the compute dtype (what dequantize-to-bf16
+    // yields), so the float64 reference uses exactly those values.
+    [Theory]
+    [InlineData(DType.BF16, 37, 20, 96, false)]
+    [InlineData(DType.F16, 9, 45, 33, true)] // odd K: pairs straddle rows, decoded element by element
+    public void FourBitWeightDecodedIntoFragmentsMatchesFloat64(DType dtype, int m, int outFeatures, int inFeatures, bool doubleQuant)
+    {
+        var weight = QLoRA.Core.Quantization.QuantizedTensor.Quantize(Narrow.Random(outFeatures * inFeatures, 6, DType.F32, 0.1), [outFeatures, inFeatures], new QLoRA.Core.Quantization.QuantizationOptions(QLoRA.Core.Quantization.QuantType.Nf4, 32, doubleQuant));
+        float[] w = Narrow.Round(weight.DequantizeToSingle(), dtype), x = Narrow.Random(m * inFeatures, 7, dtype);
+        Device device = fixture.Device;
+        using var packed = DeviceQuantizedTensor.Upload(device, weight);
+        using DeviceTensor tx = DeviceTensor.FromSingle(device, x, dtype, m, inFeatures), y = DeviceTensor.FromSingle(device, new float[m * outFeatures], dtype, m, outFeatures);
+        packed.Multiply(tx, y, path: GemmPath.TensorCore);
+        double[] expected = Reference(x, w, m, outFeatures, inFeatures, out double[] magnitude);
+        float[] got = y.ToSingle();
+        double u = Narrow.UnitRoundoff(dtype);
+        for (int i = 0; i < got.Length; i++)
+        {
+            Assert.True(Math.Abs(got[i] - expected[i]) <= (u * Math.Abs(expected[i])) + (1e-5 * magnitude[i]), $"y[{i / outFeatures},{i % outFeatures}] {got[i]} vs {expected[i]}");
+        }
+
+        using DeviceTensor wide = DeviceTensor.Allocate(device, DType.F32, m, inFeatures);
+        Assert.Throws<ArgumentException>(() => packed.Multiply(wide, y, path: GemmPath.TensorCore));
+    }
+
     [Fact]
     public void RejectsOperandsItDoesNotTake()
     {
@@ -62,6 +87,31 @@ public class TensorCoreGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDe
         Assert.Contains("tensor-core GEMM takes BF16 or F16", Assert.Throws<ArgumentException>(() => Gemm.Multiply(a, b, c, transposeB: true, path: GemmPath.TensorCore)).Message);
         using DeviceTensor a16 = DeviceTensor.Allocate(device, DType.BF16, 8, 4), b16 = DeviceTensor.Allocate(device, DType.BF16, 8, 4);
         Assert.Throws<ArgumentException>(() => Gemm.Multiply(a16, b16, c, transposeA: true, path: GemmPath.TensorCore));
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, 333, 1024, 4096)]
+    public void FourBitTensorCoresAgreeWithThePortableKernelOnCuda(DType dtype, int m, int outFeatures, int inFeatures)
+    {
+        using Device device = Device.Best();
+        if (device.Kind != DeviceKind.Cuda)
+        {
+            Assert.Skip("needs a CUDA device (run the test executable on a GPU machine)");
+        }
+
+        var weight = QLoRA.Core.Quantization.QuantizedTensor.Quantize(Narrow.Random(outFeatures * inFeatures, 8, DType.F32, 0.1), [outFeatures, inFeatures]);
+        float[] x = Narrow.Random(m * inFeatures, 9, dtype);
+        using var packed = DeviceQuantizedTensor.Upload(device, weight);
+        using DeviceTensor tx = DeviceTensor.FromSingle(device, x, dtype, m, inFeatures);
+        using DeviceTensor mma = DeviceTensor.Allocate(device, dtype, m, outFeatures), portable = DeviceTensor.Allocate(device, dtype, m, outFeatures);
+        packed.Multiply(tx, mma, path: GemmPath.TensorCore);
+        packed.Multiply(tx, portable, path: GemmPath.Portable);
+        float[] got = mma.ToSingle(), expected = portable.ToSingle();
+        double bound = 4 * Narrow.UnitRoundoff(dtype) * 0.1 * Math.Sqrt(inFeatures) * 3; // weight rounding over random-sign sums, plus output rounding
+        for (int i = 0; i < got.Length; i++)
+        {
+            Assert.True(Math.Abs(got[i] - expected[i]) <= bound + (2 * Narrow.UnitRoundoff(dtype) * Math.Abs(expected[i])), $"y[{i / outFeatures},{i % outFeatures}] tensor cores {got[i]} vs portable {expected[i]}");
+        }
     }
 
     [Theory]

@@ -7,7 +7,8 @@ namespace QLoRA.Runtime.Kernels;
 internal readonly record struct MmaGemmShape(int M, int N, int K, float Alpha, float Beta, int Half);
 
 /// <summary>
-/// Tensor-core GEMM for BF16/F16 operands with float32 accumulation: each warp (32 consecutive global threads) owns a
+/// Tensor-core GEMM for BF16/F16 operands (dense, or a 4-bit weight decoded as its fragments load) with float32
+/// accumulation: each warp (32 consecutive global threads) owns a
 /// 16×32 tile of C and walks K in steps of 16, issuing four <c>mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}</c>
 /// per step with the A fragment reused across them. Operand fragments follow PTX's m16n8k16 layout (lane = 4·group +
 /// t: A rows group and group + 8, columns 2t, 2t + 1, 2t + 8, 2t + 9; B columns group, k rows likewise; C rows group
@@ -22,9 +23,10 @@ internal static class MmaGemmKernels
     private const string Bf16Mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};";
     private const string F16Mma = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};";
 
-    /// <summary>aPairs/bPairs view the same buffers as a/b two elements at a time (used when K is even).</summary>
-    public static void Gemm<TE, TC, TCE>(ArrayView<ushort> a, ArrayView<uint> aPairs, ArrayView<ushort> b, ArrayView<uint> bPairs, ArrayView<TC> c, MmaGemmShape s)
-        where TE : struct, IElement<ushort>
+    /// <summary>A is [M, K] (the activations), B is [N, K] (the weight), both in the fragments' layout.</summary>
+    public static void Gemm<TA, TB, TC, TCE>(TA a, TB b, ArrayView<TC> c, MmaGemmShape s)
+        where TA : struct, IMmaOperand
+        where TB : struct, IMmaOperand
         where TC : unmanaged
         where TCE : struct, IElement<TC>
     {
@@ -49,19 +51,18 @@ internal static class MmaGemmKernels
                 int k = k0 + pair;
                 if (CudaAsm.IsSupported)
                 {
-                    uint a0 = Pair(a, aPairs, s.M, s.K, rowLo, k), a1 = Pair(a, aPairs, s.M, s.K, rowHi, k);
-                    uint a2 = Pair(a, aPairs, s.M, s.K, rowLo, k + 8), a3 = Pair(a, aPairs, s.M, s.K, rowHi, k + 8);
-                    Mma(ref acc0, s, a0, a1, a2, a3, b, bPairs, col0 + group, k);
-                    Mma(ref acc1, s, a0, a1, a2, a3, b, bPairs, col0 + 8 + group, k);
-                    Mma(ref acc2, s, a0, a1, a2, a3, b, bPairs, col0 + 16 + group, k);
-                    Mma(ref acc3, s, a0, a1, a2, a3, b, bPairs, col0 + 24 + group, k);
+                    uint a0 = a.Pair(rowLo, k), a1 = a.Pair(rowHi, k), a2 = a.Pair(rowLo, k + 8), a3 = a.Pair(rowHi, k + 8);
+                    Mma(ref acc0, s, a0, a1, a2, a3, b.Pair(col0 + group, k), b.Pair(col0 + group, k + 8));
+                    Mma(ref acc1, s, a0, a1, a2, a3, b.Pair(col0 + 8 + group, k), b.Pair(col0 + 8 + group, k + 8));
+                    Mma(ref acc2, s, a0, a1, a2, a3, b.Pair(col0 + 16 + group, k), b.Pair(col0 + 16 + group, k + 8));
+                    Mma(ref acc3, s, a0, a1, a2, a3, b.Pair(col0 + 24 + group, k), b.Pair(col0 + 24 + group, k + 8));
                 }
                 else
                 {
-                    Portable<TE>(ref acc0, a, b, s, rowLo, col0 + pair, k0);
-                    Portable<TE>(ref acc1, a, b, s, rowLo, col0 + 8 + pair, k0);
-                    Portable<TE>(ref acc2, a, b, s, rowLo, col0 + 16 + pair, k0);
-                    Portable<TE>(ref acc3, a, b, s, rowLo, col0 + 24 + pair, k0);
+                    Portable(ref acc0, a, b, s, rowLo, col0 + pair, k0);
+                    Portable(ref acc1, a, b, s, rowLo, col0 + 8 + pair, k0);
+                    Portable(ref acc2, a, b, s, rowLo, col0 + 16 + pair, k0);
+                    Portable(ref acc3, a, b, s, rowLo, col0 + 24 + pair, k0);
                 }
             }
 
@@ -78,10 +79,10 @@ internal static class MmaGemmKernels
         public float C0, C1, C2, C3;
     }
 
-    private static void Mma(ref Accumulator acc, MmaGemmShape s, uint a0, uint a1, uint a2, uint a3, ArrayView<ushort> b, ArrayView<uint> bPairs, int column, int k)
+    private static void Mma(ref Accumulator acc, MmaGemmShape s, uint a0, uint a1, uint a2, uint a3, uint b0, uint b1)
     {
         Input<uint> ia0 = a0, ia1 = a1, ia2 = a2, ia3 = a3;
-        Input<uint> ib0 = Pair(b, bPairs, s.N, s.K, column, k), ib1 = Pair(b, bPairs, s.N, s.K, column, k + 8);
+        Input<uint> ib0 = b0, ib1 = b1;
         Input<float> ic0 = acc.C0, ic1 = acc.C1, ic2 = acc.C2, ic3 = acc.C3;
         Output<float> d0 = default, d1 = default, d2 = default, d3 = default;
         if (s.Half != 0)
@@ -99,36 +100,16 @@ internal static class MmaGemmKernels
         acc.C3 = d3.Value;
     }
 
-    // Elements [row, k] and [row, k + 1] of a row-major [rows, K] matrix as one register (lower index in the low half).
-    private static uint Pair(ArrayView<ushort> m, ArrayView<uint> pairs, int rows, int kTotal, int row, int k)
-    {
-        if (row >= rows || k >= kTotal)
-        {
-            return 0;
-        }
-
-        long index = ((long)row * kTotal) + k;
-        if ((kTotal & 1) == 0)
-        {
-            return pairs[index / 2]; // k is even, so the pair is 4-byte aligned
-        }
-
-        uint high = k + 1 < kTotal ? m[index + 1] : 0u;
-        return m[index] | (high << 16);
-    }
-
     // The same four outputs as one m16n8k16 step, in float32 (no tensor cores).
-    private static void Portable<TE>(ref Accumulator acc, ArrayView<ushort> a, ArrayView<ushort> b, MmaGemmShape s, int rowLo, int column, int k0)
-        where TE : struct, IElement<ushort>
+    private static void Portable<TA, TB>(ref Accumulator acc, TA a, TB b, MmaGemmShape s, int rowLo, int column, int k0)
+        where TA : struct, IMmaOperand
+        where TB : struct, IMmaOperand
     {
-        TE e = default;
         int kEnd = k0 + TileK < s.K ? k0 + TileK : s.K;
         for (int k = k0; k < kEnd; k++)
         {
-            float aLo = rowLo < s.M ? e.Load(a[((long)rowLo * s.K) + k]) : 0f;
-            float aHi = rowLo + 8 < s.M ? e.Load(a[((long)(rowLo + 8) * s.K) + k]) : 0f;
-            float b0 = column < s.N ? e.Load(b[((long)column * s.K) + k]) : 0f;
-            float b1 = column + 1 < s.N ? e.Load(b[((long)(column + 1) * s.K) + k]) : 0f;
+            float aLo = a.Element(rowLo, k), aHi = a.Element(rowLo + 8, k);
+            float b0 = b.Element(column, k), b1 = b.Element(column + 1, k);
             acc.C0 += aLo * b0;
             acc.C1 += aLo * b1;
             acc.C2 += aHi * b0;

@@ -84,16 +84,19 @@ public static class Gemm
             where TCE : struct, IElement<TC>
         {
             Device device = A.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm.mma")), acc => acc.LoadKernel<ArrayView<ushort>, ArrayView<uint>, ArrayView<ushort>, ArrayView<uint>, ArrayView<TC>, MmaGemmShape>(MmaGemmKernels.Gemm<TE, TC, TCE>));
-            kernel(device.Stream, device.GridStride, A.View<ushort>(), Pairs(A), B.View<ushort>(), Pairs(B), C.View<TC>(), Shape);
+            var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm.mma")), acc => acc.LoadKernel<DenseOperand<TE>, DenseOperand<TE>, ArrayView<TC>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, DenseOperand<TE>, TC, TCE>));
+            kernel(device.Stream, device.GridStride, Dense<TE>(A), Dense<TE>(B), C.View<TC>(), Shape);
         }
+    }
 
-        // Two 16-bit elements per uint (only read when K is even; an odd tail element is not covered).
-        private static ArrayView<uint> Pairs(DeviceTensor t)
-        {
-            ArrayView<ushort> elements = t.View<ushort>();
-            return elements.SubView(0, elements.Length / 2 * 2).Cast<uint>();
-        }
+    /// <summary>A 2-D BF16/F16 tensor as a tensor-core operand.</summary>
+    internal static DenseOperand<TE> Dense<TE>(DeviceTensor t)
+        where TE : struct, IElement<ushort>
+    {
+        ArrayView<ushort> elements = t.View<ushort>();
+        // Two 16-bit elements per uint (read only when the row length is even).
+        ArrayView<uint> pairs = elements.SubView(0, elements.Length / 2 * 2).Cast<uint>();
+        return new DenseOperand<TE>(elements, pairs, checked((int)t.Shape[0]), checked((int)t.Shape[1]));
     }
 
     private readonly record struct InputLaunch(DeviceTensor A, DeviceTensor B, DeviceTensor C, GemmShape Shape) : IComputeLaunch

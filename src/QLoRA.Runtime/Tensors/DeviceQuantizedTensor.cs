@@ -154,8 +154,17 @@ public sealed class DeviceQuantizedTensor : IDisposable
     /// (X [m, in] → C [m, out]), or W for the input gradient (X [m, out] → C [m, in]). X and C share a compute dtype
     /// (F32, BF16, F16); sums run in float32.
     /// </summary>
-    /// <exception cref="ArgumentException">Shapes disagree.</exception>
-    public void Multiply(DeviceTensor x, DeviceTensor c, bool transposeWeight = true, float alpha = 1f, float beta = 0f)
+    /// <param name="x">X of a compute dtype.</param>
+    /// <param name="c">C of X's dtype.</param>
+    /// <param name="transposeWeight">Multiply by Wᵀ (the forward) rather than W (the input gradient).</param>
+    /// <param name="alpha">Scale of the product.</param>
+    /// <param name="beta">Scale of the existing C.</param>
+    /// <param name="path">
+    /// <see cref="Ops.GemmPath.Auto"/> decodes the weight into tensor-core fragments (bf16/f16, rounded exactly as
+    /// dequantize-to-bf16 rounds) for BF16/F16 forwards on CUDA, else runs the portable decode-in-GEMM kernel.
+    /// </param>
+    /// <exception cref="ArgumentException">Shapes disagree, or tensor cores were asked for where they do not apply.</exception>
+    public void Multiply(DeviceTensor x, DeviceTensor c, bool transposeWeight = true, float alpha = 1f, float beta = 0f, Ops.GemmPath path = Ops.GemmPath.Auto)
     {
         if (State.Shape.Count != 2)
         {
@@ -171,6 +180,27 @@ public sealed class DeviceQuantizedTensor : IDisposable
 
         int m = checked((int)x.Shape[0]);
         Ops.Shapes.Require(c, x.Dtype, [m, n], nameof(c));
+        bool tensorCoreShape = transposeWeight && x.Dtype is QLoRA.Core.DType.BF16 or QLoRA.Core.DType.F16;
+        if (path == Ops.GemmPath.TensorCore && !tensorCoreShape)
+        {
+            throw new ArgumentException($"The tensor-core 4-bit GEMM computes the forward X·Wᵀ with BF16 or F16 X, not {x.Dtype} with transposeWeight={transposeWeight}.", nameof(path));
+        }
+
+        if (path == Ops.GemmPath.TensorCore || (path == Ops.GemmPath.Auto && tensorCoreShape && _device.Kind == Devices.DeviceKind.Cuda))
+        {
+            var mma = new MmaGemmShape(m, outFeatures, inFeatures, alpha, beta, x.Dtype == QLoRA.Core.DType.F16 ? 1 : 0);
+            if (x.Dtype == QLoRA.Core.DType.BF16)
+            {
+                TensorCoreGemm<Bf16Element>(x, c, mma);
+            }
+            else
+            {
+                TensorCoreGemm<F16Element>(x, c, mma);
+            }
+
+            return;
+        }
+
         var shape = new Nf4GemmShape(m, outFeatures, inFeatures, State.BlockSize, transposeWeight ? 1 : 0, alpha, beta);
         Ops.ComputeDispatch.Run(x, new GemmLaunch(this, x, c, shape), nameof(x));
     }
@@ -183,6 +213,28 @@ public sealed class DeviceQuantizedTensor : IDisposable
         ArrayView<byte> bytes = _packed.View.AsContiguous().Cast<byte>();
         var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit." + typeof(TAbsmax).Name), a => a.LoadKernel<ArrayView<T>, ArrayView<byte>, TAbsmax, ArrayView<float>, ArrayView<T>, Nf4GemmShape>(Nf4GemmKernels.Gemm<T, TE, TAbsmax>));
         kernel(_device.Stream, _device.GridStride, x.View<T>(), bytes, absmax, _table.View, c.View<T>(), shape);
+    }
+
+    private void TensorCoreGemm<TE>(DeviceTensor x, DeviceTensor c, MmaGemmShape shape)
+        where TE : struct, IElement<ushort>
+    {
+        if (_absmax is not null)
+        {
+            TensorCoreGemm<TE, PlainAbsmaxSource>(new PlainAbsmaxSource(_absmax.View), x, c, shape);
+        }
+        else
+        {
+            TensorCoreGemm<TE, NestedAbsmaxSource>(Nested(), x, c, shape);
+        }
+    }
+
+    private void TensorCoreGemm<TE, TAbsmax>(TAbsmax absmax, DeviceTensor x, DeviceTensor c, MmaGemmShape shape)
+        where TE : struct, IElement<ushort>
+        where TAbsmax : struct, IAbsmaxSource
+    {
+        var weight = new FourBitOperand<TE, TAbsmax>(_packed.View.AsContiguous().Cast<byte>(), absmax, _table.View, shape.N, shape.K, State.BlockSize);
+        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit.mma." + typeof(TAbsmax).Name), a => a.LoadKernel<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ArrayView<ushort>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ushort, TE>));
+        kernel(_device.Stream, _device.GridStride, Ops.Gemm.Dense<TE>(x), weight, c.View<ushort>(), shape);
     }
 
     private readonly record struct GemmLaunch(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor C, Nf4GemmShape Shape) : Ops.IComputeLaunch
