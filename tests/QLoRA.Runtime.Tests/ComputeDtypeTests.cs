@@ -331,5 +331,9 @@ public class ComputeDtypeTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         Assert.Equal(DType.F32, cpu.ComputeDtype);
         cpu.ComputeDtype = DType.BF16;
         Assert.Equal(DType.BF16, cpu.ComputeDtype);
+        Assert.Equal(DType.F16, Device.ParseComputeDtype(" F16 "));
+        Assert.Equal(DType.BF16, Device.ParseComputeDtype("bfloat16"));
+        Assert.Null(Device.ParseComputeDtype(""));
+        Assert.Contains("QLORA_COMPUTE_DTYPE='fp8'", Assert.Throws<QLoRA.Runtime.Devices.DeviceNotAvailableException>(() => Device.ParseComputeDtype("fp8")).Message);
     }
 }

@@ -38,7 +38,7 @@ public sealed class Device : IDisposable
     /// and models loaded on this device: BF16 by default on CUDA GPUs that have it (sm_80+), F16 on older GPUs, F32 on
     /// the CPU accelerator (which has no faster narrow arithmetic; tests and gradient checks use F32). Kernels always
     /// sum in float32; norm weights, biases, LoRA matrices, their gradients and optimizer state stay F32.
-    /// Set it before loading a model.
+    /// Set it before loading a model; <c>QLORA_COMPUTE_DTYPE=f32|bf16|f16</c> sets the initial value.
     /// </summary>
     /// <exception cref="ArgumentException">Set to a dtype other than F32, BF16 or F16.</exception>
     public QLoRA.Core.DType ComputeDtype
@@ -49,7 +49,24 @@ public sealed class Device : IDisposable
             : throw new ArgumentException($"The compute dtype is F32, BF16 or F16, not {value}.", nameof(value));
     }
 
-    private static QLoRA.Core.DType DefaultComputeDtype(Accelerator accelerator) => accelerator switch
+    /// <summary>Environment variable that sets the initial <see cref="ComputeDtype"/>: <c>f32</c>, <c>bf16</c> or <c>f16</c>.</summary>
+    public const string ComputeDtypeVariable = "QLORA_COMPUTE_DTYPE";
+
+    private static QLoRA.Core.DType DefaultComputeDtype(Accelerator accelerator) =>
+        ParseComputeDtype(Environment.GetEnvironmentVariable(ComputeDtypeVariable)) ?? HardwareComputeDtype(accelerator);
+
+    /// <summary>The dtype a QLORA_COMPUTE_DTYPE value names, or null when it is unset.</summary>
+    /// <exception cref="DeviceNotAvailableException">The value names no compute dtype.</exception>
+    internal static QLoRA.Core.DType? ParseComputeDtype(string? value) => value?.Trim().ToLowerInvariant() switch
+    {
+        null or "" => null,
+        "f32" or "float32" => QLoRA.Core.DType.F32,
+        "bf16" or "bfloat16" => QLoRA.Core.DType.BF16,
+        "f16" or "float16" => QLoRA.Core.DType.F16,
+        string other => throw new DeviceNotAvailableException($"{ComputeDtypeVariable}='{other}' is not 'f32', 'bf16' or 'f16'."),
+    };
+
+    private static QLoRA.Core.DType HardwareComputeDtype(Accelerator accelerator) => accelerator switch
     {
         CudaAccelerator cuda when cuda.Architecture is { } arch && arch.Major >= 8 => QLoRA.Core.DType.BF16,
         CudaAccelerator => QLoRA.Core.DType.F16,

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Everything that needs the GPU, in one device call (the machine keeps nothing between calls):
+#   ../shared/gpu/pack.sh bench/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.csproj tests/QLoRA.Runtime.Tests/QLoRA.Runtime.Tests.csproj
+#   device: carry [".gpu"], command "bash bench/gpu/run-all.sh"
+# Runs the runtime test executable (its CUDA-only tests: cuBLAS, tensor-core GEMMs), the benchmark (table + JSON) and
+# the interop parity scripts; each output goes to $OUT (or ./gpu-out) and its tail to the console.
+set -u
+. .gpu/env.sh
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+
+step() {
+  local name=$1; shift
+  echo "== $name: $*"
+  "$@" > "$out/$name.txt" 2>&1
+  echo "== $name exited $?"
+  tail -n "${TAIL:-25}" "$out/$name.txt"
+}
+
+step tests dotnet .gpu/QLoRA.Runtime.Tests/QLoRA.Runtime.Tests.dll
+TAIL=45 step bench dotnet .gpu/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.dll
+QLORA_COMPUTE_DTYPE=f32 step llama_parity python3 tests/interop/llama_parity.py
+step bnb_parity python3 tests/interop/bnb_parity.py
