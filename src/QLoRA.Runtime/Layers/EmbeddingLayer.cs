@@ -36,6 +36,16 @@ public sealed class EmbeddingLayer : IDisposable
     /// <summary>y[t] = table[ids[t]].</summary>
     public void Forward(ReadOnlySpan<int> ids, DeviceTensor y) => Elementwise.Embedding(Table, ids, y);
 
+    /// <summary>
+    /// dTable[ids[t]] += dy[t] for every token (when the embedding is trained, e.g. PEFT's modules_to_save),
+    /// deterministic: tokens grouped by id, each row summed in token order.
+    /// </summary>
+    /// <param name="ids">The forward's token ids.</param>
+    /// <param name="dy">[tokens, dim] of the compute dtype.</param>
+    /// <param name="dTable">F32 [vocab, dim], accumulated into.</param>
+    /// <exception cref="ArgumentOutOfRangeException">An id is outside the vocabulary.</exception>
+    public void Backward(ReadOnlySpan<int> ids, DeviceTensor dy, DeviceTensor dTable) => Elementwise.EmbeddingBackward(dy, ids, dTable);
+
     /// <summary>Frees the table.</summary>
     public void Dispose() => Table.Dispose();
 }

@@ -75,7 +75,15 @@ public sealed class QuantizedLinear : IDisposable
     public void Forward(DeviceTensor x, DeviceTensor y, bool training = false)
     {
         int tokens = CheckInput(x);
-        Weight.Multiply(x, y, transposeWeight: true);
+        if (tokens <= 8 && InFeatures % 32 == 0)
+        {
+            Weight.Gemv(x, y); // decode: every packed byte read once for all rows
+        }
+        else
+        {
+            Weight.Multiply(x, y, transposeWeight: true);
+        }
+
         if (Bias is not null)
         {
             Elementwise.AddBias(y, Bias);
