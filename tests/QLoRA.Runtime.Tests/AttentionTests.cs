@@ -115,7 +115,7 @@ public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceF
         const int tokens = 27, heads = 6, kvHeads = 3, d = 5;
         int[] boundaries = [0, 11, 12, 27];
         using Devices.Device device = Devices.Device.Cpu(4, 2);
-        Assert.Equal(8, device.TileSize);
+        Assert.Equal(8, Attention.Tile(device, d));
         float[] q = Random(tokens * heads * d, 11), k = Random(tokens * kvHeads * d, 12), v = Random(tokens * kvHeads * d, 13), c = Random(tokens * heads * d, 14);
         int StartOf(int t)
         {
@@ -177,6 +177,20 @@ public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceF
         Directional("dq", q, dQ.ToHost<float>(), qs => Loss(qs, k, v));
         Directional("dk", k, dK.ToHost<float>(), ks => Loss(q, ks, v));
         Directional("dv", v, dV.ToHost<float>(), vs => Loss(q, k, vs));
+    }
+
+    // CUDA gives a group 48 KiB of shared memory without an opt-in: the dK/dV kernel's Q and dO tiles (2·d + 2 floats
+    // per row) must fit, so the tile shrinks with the head dimension.
+    [Theory]
+    [InlineData(64, 64)]
+    [InlineData(128, 32)]
+    [InlineData(256, 16)]
+    public void CudaTilesFitTheSharedMemoryAvailableWithoutOptIn(int headDim, int tile)
+    {
+        int floatsPerRow = QLoRA.Runtime.Kernels.AttentionKernels.QueryTileFloats(1, headDim);
+        Assert.Equal(tile, Devices.Device.TileSize(64, limitShared: true, floatsPerRow));
+        Assert.True(tile * floatsPerRow * 4 <= 48 * 1024);
+        Assert.Equal(64, Devices.Device.TileSize(64, limitShared: false, floatsPerRow));
     }
 
     [Fact]

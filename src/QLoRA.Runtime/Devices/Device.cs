@@ -227,12 +227,32 @@ public sealed class Device : IDisposable
         public void Dispose() => device._stream.Value = previous;
     }
 
-    /// <summary>Threads per group (and rows per tile) of tiled kernels that share memory within a group.</summary>
-    internal int TileSize => Kind == DeviceKind.Cuda ? 64 : Math.Min(64, Accelerator.MaxNumThreadsPerGroup);
+    /// <summary>The most threads per group (rows per tile) of tiled kernels that share memory within a group.</summary>
+    internal int MaxTileSize => Kind == DeviceKind.Cuda ? 64 : Math.Min(64, Accelerator.MaxNumThreadsPerGroup);
 
-    /// <summary>Launch geometry of a tiled kernel over <paramref name="items"/> group-sized work items.</summary>
-    internal KernelConfig Tiled(long items, int sharedFloats) =>
-        new(checked((int)Math.Max(1, Math.Min(items, GroupCount))), TileSize, SharedMemoryConfig.RequestDynamic<float>(sharedFloats));
+    // CUDA grants 48 KiB of shared memory per group without an opt-in attribute (which ILGPU does not set).
+    private const int SharedBytesWithoutOptIn = 48 * 1024;
+
+    /// <summary>
+    /// Rows per tile for a tiled kernel needing <paramref name="sharedFloatsPerRow"/> floats of shared memory per row:
+    /// the largest power of two up to <see cref="MaxTileSize"/> whose tile fits in 48 KiB on CUDA.
+    /// </summary>
+    internal int TileSize(int sharedFloatsPerRow) => TileSize(MaxTileSize, Kind == DeviceKind.Cuda, sharedFloatsPerRow);
+
+    internal static int TileSize(int maxTile, bool limitShared, int sharedFloatsPerRow)
+    {
+        int tile = maxTile;
+        while (limitShared && tile > 1 && (long)tile * sharedFloatsPerRow * sizeof(float) > SharedBytesWithoutOptIn)
+        {
+            tile /= 2;
+        }
+
+        return tile;
+    }
+
+    /// <summary>Launch geometry of a tiled kernel over <paramref name="items"/> work items of <paramref name="tile"/> threads.</summary>
+    internal KernelConfig Tiled(long items, int tile, int sharedFloats) =>
+        new(checked((int)Math.Max(1, Math.Min(items, GroupCount))), tile, SharedMemoryConfig.RequestDynamic<float>(sharedFloats));
 
     /// <summary>Launch geometry of grid-stride kernels.</summary>
     internal KernelConfig GridStride => new(GroupCount, GroupSize);

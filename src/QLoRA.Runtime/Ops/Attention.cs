@@ -54,7 +54,8 @@ public static class Attention
         {
             Device device = Q.Device;
             var kernel = device.Kernel(ComputeDispatch.Key<TE>("attention.forward"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, AttentionShape>(AttentionKernels.Forward<T, TE>));
-            KernelConfig config = device.Tiled(Blocks(device, Shape.Tokens) * Shape.Heads, AttentionKernels.KeyValueTileFloats(device.TileSize, Shape.HeadDim));
+            int tile = Tile(device, Shape.HeadDim);
+            KernelConfig config = device.Tiled(Blocks(tile, Shape.Tokens) * Shape.Heads, tile, AttentionKernels.KeyValueTileFloats(tile, Shape.HeadDim));
             kernel(device.Stream, config, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), Lse.View<float>(), Shape);
         }
     }
@@ -67,15 +68,19 @@ public static class Attention
         {
             Device device = Q.Device;
             var query = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.q"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, AttentionShape>(AttentionKernels.BackwardQuery<T, TE>));
-            KernelConfig queryConfig = device.Tiled(Blocks(device, Shape.Tokens) * Shape.Heads, AttentionKernels.KeyValueTileFloats(device.TileSize, Shape.HeadDim));
+            int tile = Tile(device, Shape.HeadDim);
+            KernelConfig queryConfig = device.Tiled(Blocks(tile, Shape.Tokens) * Shape.Heads, tile, AttentionKernels.KeyValueTileFloats(tile, Shape.HeadDim));
             query(device.Stream, queryConfig, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DQ.View<T>(), Shape);
             var keyValue = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.kv"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, AttentionShape>(AttentionKernels.BackwardKeyValue<T, TE>));
-            KernelConfig keyValueConfig = device.Tiled(Blocks(device, Shape.Tokens) * Shape.KvHeads, AttentionKernels.QueryTileFloats(device.TileSize, Shape.HeadDim));
+            KernelConfig keyValueConfig = device.Tiled(Blocks(tile, Shape.Tokens) * Shape.KvHeads, tile, AttentionKernels.QueryTileFloats(tile, Shape.HeadDim));
             keyValue(device.Stream, keyValueConfig, Q.View<T>(), K.View<T>(), V.View<T>(), Ends.View<int>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DK.View<T>(), DV.View<T>(), Shape);
         }
     }
 
-    private static long Blocks(Device device, int tokens) => (tokens + device.TileSize - 1) / device.TileSize;
+    private static long Blocks(int tile, int tokens) => (tokens + tile - 1) / tile;
+
+    // One tile size for all three kernels, from the largest shared-memory need per row (the dK/dV kernel's).
+    internal static int Tile(Device device, int headDim) => device.TileSize(AttentionKernels.QueryTileFloats(1, headDim));
 
     private static AttentionShape Check(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse, int slidingWindow)
     {
@@ -86,7 +91,7 @@ public static class Attention
         }
 
         int tokens = checked((int)q.Shape[0]), heads = checked((int)q.Shape[1]), d = checked((int)q.Shape[2]), kvHeads = checked((int)k.Shape[1]);
-        if (d > AttentionKernels.MaxHeadDim || q.Device.TileSize > AttentionKernels.MaxTile)
+        if (d > AttentionKernels.MaxHeadDim || q.Device.MaxTileSize > AttentionKernels.MaxTile)
         {
             throw new ArgumentException($"Head dimension {d} is above the {AttentionKernels.MaxHeadDim} the attention kernels hold per thread.", nameof(q));
         }
