@@ -83,6 +83,7 @@ public class TensorCoreGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDe
     public void RejectsOperandsItDoesNotTake()
     {
         Device device = fixture.Device;
+        Assert.False(device.HasTensorCoreMma); // Auto never picks it on the CPU accelerator
         using DeviceTensor a = DeviceTensor.Allocate(device, DType.F32, 4, 8), b = DeviceTensor.Allocate(device, DType.F32, 4, 8), c = DeviceTensor.Allocate(device, DType.F32, 4, 4);
         Assert.Contains("tensor-core GEMM takes BF16 or F16", Assert.Throws<ArgumentException>(() => Gemm.Multiply(a, b, c, transposeB: true, path: GemmPath.TensorCore)).Message);
         using DeviceTensor a16 = DeviceTensor.Allocate(device, DType.BF16, 8, 4), b16 = DeviceTensor.Allocate(device, DType.BF16, 8, 4);

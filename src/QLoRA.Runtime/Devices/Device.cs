@@ -227,6 +227,9 @@ public sealed class Device : IDisposable
         public void Dispose() => device._stream.Value = previous;
     }
 
+    /// <summary>Whether the m16n8k16 bf16/f16 mma.sync instructions exist here (CUDA sm_80 and newer).</summary>
+    public bool HasTensorCoreMma => Accelerator is CudaAccelerator cuda && cuda.Architecture is { } arch && arch.Major >= 8;
+
     /// <summary>The most threads per group (rows per tile) of tiled kernels that share memory within a group.</summary>
     internal int MaxTileSize => Kind == DeviceKind.Cuda ? 64 : Math.Min(64, Accelerator.MaxNumThreadsPerGroup);
 

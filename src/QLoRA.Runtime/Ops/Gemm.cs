@@ -57,7 +57,7 @@ public static class Gemm
             throw new ArgumentException($"The tensor-core GEMM takes BF16 or F16 A [M, K] and B [N, K] (y = x·Wᵀ), not {a.Dtype} with transposeA={transposeA}, transposeB={transposeB}.", nameof(path));
         }
 
-        if (path == GemmPath.TensorCore || (path == GemmPath.Auto && tensorCoreShape && a.Device.Kind == Devices.DeviceKind.Cuda))
+        if (path == GemmPath.TensorCore || (path == GemmPath.Auto && tensorCoreShape && a.Device.HasTensorCoreMma))
         {
             var mma = new MmaGemmShape(m, n, k, alpha, beta, a.Dtype == DType.F16 ? 1 : 0);
             if (a.Dtype == DType.BF16)

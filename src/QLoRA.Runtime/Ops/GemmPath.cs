@@ -3,7 +3,7 @@ namespace QLoRA.Runtime.Ops;
 /// <summary>Which GEMM kernel <see cref="Gemm.Multiply"/> runs.</summary>
 public enum GemmPath
 {
-    /// <summary>Tensor cores on CUDA where they apply (BF16/F16, y = x·Wᵀ), else the portable tiled kernel.</summary>
+    /// <summary>Tensor cores on CUDA sm_80+ where they apply (BF16/F16, y = x·Wᵀ), else the portable tiled kernel.</summary>
     Auto,
 
     /// <summary>The portable float32-accumulating tiled kernel (every dtype, every transpose, every accelerator).</summary>

@@ -186,7 +186,7 @@ public sealed class DeviceQuantizedTensor : IDisposable
             throw new ArgumentException($"The tensor-core 4-bit GEMM computes the forward X·Wᵀ with BF16 or F16 X, not {x.Dtype} with transposeWeight={transposeWeight}.", nameof(path));
         }
 
-        if (path == Ops.GemmPath.TensorCore || (path == Ops.GemmPath.Auto && tensorCoreShape && _device.Kind == Devices.DeviceKind.Cuda))
+        if (path == Ops.GemmPath.TensorCore || (path == Ops.GemmPath.Auto && tensorCoreShape && _device.HasTensorCoreMma))
         {
             var mma = new MmaGemmShape(m, outFeatures, inFeatures, alpha, beta, x.Dtype == QLoRA.Core.DType.F16 ? 1 : 0);
             if (x.Dtype == QLoRA.Core.DType.BF16)
