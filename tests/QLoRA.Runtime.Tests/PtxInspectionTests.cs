@@ -39,6 +39,7 @@ public class PtxInspectionTests
         Assert.Matches(@"\bld(\.global)?\.v4\.(b32|u32)", ptx);
         Assert.Matches(@"\bst(\.global)?\.v4\.(b32|u32)", ptx);
         Assert.DoesNotContain(".local", ptx); // no spills to local memory
+        Assert.Matches(@"\.shared\b", ptx); // the code table is staged in shared memory
     }
 
     [Theory]

@@ -14,6 +14,7 @@ internal static class DequantizeKernels
     public static void ToBf16<TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, long count, int blockSize, ArrayView<UInt4> output, ArrayView<ushort> outputTail)
         where TAbsmax : struct, IAbsmaxSource
     {
+        table = CodeTable.ToShared(table);
         long chunks = (count + 31) / 32;
         long stride = (long)Grid.DimX * Group.DimX;
         for (long chunk = Grid.GlobalIndex.X; chunk < chunks; chunk += stride)
@@ -41,6 +42,7 @@ internal static class DequantizeKernels
     public static void ToF32<TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, long count, int blockSize, ArrayView<UInt4> output, ArrayView<float> outputTail)
         where TAbsmax : struct, IAbsmaxSource
     {
+        table = CodeTable.ToShared(table);
         long chunks = (count + 31) / 32;
         long stride = (long)Grid.DimX * Group.DimX;
         for (long chunk = Grid.GlobalIndex.X; chunk < chunks; chunk += stride)

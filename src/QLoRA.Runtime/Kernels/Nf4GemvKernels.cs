@@ -17,6 +17,7 @@ internal static class Nf4GemvKernels
         where TE : struct, IElement<T>
         where TAbsmax : struct, IAbsmaxSource
     {
+        table = CodeTable.ToShared(table);
         TE e = default;
         int chunksPerRow = s.In / 32;
         for (int o = Grid.GlobalIndex.X; o < s.Out; o += Grid.DimX * Group.DimX)
