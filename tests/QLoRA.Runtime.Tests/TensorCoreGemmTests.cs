@@ -32,17 +32,19 @@ public class TensorCoreGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDe
     }
 
     [Theory]
-    [InlineData(DType.BF16, DType.F32, 37, 45, 33)]  // odd K: element-wise loads; partial tiles on every side
-    [InlineData(DType.BF16, DType.BF16, 16, 64, 48)] // exact tiles, paired loads
-    [InlineData(DType.F16, DType.F32, 5, 70, 64)]
-    [InlineData(DType.F16, DType.F16, 33, 9, 18)]
-    public void MatchesFloat64OnTheCpuAccelerator(DType dtype, DType output, int m, int n, int k)
+    [InlineData(DType.BF16, DType.F32, 37, 45, 33, false, true)]  // odd K: element-wise loads; partial tiles on every side
+    [InlineData(DType.BF16, DType.BF16, 16, 64, 48, false, true)] // exact tiles, paired loads
+    [InlineData(DType.F16, DType.F32, 5, 70, 64, true, false)]    // Aᵀ·B: both operands stored transposed
+    [InlineData(DType.F16, DType.F16, 33, 9, 18, false, false)]   // x·W (the input gradient's orientation)
+    [InlineData(DType.BF16, DType.F32, 20, 7, 45, true, true)]    // dyᵀ·x-style weight gradient into float32
+    public void MatchesFloat64OnTheCpuAccelerator(DType dtype, DType output, int m, int n, int k, bool transposeA, bool transposeB)
     {
         float[] a = Narrow.Random(m * k, 1, dtype), b = Narrow.Random(n * k, 2, dtype), c0 = Narrow.Random(m * n, 3, output);
         Device device = fixture.Device;
-        using DeviceTensor ta = DeviceTensor.FromSingle(device, a, dtype, m, k), tb = DeviceTensor.FromSingle(device, b, dtype, n, k);
+        using DeviceTensor ta = DeviceTensor.FromSingle(device, transposeA ? Transpose(a, m, k) : a, dtype, transposeA ? [k, m] : [m, k]);
+        using DeviceTensor tb = DeviceTensor.FromSingle(device, transposeB ? b : Transpose(b, n, k), dtype, transposeB ? [n, k] : [k, n]);
         using DeviceTensor tc = DeviceTensor.FromSingle(device, c0, output, m, n);
-        Gemm.Multiply(ta, tb, tc, transposeB: true, alpha: 0.5f, beta: 0.25f, path: GemmPath.TensorCore);
+        Gemm.Multiply(ta, tb, tc, transposeA, transposeB, alpha: 0.5f, beta: 0.25f, path: GemmPath.TensorCore);
         double[] expected = Reference(a, b, m, n, k, out double[] magnitude);
         float[] got = tc.ToSingle();
         double u = Narrow.UnitRoundoff(output);
@@ -54,29 +56,47 @@ public class TensorCoreGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDe
         }
     }
 
+    // [rows, cols] row-major → [cols, rows] row-major.
+    private static float[] Transpose(float[] m, int rows, int cols)
+    {
+        var t = new float[m.Length];
+        for (int r = 0; r < rows; r++)
+        {
+            for (int c = 0; c < cols; c++)
+            {
+                t[(c * rows) + r] = m[(r * cols) + c];
+            }
+        }
+
+        return t;
+    }
+
     // The 4-bit weight decoded into fragments: W is code × absmax rounded to the compute dtype (what dequantize-to-bf16
     // yields), so the float64 reference uses exactly those values.
     [Theory]
-    [InlineData(DType.BF16, 37, 20, 96, false)]
-    [InlineData(DType.F16, 9, 45, 33, true)] // odd K: pairs straddle rows, decoded element by element
-    public void FourBitWeightDecodedIntoFragmentsMatchesFloat64(DType dtype, int m, int outFeatures, int inFeatures, bool doubleQuant)
+    [InlineData(DType.BF16, 37, 20, 96, false, true)]
+    [InlineData(DType.F16, 9, 45, 33, true, true)]   // odd K: pairs straddle rows, decoded element by element
+    [InlineData(DType.BF16, 11, 40, 64, true, false)] // dy·W: the operand is Wᵀ, pairs from two weight rows
+    public void FourBitWeightDecodedIntoFragmentsMatchesFloat64(DType dtype, int m, int outFeatures, int inFeatures, bool doubleQuant, bool transposeWeight)
     {
         var weight = QLoRA.Core.Quantization.QuantizedTensor.Quantize(Narrow.Random(outFeatures * inFeatures, 6, DType.F32, 0.1), [outFeatures, inFeatures], new QLoRA.Core.Quantization.QuantizationOptions(QLoRA.Core.Quantization.QuantType.Nf4, 32, doubleQuant));
-        float[] w = Narrow.Round(weight.DequantizeToSingle(), dtype), x = Narrow.Random(m * inFeatures, 7, dtype);
+        float[] w = Narrow.Round(weight.DequantizeToSingle(), dtype);
+        int inner = transposeWeight ? inFeatures : outFeatures, n = transposeWeight ? outFeatures : inFeatures;
+        float[] x = Narrow.Random(m * inner, 7, dtype), operand = transposeWeight ? w : Transpose(w, outFeatures, inFeatures); // B as [n, inner]
         Device device = fixture.Device;
         using var packed = DeviceQuantizedTensor.Upload(device, weight);
-        using DeviceTensor tx = DeviceTensor.FromSingle(device, x, dtype, m, inFeatures), y = DeviceTensor.FromSingle(device, new float[m * outFeatures], dtype, m, outFeatures);
-        packed.Multiply(tx, y, path: GemmPath.TensorCore);
-        double[] expected = Reference(x, w, m, outFeatures, inFeatures, out double[] magnitude);
+        using DeviceTensor tx = DeviceTensor.FromSingle(device, x, dtype, m, inner), y = DeviceTensor.FromSingle(device, new float[m * n], dtype, m, n);
+        packed.Multiply(tx, y, transposeWeight, path: GemmPath.TensorCore);
+        double[] expected = Reference(x, operand, m, n, inner, out double[] magnitude);
         float[] got = y.ToSingle();
         double u = Narrow.UnitRoundoff(dtype);
         for (int i = 0; i < got.Length; i++)
         {
-            Assert.True(Math.Abs(got[i] - expected[i]) <= (u * Math.Abs(expected[i])) + (1e-5 * magnitude[i]), $"y[{i / outFeatures},{i % outFeatures}] {got[i]} vs {expected[i]}");
+            Assert.True(Math.Abs(got[i] - expected[i]) <= (u * Math.Abs(expected[i])) + (1e-5 * magnitude[i]), $"y[{i / n},{i % n}] {got[i]} vs {expected[i]}");
         }
 
-        using DeviceTensor wide = DeviceTensor.Allocate(device, DType.F32, m, inFeatures);
-        Assert.Throws<ArgumentException>(() => packed.Multiply(wide, y, path: GemmPath.TensorCore));
+        using DeviceTensor wide = DeviceTensor.Allocate(device, DType.F32, m, inner);
+        Assert.Throws<ArgumentException>(() => packed.Multiply(wide, y, transposeWeight, path: GemmPath.TensorCore));
     }
 
     [Fact]
@@ -86,13 +106,12 @@ public class TensorCoreGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDe
         Assert.False(device.HasTensorCoreMma); // Auto never picks it on the CPU accelerator
         using DeviceTensor a = DeviceTensor.Allocate(device, DType.F32, 4, 8), b = DeviceTensor.Allocate(device, DType.F32, 4, 8), c = DeviceTensor.Allocate(device, DType.F32, 4, 4);
         Assert.Contains("tensor-core GEMM takes BF16 or F16", Assert.Throws<ArgumentException>(() => Gemm.Multiply(a, b, c, transposeB: true, path: GemmPath.TensorCore)).Message);
-        using DeviceTensor a16 = DeviceTensor.Allocate(device, DType.BF16, 8, 4), b16 = DeviceTensor.Allocate(device, DType.BF16, 8, 4);
-        Assert.Throws<ArgumentException>(() => Gemm.Multiply(a16, b16, c, transposeA: true, path: GemmPath.TensorCore));
     }
 
     [Theory]
-    [InlineData(DType.BF16, 333, 1024, 4096)]
-    public void FourBitTensorCoresAgreeWithThePortableKernelOnCuda(DType dtype, int m, int outFeatures, int inFeatures)
+    [InlineData(DType.BF16, 333, 1024, 4096, true)]
+    [InlineData(DType.F16, 130, 4096, 1024, false)]
+    public void FourBitTensorCoresAgreeWithThePortableKernelOnCuda(DType dtype, int m, int outFeatures, int inFeatures, bool transposeWeight)
     {
         using Device device = Device.Best();
         if (device.Kind != DeviceKind.Cuda)
@@ -101,17 +120,18 @@ public class TensorCoreGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDe
         }
 
         var weight = QLoRA.Core.Quantization.QuantizedTensor.Quantize(Narrow.Random(outFeatures * inFeatures, 8, DType.F32, 0.1), [outFeatures, inFeatures]);
-        float[] x = Narrow.Random(m * inFeatures, 9, dtype);
+        int inner = transposeWeight ? inFeatures : outFeatures, n = transposeWeight ? outFeatures : inFeatures;
+        float[] x = Narrow.Random(m * inner, 9, dtype);
         using var packed = DeviceQuantizedTensor.Upload(device, weight);
-        using DeviceTensor tx = DeviceTensor.FromSingle(device, x, dtype, m, inFeatures);
-        using DeviceTensor mma = DeviceTensor.Allocate(device, dtype, m, outFeatures), portable = DeviceTensor.Allocate(device, dtype, m, outFeatures);
-        packed.Multiply(tx, mma, path: GemmPath.TensorCore);
-        packed.Multiply(tx, portable, path: GemmPath.Portable);
+        using DeviceTensor tx = DeviceTensor.FromSingle(device, x, dtype, m, inner);
+        using DeviceTensor mma = DeviceTensor.Allocate(device, dtype, m, n), portable = DeviceTensor.Allocate(device, dtype, m, n);
+        packed.Multiply(tx, mma, transposeWeight, path: GemmPath.TensorCore);
+        packed.Multiply(tx, portable, transposeWeight, path: GemmPath.Portable);
         float[] got = mma.ToSingle(), expected = portable.ToSingle();
-        double bound = 4 * Narrow.UnitRoundoff(dtype) * 0.1 * Math.Sqrt(inFeatures) * 3; // weight rounding over random-sign sums, plus output rounding
+        double bound = 4 * Narrow.UnitRoundoff(dtype) * 0.1 * Math.Sqrt(inner) * 3; // weight rounding over random-sign sums, plus output rounding
         for (int i = 0; i < got.Length; i++)
         {
-            Assert.True(Math.Abs(got[i] - expected[i]) <= bound + (2 * Narrow.UnitRoundoff(dtype) * Math.Abs(expected[i])), $"y[{i / outFeatures},{i % outFeatures}] tensor cores {got[i]} vs portable {expected[i]}");
+            Assert.True(Math.Abs(got[i] - expected[i]) <= bound + (2 * Narrow.UnitRoundoff(dtype) * Math.Abs(expected[i])), $"y[{i / n},{i % n}] tensor cores {got[i]} vs portable {expected[i]}");
         }
     }
 

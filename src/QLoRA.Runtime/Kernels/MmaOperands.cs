@@ -14,14 +14,19 @@ internal interface IMmaOperand
     float Element(int row, int k);
 }
 
-/// <summary>A dense BF16/F16 matrix; <c>pairs</c> views the same memory two elements at a time (used when K is even).</summary>
-internal readonly struct DenseOperand<TE>(ArrayView<ushort> values, ArrayView<uint> pairs, int rows, int columns) : IMmaOperand
+/// <summary>
+/// A dense BF16/F16 operand [rows, K], stored row-major or, when <c>transposed</c>, as its transpose [K, rows] (then a
+/// pair's two elements come from two stored rows). <c>pairs</c> views the same memory two elements at a time (used
+/// when stored rows have even length and are not transposed).
+/// </summary>
+internal readonly struct DenseOperand<TE>(ArrayView<ushort> values, ArrayView<uint> pairs, int rows, int columns, int transposed) : IMmaOperand
     where TE : struct, IElement<ushort>
 {
     private readonly ArrayView<ushort> _values = values;
     private readonly ArrayView<uint> _pairs = pairs;
     private readonly int _rows = rows;
     private readonly int _columns = columns;
+    private readonly int _transposed = transposed;
 
     public uint Pair(int row, int k)
     {
@@ -30,25 +35,27 @@ internal readonly struct DenseOperand<TE>(ArrayView<ushort> values, ArrayView<ui
             return 0;
         }
 
-        long index = ((long)row * _columns) + k;
-        if ((_columns & 1) == 0)
+        if (_transposed == 0 && (_columns & 1) == 0)
         {
-            return _pairs[index / 2]; // k is even, so the pair is 4-byte aligned
+            return _pairs[(((long)row * _columns) + k) / 2]; // k is even, so the pair is 4-byte aligned
         }
 
-        uint high = k + 1 < _columns ? _values[index + 1] : 0u;
-        return _values[index] | (high << 16);
+        uint high = k + 1 < _columns ? _values[Index(row, k + 1)] : 0u;
+        return _values[Index(row, k)] | (high << 16);
     }
 
-    public float Element(int row, int k) => row < _rows && k < _columns ? default(TE).Load(_values[((long)row * _columns) + k]) : 0f;
+    public float Element(int row, int k) => row < _rows && k < _columns ? default(TE).Load(_values[Index(row, k)]) : 0f;
+
+    private long Index(int row, int k) => _transposed != 0 ? ((long)k * _rows) + row : ((long)row * _columns) + k;
 }
 
 /// <summary>
-/// A packed 4-bit weight [rows, K] decoded while the fragment is loaded: code × block absmax in float32, rounded to the
-/// compute dtype (exactly what dequantize-to-bf16 produces), never written to memory. One byte holds the pair
-/// (k, k + 1) for even k, and a block (≥ 32 values) never splits it.
+/// A packed 4-bit weight decoded while the fragment is loaded: code × block absmax in float32, rounded to the compute
+/// dtype (exactly what dequantize-to-bf16 produces), never written to memory. The operand is W [rows, K] itself (the
+/// forward x·Wᵀ), or with <c>transposed</c> Wᵀ, i.e. W is stored [K, rows] (the input gradient dy·W). Untransposed,
+/// one byte holds the pair (k, k + 1) for even k, and a block (≥ 32 values) never splits it.
 /// </summary>
-internal readonly struct FourBitOperand<TE, TAbsmax>(ArrayView<byte> packed, TAbsmax absmax, ArrayView<float> table, int rows, int columns, int blockSize) : IMmaOperand
+internal readonly struct FourBitOperand<TE, TAbsmax>(ArrayView<byte> packed, TAbsmax absmax, ArrayView<float> table, int rows, int columns, int blockSize, int transposed) : IMmaOperand
     where TE : struct, IElement<ushort>
     where TAbsmax : struct, IAbsmaxSource
 {
@@ -58,6 +65,7 @@ internal readonly struct FourBitOperand<TE, TAbsmax>(ArrayView<byte> packed, TAb
     private readonly int _rows = rows;
     private readonly int _columns = columns;
     private readonly int _blockSize = blockSize;
+    private readonly int _transposed = transposed;
 
     public uint Pair(int row, int k)
     {
@@ -66,8 +74,8 @@ internal readonly struct FourBitOperand<TE, TAbsmax>(ArrayView<byte> packed, TAb
             return 0;
         }
 
-        long index = ((long)row * _columns) + k;
-        if ((index & 1) == 0 && k + 1 < _columns)
+        long index = Index(row, k);
+        if (_transposed == 0 && (index & 1) == 0 && k + 1 < _columns)
         {
             TE e = default;
             uint b = _packed[index / 2];
@@ -75,11 +83,13 @@ internal readonly struct FourBitOperand<TE, TAbsmax>(ArrayView<byte> packed, TAb
             return e.Store(_table[(int)(b >> 4)] * scale) | ((uint)e.Store(_table[(int)(b & 15)] * scale) << 16);
         }
 
-        uint high = k + 1 < _columns ? Decode(index + 1) : 0u;
+        uint high = k + 1 < _columns ? Decode(Index(row, k + 1)) : 0u;
         return Decode(index) | (high << 16);
     }
 
-    public float Element(int row, int k) => row < _rows && k < _columns ? default(TE).Load(Decode(((long)row * _columns) + k)) : 0f;
+    public float Element(int row, int k) => row < _rows && k < _columns ? default(TE).Load(Decode(Index(row, k))) : 0f;
+
+    private long Index(int row, int k) => _transposed != 0 ? ((long)k * _rows) + row : ((long)row * _columns) + k;
 
     private ushort Decode(long index)
     {

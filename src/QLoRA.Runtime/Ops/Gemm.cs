@@ -51,10 +51,10 @@ public static class Gemm
         }
 
         Shapes.Require(c, c.Dtype, [m, n], nameof(c));
-        bool tensorCoreShape = a.Dtype is DType.BF16 or DType.F16 && !transposeA && transposeB;
+        bool tensorCoreShape = a.Dtype is DType.BF16 or DType.F16;
         if (path == GemmPath.TensorCore && !tensorCoreShape)
         {
-            throw new ArgumentException($"The tensor-core GEMM takes BF16 or F16 A [M, K] and B [N, K] (y = x·Wᵀ), not {a.Dtype} with transposeA={transposeA}, transposeB={transposeB}.", nameof(path));
+            throw new ArgumentException($"The tensor-core GEMM takes BF16 or F16 operands, not {a.Dtype}.", nameof(path));
         }
 
         if (path == GemmPath.TensorCore || (path == GemmPath.Auto && tensorCoreShape && a.Device.HasTensorCoreMma))
@@ -62,11 +62,11 @@ public static class Gemm
             var mma = new MmaGemmShape(m, n, k, alpha, beta, a.Dtype == DType.F16 ? 1 : 0);
             if (a.Dtype == DType.BF16)
             {
-                ComputeDispatch.Run(c, new TensorCoreLaunch<Bf16Element>(a, b, c, mma), nameof(c));
+                ComputeDispatch.Run(c, new TensorCoreLaunch<Bf16Element>(Dense<Bf16Element>(a, transposeA), Dense<Bf16Element>(b, !transposeB), c, mma), nameof(c));
             }
             else
             {
-                ComputeDispatch.Run(c, new TensorCoreLaunch<F16Element>(a, b, c, mma), nameof(c));
+                ComputeDispatch.Run(c, new TensorCoreLaunch<F16Element>(Dense<F16Element>(a, transposeA), Dense<F16Element>(b, !transposeB), c, mma), nameof(c));
             }
 
             return;
@@ -76,27 +76,29 @@ public static class Gemm
         ComputeDispatch.Run(a, new InputLaunch(a, b, c, shape), nameof(a));
     }
 
-    private readonly record struct TensorCoreLaunch<TE>(DeviceTensor A, DeviceTensor B, DeviceTensor C, MmaGemmShape Shape) : IComputeLaunch
+    // The mma kernel's operands are A [M, K] and B [N, K]: a stored Aᵀ, or a stored B [K, N], is a transposed operand.
+    private readonly record struct TensorCoreLaunch<TE>(DenseOperand<TE> A, DenseOperand<TE> B, DeviceTensor C, MmaGemmShape Shape) : IComputeLaunch
         where TE : struct, IElement<ushort>
     {
         public void Run<TC, TCE>()
             where TC : unmanaged
             where TCE : struct, IElement<TC>
         {
-            Device device = A.Device;
+            Device device = C.Device;
             var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm.mma")), acc => acc.LoadKernel<DenseOperand<TE>, DenseOperand<TE>, ArrayView<TC>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, DenseOperand<TE>, TC, TCE>));
-            kernel(device.Stream, device.GridStride, Dense<TE>(A), Dense<TE>(B), C.View<TC>(), Shape);
+            kernel(device.Stream, device.GridStride, A, B, C.View<TC>(), Shape);
         }
     }
 
-    /// <summary>A 2-D BF16/F16 tensor as a tensor-core operand.</summary>
-    internal static DenseOperand<TE> Dense<TE>(DeviceTensor t)
+    /// <summary>A 2-D BF16/F16 tensor as a tensor-core operand: itself, or (<paramref name="transposed"/>) its transpose.</summary>
+    internal static DenseOperand<TE> Dense<TE>(DeviceTensor t, bool transposed = false)
         where TE : struct, IElement<ushort>
     {
         ArrayView<ushort> elements = t.View<ushort>();
         // Two 16-bit elements per uint (read only when the row length is even).
         ArrayView<uint> pairs = elements.SubView(0, elements.Length / 2 * 2).Cast<uint>();
-        return new DenseOperand<TE>(elements, pairs, checked((int)t.Shape[0]), checked((int)t.Shape[1]));
+        int rows = checked((int)t.Shape[transposed ? 1 : 0]), columns = checked((int)t.Shape[transposed ? 0 : 1]);
+        return new DenseOperand<TE>(elements, pairs, rows, columns, transposed ? 1 : 0);
     }
 
     private readonly record struct InputLaunch(DeviceTensor A, DeviceTensor B, DeviceTensor C, GemmShape Shape) : IComputeLaunch

@@ -180,22 +180,22 @@ public sealed class DeviceQuantizedTensor : IDisposable
 
         int m = checked((int)x.Shape[0]);
         Ops.Shapes.Require(c, x.Dtype, [m, n], nameof(c));
-        bool tensorCoreShape = transposeWeight && x.Dtype is QLoRA.Core.DType.BF16 or QLoRA.Core.DType.F16;
+        bool tensorCoreShape = x.Dtype is QLoRA.Core.DType.BF16 or QLoRA.Core.DType.F16;
         if (path == Ops.GemmPath.TensorCore && !tensorCoreShape)
         {
-            throw new ArgumentException($"The tensor-core 4-bit GEMM computes the forward X·Wᵀ with BF16 or F16 X, not {x.Dtype} with transposeWeight={transposeWeight}.", nameof(path));
+            throw new ArgumentException($"The tensor-core 4-bit GEMM takes BF16 or F16 X, not {x.Dtype}.", nameof(path));
         }
 
         if (path == Ops.GemmPath.TensorCore || (path == Ops.GemmPath.Auto && tensorCoreShape && _device.HasTensorCoreMma))
         {
-            var mma = new MmaGemmShape(m, outFeatures, inFeatures, alpha, beta, x.Dtype == QLoRA.Core.DType.F16 ? 1 : 0);
+            var mma = new MmaGemmShape(m, n, inner, alpha, beta, x.Dtype == QLoRA.Core.DType.F16 ? 1 : 0);
             if (x.Dtype == QLoRA.Core.DType.BF16)
             {
-                TensorCoreGemm<Bf16Element>(x, c, mma);
+                TensorCoreGemm<Bf16Element>(x, c, mma, transposeWeight);
             }
             else
             {
-                TensorCoreGemm<F16Element>(x, c, mma);
+                TensorCoreGemm<F16Element>(x, c, mma, transposeWeight);
             }
 
             return;
@@ -215,24 +215,25 @@ public sealed class DeviceQuantizedTensor : IDisposable
         kernel(_device.Stream, _device.GridStride, x.View<T>(), bytes, absmax, _table.View, c.View<T>(), shape);
     }
 
-    private void TensorCoreGemm<TE>(DeviceTensor x, DeviceTensor c, MmaGemmShape shape)
+    private void TensorCoreGemm<TE>(DeviceTensor x, DeviceTensor c, MmaGemmShape shape, bool transposeWeight)
         where TE : struct, IElement<ushort>
     {
         if (_absmax is not null)
         {
-            TensorCoreGemm<TE, PlainAbsmaxSource>(new PlainAbsmaxSource(_absmax.View), x, c, shape);
+            TensorCoreGemm<TE, PlainAbsmaxSource>(new PlainAbsmaxSource(_absmax.View), x, c, shape, transposeWeight);
         }
         else
         {
-            TensorCoreGemm<TE, NestedAbsmaxSource>(Nested(), x, c, shape);
+            TensorCoreGemm<TE, NestedAbsmaxSource>(Nested(), x, c, shape, transposeWeight);
         }
     }
 
-    private void TensorCoreGemm<TE, TAbsmax>(TAbsmax absmax, DeviceTensor x, DeviceTensor c, MmaGemmShape shape)
+    // The mma B operand is [N, K]: W itself for the forward (N = out, K = in), Wᵀ for the input gradient (N = in, K = out).
+    private void TensorCoreGemm<TE, TAbsmax>(TAbsmax absmax, DeviceTensor x, DeviceTensor c, MmaGemmShape shape, bool transposeWeight)
         where TE : struct, IElement<ushort>
         where TAbsmax : struct, IAbsmaxSource
     {
-        var weight = new FourBitOperand<TE, TAbsmax>(_packed.View.AsContiguous().Cast<byte>(), absmax, _table.View, shape.N, shape.K, State.BlockSize);
+        var weight = new FourBitOperand<TE, TAbsmax>(_packed.View.AsContiguous().Cast<byte>(), absmax, _table.View, shape.N, shape.K, State.BlockSize, transposeWeight ? 0 : 1);
         var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit.mma." + typeof(TAbsmax).Name), a => a.LoadKernel<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ArrayView<ushort>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ushort, TE>));
         kernel(_device.Stream, _device.GridStride, Ops.Gemm.Dense<TE>(x), weight, c.View<ushort>(), shape);
     }
