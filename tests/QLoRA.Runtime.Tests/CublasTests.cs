@@ -14,6 +14,9 @@ public class CublasTests
     {
         using Device device = Device.Cpu();
         Assert.Null(Cublas.TryCreate(device));
+        Assert.Null(device.Blas);
+        using DeviceTensor a = DeviceTensor.Allocate(device, DType.F32, 2, 2);
+        Assert.Contains("cuBLAS is not loaded", Assert.Throws<ArgumentException>(() => Gemm.Multiply(a, a, a, path: GemmPath.Cublas)).Message);
     }
 
     [Theory]
@@ -37,7 +40,7 @@ public class CublasTests
         using DeviceTensor tb = DeviceTensor.FromHost<float>(device, b, DType.F32, transposeB ? [n, k] : [k, n]);
         using DeviceTensor ours = DeviceTensor.Allocate(device, DType.F32, m, n);
         using DeviceTensor theirs = DeviceTensor.Allocate(device, DType.F32, m, n);
-        Gemm.Multiply(ta, tb, ours, transposeA, transposeB);
+        Gemm.Multiply(ta, tb, ours, transposeA, transposeB, path: GemmPath.Portable);
         cublas.Gemm(ta, tb, theirs, transposeA, transposeB);
         float[] x = ours.ToHost<float>(), y = theirs.ToHost<float>();
         for (int i = 0; i < x.Length; i++)

@@ -227,6 +227,27 @@ public sealed class Device : IDisposable
         public void Dispose() => device._stream.Value = previous;
     }
 
+    private Native.Cublas? _blas;
+    private bool _blasProbed;
+
+    /// <summary>cuBLAS on this device (loaded on first use), or null on the CPU accelerator or where libcublas is absent.</summary>
+    public Native.Cublas? Blas
+    {
+        get
+        {
+            lock (_kernels)
+            {
+                if (!_blasProbed)
+                {
+                    _blas = Native.Cublas.TryCreate(this);
+                    _blasProbed = true;
+                }
+
+                return _blas;
+            }
+        }
+    }
+
     /// <summary>Whether the m16n8k16 bf16/f16 mma.sync instructions exist here (CUDA sm_80 and newer).</summary>
     public bool HasTensorCoreMma => Accelerator is CudaAccelerator cuda && cuda.Architecture is { } arch && arch.Major >= 8;
 
@@ -266,6 +287,7 @@ public sealed class Device : IDisposable
     /// <summary>Releases the accelerator and context.</summary>
     public void Dispose()
     {
+        _blas?.Dispose();
         Allocator.Dispose();
         Accelerator.Dispose();
         _context.Dispose();

@@ -15,7 +15,7 @@ namespace QLoRA.Runtime.Native;
 public sealed unsafe class Cublas : IDisposable
 {
     private const int OpN = 0, OpT = 1;
-    private const int CudaR32F = 0, CudaR16BF = 14, ComputeF32 = 68, GemmDefault = -1;
+    private const int CudaR32F = 0, CudaR16F = 2, CudaR16BF = 14, ComputeF32 = 68, GemmDefault = -1;
 
     private readonly Device _device;
     private readonly Api _api;
@@ -53,14 +53,17 @@ public sealed unsafe class Cublas : IDisposable
         return new Cublas(device, api, handle);
     }
 
-    /// <summary>C = α·op(A)·op(B) + β·C for row-major F32 or BF16 matrices (C of the same dtype), f32 accumulation.</summary>
+    /// <summary>
+    /// C = α·op(A)·op(B) + β·C for row-major matrices: A and B F32, BF16 or F16 of one dtype, C of that dtype or F32;
+    /// f32 accumulation.
+    /// </summary>
     /// <exception cref="ArgumentException">Shapes or dtypes disagree.</exception>
     /// <exception cref="InvalidOperationException">cuBLAS returned an error status.</exception>
     public void Gemm(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeA = false, bool transposeB = false, float alpha = 1f, float beta = 0f)
     {
-        if (a.Dtype != b.Dtype || a.Dtype != c.Dtype || a.Dtype is not (DType.F32 or DType.BF16))
+        if (!Supports(a, b, c))
         {
-            throw new ArgumentException($"cuBLAS GEMM takes F32 or BF16 matrices of one dtype, not {a.Dtype}/{b.Dtype}/{c.Dtype}.", nameof(a));
+            throw new ArgumentException($"cuBLAS GEMM takes A and B of one dtype (F32, BF16, F16) and C of it or F32, not {a.Dtype}/{b.Dtype}/{c.Dtype}.", nameof(a));
         }
 
         int m = checked((int)(transposeA ? a.Shape[1] : a.Shape[0])), k = checked((int)(transposeA ? a.Shape[0] : a.Shape[1]));
@@ -75,11 +78,11 @@ public sealed unsafe class Cublas : IDisposable
             _api.SetStream(_handle, stream.StreamPtr); // follow the device's current stream (see Device.UseStream)
         }
 
-        int type = a.Dtype == DType.BF16 ? CudaR16BF : CudaR32F;
+        int type = TypeOf(a.Dtype), cType = TypeOf(c.Dtype);
         // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands, keep the flags.
         int status = _api.GemmEx(_handle, transposeB ? OpT : OpN, transposeA ? OpT : OpN, n, m, k, &alpha,
             Pointer(b), type, checked((int)b.Shape[1]), Pointer(a), type, checked((int)a.Shape[1]), &beta,
-            Pointer(c), type, n, ComputeF32, GemmDefault);
+            Pointer(c), cType, n, ComputeF32, GemmDefault);
         if (status != 0)
         {
             throw new InvalidOperationException($"cublasGemmEx failed with status {status} ({m}×{n}×{k}, {a.Dtype}).");
@@ -87,6 +90,17 @@ public sealed unsafe class Cublas : IDisposable
     }
 
     private static IntPtr Pointer(DeviceTensor t) => t.NativePointer;
+
+    /// <summary>Whether <see cref="Gemm"/> takes these dtypes.</summary>
+    public static bool Supports(DeviceTensor a, DeviceTensor b, DeviceTensor c) =>
+        a.Dtype == b.Dtype && a.Dtype is DType.F32 or DType.BF16 or DType.F16 && (c.Dtype == a.Dtype || c.Dtype == DType.F32);
+
+    private static int TypeOf(DType dtype) => dtype switch
+    {
+        DType.BF16 => CudaR16BF,
+        DType.F16 => CudaR16F,
+        _ => CudaR32F,
+    };
 
     /// <summary>Destroys the handle.</summary>
     public void Dispose()

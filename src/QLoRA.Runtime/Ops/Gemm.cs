@@ -51,6 +51,20 @@ public static class Gemm
         }
 
         Shapes.Require(c, c.Dtype, [m, n], nameof(c));
+        if (path is GemmPath.Auto or GemmPath.Cublas)
+        {
+            if (a.Device.Blas is Native.Cublas blas && Native.Cublas.Supports(a, b, c))
+            {
+                blas.Gemm(a, b, c, transposeA, transposeB, alpha, beta);
+                return;
+            }
+
+            if (path == GemmPath.Cublas)
+            {
+                throw new ArgumentException("cuBLAS is not loaded on this device (the CPU accelerator, or no libcublas).", nameof(path));
+            }
+        }
+
         bool tensorCoreShape = a.Dtype is DType.BF16 or DType.F16;
         if (path == GemmPath.TensorCore && !tensorCoreShape)
         {

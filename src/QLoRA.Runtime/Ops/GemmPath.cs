@@ -3,7 +3,11 @@ namespace QLoRA.Runtime.Ops;
 /// <summary>Which GEMM kernel <see cref="Gemm.Multiply"/> runs.</summary>
 public enum GemmPath
 {
-    /// <summary>Tensor cores on CUDA sm_80+ for BF16/F16 operands (any transposes), else the portable tiled kernel.</summary>
+    /// <summary>
+    /// cuBLAS where it is loaded (CUDA), else tensor cores on sm_80+ for BF16/F16 operands, else the portable kernel.
+    /// For a 4-bit weight, cuBLAS means dequantizing it to a transient bf16 copy first (as bitsandbytes does); the
+    /// benchmark measures that against the fused kernels, which decode inside the GEMM.
+    /// </summary>
     Auto,
 
     /// <summary>The portable float32-accumulating tiled kernel (every dtype, every transpose, every accelerator).</summary>
@@ -14,4 +18,7 @@ public enum GemmPath
     /// with scalar float32 products, which is how it is tested without a GPU.
     /// </summary>
     TensorCore,
+
+    /// <summary>cuBLAS GemmEx (CUDA with libcublas only).</summary>
+    Cublas,
 }

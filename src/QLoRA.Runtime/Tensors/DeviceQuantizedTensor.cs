@@ -160,8 +160,9 @@ public sealed class DeviceQuantizedTensor : IDisposable
     /// <param name="alpha">Scale of the product.</param>
     /// <param name="beta">Scale of the existing C.</param>
     /// <param name="path">
-    /// <see cref="Ops.GemmPath.Auto"/> decodes the weight into tensor-core fragments (bf16/f16, rounded exactly as
-    /// dequantize-to-bf16 rounds) for BF16/F16 forwards on CUDA, else runs the portable decode-in-GEMM kernel.
+    /// <see cref="Ops.GemmPath.Auto"/>: with cuBLAS loaded and BF16 X, a transient bf16 copy of the weight and cuBLAS;
+    /// else on sm_80+ the weight decoded into tensor-core fragments (rounded exactly as dequantize-to-bf16 rounds);
+    /// else the portable decode-in-GEMM kernel.
     /// </param>
     /// <exception cref="ArgumentException">Shapes disagree, or tensor cores were asked for where they do not apply.</exception>
     public void Multiply(DeviceTensor x, DeviceTensor c, bool transposeWeight = true, float alpha = 1f, float beta = 0f, Ops.GemmPath path = Ops.GemmPath.Auto)
@@ -180,6 +181,24 @@ public sealed class DeviceQuantizedTensor : IDisposable
 
         int m = checked((int)x.Shape[0]);
         Ops.Shapes.Require(c, x.Dtype, [m, n], nameof(c));
+        if (path is Ops.GemmPath.Auto or Ops.GemmPath.Cublas)
+        {
+            if (_device.Blas is Native.Cublas blas && x.Dtype == QLoRA.Core.DType.BF16)
+            {
+                // As bitsandbytes does: a transient bf16 copy of the weight, then cuBLAS (the benchmark compares this
+                // with the fused kernels, which never materialize the weight).
+                using DeviceTensor dense = DeviceTensor.Allocate(_device, QLoRA.Core.DType.BF16, outFeatures, inFeatures);
+                DequantizeToBf16(dense.View<ushort>());
+                blas.Gemm(x, dense, c, transposeB: transposeWeight, alpha: alpha, beta: beta);
+                return;
+            }
+
+            if (path == Ops.GemmPath.Cublas)
+            {
+                throw new ArgumentException("cuBLAS with a dequantized copy needs BF16 X on a device where cuBLAS is loaded.", nameof(path));
+            }
+        }
+
         bool tensorCoreShape = x.Dtype is QLoRA.Core.DType.BF16 or QLoRA.Core.DType.F16;
         if (path == Ops.GemmPath.TensorCore && !tensorCoreShape)
         {
