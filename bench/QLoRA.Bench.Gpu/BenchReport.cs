@@ -43,6 +43,22 @@ internal sealed class BenchReport(Device device, bool small)
         }
     }
 
+    /// <summary>
+    /// <see cref="AddCompute"/> for a kernel this accelerator may not run (e.g. tensor cores need 32-lane warps): an
+    /// argument error becomes an "n/a" row instead of ending the run.
+    /// </summary>
+    public void TryAddCompute(string key, string what, string shape, Func<double> time, double flops)
+    {
+        try
+        {
+            AddCompute(key, what, shape, time(), flops);
+        }
+        catch (ArgumentException e)
+        {
+            Add(what, shape, double.NaN, "n/a", e.Message);
+        }
+    }
+
     public void Print()
     {
         Console.WriteLine();

@@ -56,7 +56,7 @@ internal static class Sections
     public static void Gemms(BenchReport r)
     {
         int tokens = r.Small ? 128 : 4096;
-        using Cublas? cublas = Cublas.TryCreate(r.Device);
+        Cublas? cublas = r.Device.Blas;
         r.Summary["cublas"] = cublas?.Library ?? "absent";
         foreach ((string name, int outF, int inF) in r.Small ? new[] { ("proj", 256, 192) } : new[] { ("q_proj", 4096, 4096), ("gate_proj", 14336, 4096), ("down_proj", 4096, 14336) })
         {
@@ -68,18 +68,18 @@ internal static class Sections
             using DeviceTensor y = DeviceTensor.Allocate(r.Device, DType.BF16, tokens, outF);
             if (cublas is not null)
             {
-                double tc = r.Time(() => cublas.Gemm(x, w, y, transposeB: true), iterations);
+                double tc = r.Time(() => Gemm.Multiply(x, w, y, transposeB: true, path: GemmPath.Cublas), iterations);
                 r.CublasFlops ??= flops / tc; // the reference for every compute-bound row: the first (q_proj) shape
                 r.AddCompute($"gemm_cublas_{name}", "GEMM bf16 cuBLAS, x·Wᵀ", shape, tc, flops);
             }
 
-            r.AddCompute($"gemm_mma_{name}", "GEMM bf16 ILGPU mma.sync, x·Wᵀ", shape, r.Time(() => Gemm.Multiply(x, w, y, transposeB: true, path: GemmPath.TensorCore), iterations), flops);
-            r.AddCompute($"gemm_portable_{name}", "GEMM bf16 ILGPU portable, x·Wᵀ", shape, r.Time(() => Gemm.Multiply(x, w, y, transposeB: true, path: GemmPath.Portable), r.Small ? 2 : 2), flops);
+            r.TryAddCompute($"gemm_mma_{name}", "GEMM bf16 ILGPU mma.sync, x·Wᵀ", shape, () => r.Time(() => Gemm.Multiply(x, w, y, transposeB: true, path: GemmPath.TensorCore), iterations), flops);
+            r.AddCompute($"gemm_portable_{name}", "GEMM bf16 ILGPU portable, x·Wᵀ", shape, r.Time(() => Gemm.Multiply(x, w, y, transposeB: true, path: GemmPath.Portable), 2), flops);
 
             // The 4-bit base weight: fused decode-in-GEMM against dequantize-to-bf16 then cuBLAS.
             var q = QuantizedTensor.Quantize(w.ToSingle(), [outF, inF]);
             using DeviceQuantizedTensor packed = DeviceQuantizedTensor.Upload(r.Device, q);
-            r.AddCompute($"gemm_nf4_fused_mma_{name}", "NF4 GEMM fused, decoded into mma.sync fragments", shape, r.Time(() => packed.Multiply(x, y, path: GemmPath.TensorCore), iterations), flops);
+            r.TryAddCompute($"gemm_nf4_fused_mma_{name}", "NF4 GEMM fused, decoded into mma.sync fragments", shape, () => r.Time(() => packed.Multiply(x, y, path: GemmPath.TensorCore), iterations), flops);
             r.AddCompute($"gemm_nf4_fused_portable_{name}", "NF4 GEMM fused, portable", shape, r.Time(() => packed.Multiply(x, y, path: GemmPath.Portable), 2), flops);
             if (cublas is not null)
             {
@@ -88,7 +88,7 @@ internal static class Sections
                     () =>
                     {
                         packed.DequantizeToBf16(dense.View<ushort>());
-                        cublas.Gemm(x, dense, y, transposeB: true);
+                        Gemm.Multiply(x, dense, y, transposeB: true, path: GemmPath.Cublas);
                     },
                     iterations);
                 r.AddCompute($"gemm_nf4_dequant_cublas_{name}", "NF4 dequantize + cuBLAS", shape, t, flops);

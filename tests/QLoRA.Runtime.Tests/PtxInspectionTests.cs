@@ -63,13 +63,14 @@ public class PtxInspectionTests
         string ptx = Ptx(gemm);
         Assert.Contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", ptx);
         Assert.Contains("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", ptx);
-        Assert.Equal(8, System.Text.RegularExpressions.Regex.Matches(ptx, @"\bmma\.sync").Count); // four n-slices × two types
+        Assert.Equal(16, System.Text.RegularExpressions.Regex.Matches(ptx, @"\bmma\.sync").Count); // 2 × 4 slices per warp × two types
+        Assert.Contains("bar.sync", ptx); // staged tiles
         // ILGPU hands each EmitRef operand to the asm through its own 4-byte local slot (ptxas promotes such scalar
         // slots to registers); anything larger would be a spilled array or struct.
         var locals = System.Text.RegularExpressions.Regex.Matches(ptx, @"\.local\s+\.align\s+\d+\s+\.b8\s+\w+\[(\d+)\]");
         Assert.NotEmpty(locals);
         Assert.All(locals, l => Assert.Equal("4", l.Groups[1].Value));
-        Assert.True(locals.Count <= 2 * 4 * 14, $"{locals.Count} local slots: more than one per mma operand");
+        Assert.True(locals.Count <= 16 * 14, $"{locals.Count} local slots: more than one per mma operand");
     }
 
     [Theory]

@@ -9,7 +9,7 @@ namespace QLoRA.Runtime.Tests;
 /// The mma.sync GEMM: its tiling, edges and fragment-to-C mapping on the CPU accelerator (scalar products in place of
 /// the tensor-core instruction) against float64; on a CUDA GPU the instruction itself against the portable kernel.
 /// </summary>
-public class TensorCoreGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public class TensorCoreGemmTests(WarpDeviceFixture fixture) : IClassFixture<WarpDeviceFixture>
 {
     private static double[] Reference(float[] a, float[] b, int m, int n, int k, out double[] magnitude)
     {
@@ -37,6 +37,7 @@ public class TensorCoreGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDe
     [InlineData(DType.F16, DType.F32, 5, 70, 64, true, false)]    // Aᵀ·B: both operands stored transposed
     [InlineData(DType.F16, DType.F16, 33, 9, 18, false, false)]   // x·W (the input gradient's orientation)
     [InlineData(DType.BF16, DType.F32, 20, 7, 45, true, true)]    // dyᵀ·x-style weight gradient into float32
+    [InlineData(DType.BF16, DType.BF16, 130, 70, 100, false, true)] // 3 × 2 block tiles, four K slices, partial edges
     public void MatchesFloat64OnTheCpuAccelerator(DType dtype, DType output, int m, int n, int k, bool transposeA, bool transposeB)
     {
         float[] a = Narrow.Random(m * k, 1, dtype), b = Narrow.Random(n * k, 2, dtype), c0 = Narrow.Random(m * n, 3, output);
@@ -104,6 +105,12 @@ public class TensorCoreGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDe
     {
         Device device = fixture.Device;
         Assert.False(device.HasTensorCoreMma); // Auto never picks it on the CPU accelerator
+        using (Device narrowWarps = Device.Cpu())
+        using (DeviceTensor h = DeviceTensor.Allocate(narrowWarps, DType.BF16, 4, 8), hc = DeviceTensor.Allocate(narrowWarps, DType.BF16, 4, 4))
+        {
+            Assert.Contains("four 32-lane warps", Assert.Throws<ArgumentException>(() => Gemm.Multiply(h, h, hc, transposeB: true, path: GemmPath.TensorCore)).Message);
+        }
+
         using DeviceTensor a = DeviceTensor.Allocate(device, DType.F32, 4, 8), b = DeviceTensor.Allocate(device, DType.F32, 4, 8), c = DeviceTensor.Allocate(device, DType.F32, 4, 4);
         Assert.Contains("tensor-core GEMM takes BF16 or F16", Assert.Throws<ArgumentException>(() => Gemm.Multiply(a, b, c, transposeB: true, path: GemmPath.TensorCore)).Message);
     }

@@ -251,6 +251,17 @@ public sealed class Device : IDisposable
     /// <summary>Whether the m16n8k16 bf16/f16 mma.sync instructions exist here (CUDA sm_80 and newer).</summary>
     public bool HasTensorCoreMma => Accelerator is CudaAccelerator cuda && cuda.Architecture is { } arch && arch.Major >= 8;
 
+    /// <summary>Whether groups of four 32-lane warps fit (the tensor-core GEMM's shape; every CUDA GPU).</summary>
+    internal bool CanHostTensorCoreTiles => Accelerator.WarpSize == 32 && Accelerator.MaxNumThreadsPerGroup >= Kernels.MmaGemmKernels.Threads;
+
+    /// <summary>Launch geometry of the tensor-core GEMM for C [m, n]: one group per 64×64 tile, grid-stride beyond.</summary>
+    internal KernelConfig TensorCoreTiles(int m, int n)
+    {
+        long tiles = (long)((m + Kernels.MmaGemmKernels.BlockM - 1) / Kernels.MmaGemmKernels.BlockM) * ((n + Kernels.MmaGemmKernels.BlockN - 1) / Kernels.MmaGemmKernels.BlockN);
+        int groups = Kind == DeviceKind.Cuda ? Accelerator.NumMultiprocessors * 16 : Accelerator.NumMultiprocessors;
+        return new KernelConfig(checked((int)Math.Max(1, Math.Min(tiles, groups))), Kernels.MmaGemmKernels.Threads);
+    }
+
     /// <summary>The most threads per group (rows per tile) of tiled kernels that share memory within a group.</summary>
     internal int MaxTileSize => Kind == DeviceKind.Cuda ? 64 : Math.Min(64, Accelerator.MaxNumThreadsPerGroup);
 

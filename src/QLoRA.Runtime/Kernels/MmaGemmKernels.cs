@@ -3,73 +3,86 @@ using ILGPU.Runtime.Cuda;
 
 namespace QLoRA.Runtime.Kernels;
 
-/// <summary>Sizes of a tensor-core GEMM C[M,N] = α·A·Bᵀ + β·C with A [M,K] and B [N,K] (the forward y = x Wᵀ).</summary>
+/// <summary>Sizes of a tensor-core GEMM C[M,N] = α·A·Bᵀ + β·C with operands A [M,K] and B [N,K].</summary>
 internal readonly record struct MmaGemmShape(int M, int N, int K, float Alpha, float Beta, int Half);
 
 /// <summary>
-/// Tensor-core GEMM for BF16/F16 operands (dense, or a 4-bit weight decoded as its fragments load) with float32
-/// accumulation: each warp (32 consecutive global threads) owns a
-/// 16×32 tile of C and walks K in steps of 16, issuing four <c>mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}</c>
-/// per step with the A fragment reused across them. Operand fragments follow PTX's m16n8k16 layout (lane = 4·group +
-/// t: A rows group and group + 8, columns 2t, 2t + 1, 2t + 8, 2t + 9; B columns group, k rows likewise; C rows group
-/// and group + 8, columns 2t and 2t + 1), read straight from global memory, zero past the edges. Where inline PTX is
-/// unavailable (the CPU accelerator) each lane computes the same four outputs per 8-column slice in float32, so the
-/// tiling, edges and fragment-to-C mapping are exercised everywhere.
+/// Block-tiled tensor-core GEMM for BF16/F16 operands (dense, or a 4-bit weight decoded while it is staged) with float32
+/// accumulation. A group of four warps owns a 64×64 tile of C; for each 32-wide slice of K the group stages A and B
+/// (64 rows × 16 element pairs each) in shared memory — consecutive threads load consecutive pairs of a row, and each
+/// operand decides how a pair is read (in place when transposed, decoded when 4-bit) — then each warp computes its
+/// 32×32 sub-tile with eight <c>mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}</c> per 16 of K, reading fragments in
+/// PTX's m16n8k16 layout from rows padded to 20 words (conflict-free). Where inline PTX is unavailable (the CPU
+/// accelerator) the same fragments are multiplied by an emulation of mma.sync that gathers the other lanes' registers
+/// with warp shuffles, so staging, fragment layout, edges and stores are all tested without a GPU.
+/// Needs groups of <see cref="Threads"/> threads in warps of 32.
 /// </summary>
 internal static class MmaGemmKernels
 {
-    public const int TileM = 16, TileN = 32, TileK = 16;
+    public const int Threads = 128, BlockM = 64, BlockN = 64, BlockK = 32;
+    private const int PairsPerRow = BlockK / 2, Stride = PairsPerRow + 4;
 
     private const string Bf16Mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};";
     private const string F16Mma = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};";
 
-    /// <summary>A is [M, K] (the activations), B is [N, K] (the weight), both in the fragments' layout.</summary>
     public static void Gemm<TA, TB, TC, TCE>(TA a, TB b, ArrayView<TC> c, MmaGemmShape s)
         where TA : struct, IMmaOperand
         where TB : struct, IMmaOperand
         where TC : unmanaged
         where TCE : struct, IElement<TC>
     {
-        int tilesM = (s.M + TileM - 1) / TileM;
-        int tilesN = (s.N + TileN - 1) / TileN;
-        long lanes = (long)tilesM * tilesN * 32;
-        // The stride is a multiple of 32 (group sizes are), so all lanes of a warp run the same iterations: mma.sync
-        // needs the whole warp converged.
-        for (long g = Grid.GlobalIndex.X; g < lanes; g += (long)Grid.DimX * Group.DimX)
+        ArrayView<uint> sA = SharedMemory.Allocate<uint>(BlockM * Stride);
+        ArrayView<uint> sB = SharedMemory.Allocate<uint>(BlockN * Stride);
+        int thread = Group.IdxX, warp = thread / 32, lane = thread % 32, group = lane >> 2, t = lane & 3;
+        int warpRow = (warp / 2) * 32, warpCol = (warp % 2) * 32;
+        int tilesN = (s.N + BlockN - 1) / BlockN;
+        int tiles = ((s.M + BlockM - 1) / BlockM) * tilesN;
+        for (int tile = Grid.IdxX; tile < tiles; tile += Grid.DimX)
         {
-            long tile = g / 32;
-            int lane = (int)(g % 32);
-            int row0 = (int)(tile / tilesN) * TileM, col0 = (int)(tile % tilesN) * TileN;
-            int group = lane >> 2, pair = (lane & 3) * 2;
-            int rowLo = row0 + group, rowHi = rowLo + 8;
-            var acc0 = default(Accumulator);
-            var acc1 = default(Accumulator);
-            var acc2 = default(Accumulator);
-            var acc3 = default(Accumulator);
-            for (int k0 = 0; k0 < s.K; k0 += TileK)
+            int row0 = (tile / tilesN) * BlockM, col0 = (tile % tilesN) * BlockN;
+            // Accumulators of the warp's 2 (m16) × 4 (n8) slices: cMN.
+            Accumulator c00 = default, c01 = default, c02 = default, c03 = default, c10 = default, c11 = default, c12 = default, c13 = default;
+            for (int k0 = 0; k0 < s.K; k0 += BlockK)
             {
-                int k = k0 + pair;
-                if (CudaAsm.IsSupported)
+                for (int i = thread; i < BlockM * PairsPerRow; i += Threads)
                 {
-                    uint a0 = a.Pair(rowLo, k), a1 = a.Pair(rowHi, k), a2 = a.Pair(rowLo, k + 8), a3 = a.Pair(rowHi, k + 8);
-                    Mma(ref acc0, s, a0, a1, a2, a3, b.Pair(col0 + group, k), b.Pair(col0 + group, k + 8));
-                    Mma(ref acc1, s, a0, a1, a2, a3, b.Pair(col0 + 8 + group, k), b.Pair(col0 + 8 + group, k + 8));
-                    Mma(ref acc2, s, a0, a1, a2, a3, b.Pair(col0 + 16 + group, k), b.Pair(col0 + 16 + group, k + 8));
-                    Mma(ref acc3, s, a0, a1, a2, a3, b.Pair(col0 + 24 + group, k), b.Pair(col0 + 24 + group, k + 8));
+                    int r = i / PairsPerRow, p = i % PairsPerRow;
+                    sA[(r * Stride) + p] = a.Pair(row0 + r, k0 + (2 * p));
+                    sB[(r * Stride) + p] = b.Pair(col0 + r, k0 + (2 * p));
                 }
-                else
+
+                Group.Barrier();
+                for (int kk = 0; kk < BlockK; kk += 16)
                 {
-                    Portable(ref acc0, a, b, s, rowLo, col0 + pair, k0);
-                    Portable(ref acc1, a, b, s, rowLo, col0 + 8 + pair, k0);
-                    Portable(ref acc2, a, b, s, rowLo, col0 + 16 + pair, k0);
-                    Portable(ref acc3, a, b, s, rowLo, col0 + 24 + pair, k0);
+                    int pair = (kk / 2) + t;
+                    int lo0 = ((warpRow + group) * Stride) + pair, lo1 = lo0 + (16 * Stride);
+                    Fragment a0 = new(sA[lo0], sA[lo0 + (8 * Stride)], sA[lo0 + 4], sA[lo0 + (8 * Stride) + 4]);
+                    Fragment a1 = new(sA[lo1], sA[lo1 + (8 * Stride)], sA[lo1 + 4], sA[lo1 + (8 * Stride) + 4]);
+                    int bAt = ((warpCol + group) * Stride) + pair, n8 = 8 * Stride;
+                    uint b00 = sB[bAt], b01 = sB[bAt + 4], b10 = sB[bAt + n8], b11 = sB[bAt + n8 + 4];
+                    uint b20 = sB[bAt + (2 * n8)], b21 = sB[bAt + (2 * n8) + 4], b30 = sB[bAt + (3 * n8)], b31 = sB[bAt + (3 * n8) + 4];
+                    c00 = Step(c00, s, a0, b00, b01);
+                    c01 = Step(c01, s, a0, b10, b11);
+                    c02 = Step(c02, s, a0, b20, b21);
+                    c03 = Step(c03, s, a0, b30, b31);
+                    c10 = Step(c10, s, a1, b00, b01);
+                    c11 = Step(c11, s, a1, b10, b11);
+                    c12 = Step(c12, s, a1, b20, b21);
+                    c13 = Step(c13, s, a1, b30, b31);
                 }
+
+                Group.Barrier();
             }
 
-            Store<TC, TCE>(c, s, acc0, rowLo, col0 + pair);
-            Store<TC, TCE>(c, s, acc1, rowLo, col0 + 8 + pair);
-            Store<TC, TCE>(c, s, acc2, rowLo, col0 + 16 + pair);
-            Store<TC, TCE>(c, s, acc3, rowLo, col0 + 24 + pair);
+            int rowLo = row0 + warpRow + group, column = col0 + warpCol + (2 * t);
+            Store<TC, TCE>(c, s, c00, rowLo, column);
+            Store<TC, TCE>(c, s, c01, rowLo, column + 8);
+            Store<TC, TCE>(c, s, c02, rowLo, column + 16);
+            Store<TC, TCE>(c, s, c03, rowLo, column + 24);
+            Store<TC, TCE>(c, s, c10, rowLo + 16, column);
+            Store<TC, TCE>(c, s, c11, rowLo + 16, column + 8);
+            Store<TC, TCE>(c, s, c12, rowLo + 16, column + 16);
+            Store<TC, TCE>(c, s, c13, rowLo + 16, column + 24);
         }
     }
 
@@ -79,10 +92,18 @@ internal static class MmaGemmKernels
         public float C0, C1, C2, C3;
     }
 
-    private static void Mma(ref Accumulator acc, MmaGemmShape s, uint a0, uint a1, uint a2, uint a3, uint b0, uint b1)
+    /// <summary>An m16k16 A fragment: rows group / group + 8, k pairs 2t / 2t + 8.</summary>
+    internal readonly struct Fragment(uint r0, uint r1, uint r2, uint r3)
     {
-        Input<uint> ia0 = a0, ia1 = a1, ia2 = a2, ia3 = a3;
-        Input<uint> ib0 = b0, ib1 = b1;
+        public readonly uint R0 = r0, R1 = r1, R2 = r2, R3 = r3;
+    }
+
+    private static Accumulator Step(Accumulator acc, MmaGemmShape s, Fragment a, uint b0, uint b1) =>
+        CudaAsm.IsSupported ? Mma(acc, s, a, b0, b1) : Emulate(acc, s, a, b0, b1);
+
+    private static Accumulator Mma(Accumulator acc, MmaGemmShape s, Fragment a, uint b0, uint b1)
+    {
+        Input<uint> ia0 = a.R0, ia1 = a.R1, ia2 = a.R2, ia3 = a.R3, ib0 = b0, ib1 = b1;
         Input<float> ic0 = acc.C0, ic1 = acc.C1, ic2 = acc.C2, ic3 = acc.C3;
         Output<float> d0 = default, d1 = default, d2 = default, d3 = default;
         if (s.Half != 0)
@@ -94,28 +115,39 @@ internal static class MmaGemmKernels
             CudaAsm.EmitRef(Bf16Mma, ref d0, ref d1, ref d2, ref d3, ref ia0, ref ia1, ref ia2, ref ia3, ref ib0, ref ib1, ref ic0, ref ic1, ref ic2, ref ic3);
         }
 
-        acc.C0 = d0.Value;
-        acc.C1 = d1.Value;
-        acc.C2 = d2.Value;
-        acc.C3 = d3.Value;
+        Accumulator result;
+        result.C0 = d0.Value;
+        result.C1 = d1.Value;
+        result.C2 = d2.Value;
+        result.C3 = d3.Value;
+        return result;
     }
 
-    // The same four outputs as one m16n8k16 step, in float32 (no tensor cores).
-    private static void Portable<TA, TB>(ref Accumulator acc, TA a, TB b, MmaGemmShape s, int rowLo, int column, int k0)
-        where TA : struct, IMmaOperand
-        where TB : struct, IMmaOperand
+    // mma.sync m16n8k16 from the warp's fragments (PTX ISA layout): for k pair p, row `group` of A is in register
+    // R0 (p < 4) or R2 of lane 4·group + p mod 4, row group + 8 in R1 / R3; column n of B is in b0 (p < 4) or b1 of
+    // lane 4·n + p mod 4. Every lane gathers what its four outputs need with shuffles.
+    private static Accumulator Emulate(Accumulator acc, MmaGemmShape s, Fragment a, uint b0, uint b1)
     {
-        int kEnd = k0 + TileK < s.K ? k0 + TileK : s.K;
-        for (int k = k0; k < kEnd; k++)
+        int lane = Warp.LaneIdx, group = lane >> 2, t = lane & 3;
+        for (int p = 0; p < 8; p++)
         {
-            float aLo = a.Element(rowLo, k), aHi = a.Element(rowLo + 8, k);
-            float b0 = b.Element(column, k), b1 = b.Element(column + 1, k);
-            acc.C0 += aLo * b0;
-            acc.C1 += aLo * b1;
-            acc.C2 += aHi * b0;
-            acc.C3 += aHi * b1;
+            int source = p & 3;
+            uint rowLo = Warp.Shuffle(p < 4 ? a.R0 : a.R2, (4 * group) + source);
+            uint rowHi = Warp.Shuffle(p < 4 ? a.R1 : a.R3, (4 * group) + source);
+            uint column0 = Warp.Shuffle(p < 4 ? b0 : b1, (4 * (2 * t)) + source);
+            uint column1 = Warp.Shuffle(p < 4 ? b0 : b1, (4 * ((2 * t) + 1)) + source);
+            acc.C0 += Dot(rowLo, column0, s.Half);
+            acc.C1 += Dot(rowLo, column1, s.Half);
+            acc.C2 += Dot(rowHi, column0, s.Half);
+            acc.C3 += Dot(rowHi, column1, s.Half);
         }
+
+        return acc;
     }
+
+    private static float Dot(uint x, uint y, int half) => (Half(x & 0xFFFF, half) * Half(y & 0xFFFF, half)) + (Half(x >> 16, half) * Half(y >> 16, half));
+
+    private static float Half(uint bits, int half) => half != 0 ? default(F16Element).Load((ushort)bits) : default(Bf16Element).Load((ushort)bits);
 
     private static void Store<TC, TCE>(ArrayView<TC> c, MmaGemmShape s, Accumulator acc, int rowLo, int column)
         where TC : unmanaged

@@ -66,9 +66,11 @@ public static class Gemm
         }
 
         bool tensorCoreShape = a.Dtype is DType.BF16 or DType.F16;
-        if (path == GemmPath.TensorCore && !tensorCoreShape)
+        if (path == GemmPath.TensorCore && (!tensorCoreShape || !a.Device.CanHostTensorCoreTiles))
         {
-            throw new ArgumentException($"The tensor-core GEMM takes BF16 or F16 operands, not {a.Dtype}.", nameof(path));
+            throw new ArgumentException(tensorCoreShape
+                ? "The tensor-core GEMM needs groups of four 32-lane warps, which this accelerator cannot launch."
+                : $"The tensor-core GEMM takes BF16 or F16 operands, not {a.Dtype}.", nameof(path));
         }
 
         if (path == GemmPath.TensorCore || (path == GemmPath.Auto && tensorCoreShape && a.Device.HasTensorCoreMma))
@@ -100,7 +102,7 @@ public static class Gemm
         {
             Device device = C.Device;
             var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm.mma")), acc => acc.LoadKernel<DenseOperand<TE>, DenseOperand<TE>, ArrayView<TC>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, DenseOperand<TE>, TC, TCE>));
-            kernel(device.Stream, device.GridStride, A, B, C.View<TC>(), Shape);
+            kernel(device.Stream, device.TensorCoreTiles(Shape.M, Shape.N), A, B, C.View<TC>(), Shape);
         }
     }
 

@@ -200,9 +200,11 @@ public sealed class DeviceQuantizedTensor : IDisposable
         }
 
         bool tensorCoreShape = x.Dtype is QLoRA.Core.DType.BF16 or QLoRA.Core.DType.F16;
-        if (path == Ops.GemmPath.TensorCore && !tensorCoreShape)
+        if (path == Ops.GemmPath.TensorCore && (!tensorCoreShape || !_device.CanHostTensorCoreTiles))
         {
-            throw new ArgumentException($"The tensor-core 4-bit GEMM takes BF16 or F16 X, not {x.Dtype}.", nameof(path));
+            throw new ArgumentException(tensorCoreShape
+                ? "The tensor-core GEMM needs groups of four 32-lane warps, which this accelerator cannot launch."
+                : $"The tensor-core 4-bit GEMM takes BF16 or F16 X, not {x.Dtype}.", nameof(path));
         }
 
         if (path == Ops.GemmPath.TensorCore || (path == Ops.GemmPath.Auto && tensorCoreShape && _device.HasTensorCoreMma))
@@ -254,7 +256,7 @@ public sealed class DeviceQuantizedTensor : IDisposable
     {
         var weight = new FourBitOperand<TE, TAbsmax>(_packed.View.AsContiguous().Cast<byte>(), absmax, _table.View, shape.N, shape.K, State.BlockSize, transposeWeight ? 0 : 1);
         var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit.mma." + typeof(TAbsmax).Name), a => a.LoadKernel<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ArrayView<ushort>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ushort, TE>));
-        kernel(_device.Stream, _device.GridStride, Ops.Gemm.Dense<TE>(x), weight, c.View<ushort>(), shape);
+        kernel(_device.Stream, _device.TensorCoreTiles(shape.M, shape.N), Ops.Gemm.Dense<TE>(x), weight, c.View<ushort>(), shape);
     }
 
     private readonly record struct GemmLaunch(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor C, Nf4GemmShape Shape) : Ops.IComputeLaunch
