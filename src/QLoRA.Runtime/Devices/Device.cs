@@ -122,9 +122,9 @@ public sealed class Device : IDisposable
     public static Device Cpu() => Cpu(CpuWarpSize, 1);
 
     /// <summary>A CPU accelerator with wider groups (tests of tiled kernels at tile sizes above the default 2).</summary>
-    internal static Device Cpu(int threadsPerWarp, int warpsPerGroup)
+    internal static Device Cpu(int threadsPerWarp, int warpsPerGroup, int? multiprocessors = null)
     {
-        var cpu = new CPUDevice(numThreadsPerWarp: threadsPerWarp, numWarpsPerMultiprocessor: warpsPerGroup, numMultiprocessors: Environment.ProcessorCount);
+        var cpu = new CPUDevice(numThreadsPerWarp: threadsPerWarp, numWarpsPerMultiprocessor: warpsPerGroup, numMultiprocessors: multiprocessors ?? Environment.ProcessorCount);
         Context context = Context.Create(builder => builder.CPU(cpu).EnableAlgorithms());
         return Create(context, context.GetCPUDevice(0), DeviceKind.Cpu);
     }
