@@ -23,9 +23,9 @@ public static class Gemm
     /// <param name="transposeB">Use Bᵀ.</param>
     /// <param name="alpha">Scale of the product.</param>
     /// <param name="beta">Scale of the existing C.</param>
-    /// <param name="path">Which kernel: <see cref="GemmPath.Auto"/> takes tensor cores on CUDA where they apply.</param>
+    /// <param name="path">Which kernel: <see cref="GemmPath.Auto"/> takes cuBLAS, else tensor cores, where they apply.</param>
     /// <exception cref="ArgumentException">Inner dimensions or C's shape disagree (both shapes are named), or the dtypes do,
-    /// or <see cref="GemmPath.TensorCore"/> was asked for operands it does not take.</exception>
+    /// or a forced path cannot run these operands here.</exception>
     public static void Multiply(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeA = false, bool transposeB = false, float alpha = 1f, float beta = 0f, GemmPath path = GemmPath.Auto)
     {
         foreach ((DeviceTensor t, string name) in new[] { (a, nameof(a)), (b, nameof(b)), (c, nameof(c)) })
