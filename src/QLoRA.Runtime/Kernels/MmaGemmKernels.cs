@@ -44,10 +44,14 @@ internal static class MmaGemmKernels
             Accumulator c00 = default, c01 = default, c02 = default, c03 = default, c10 = default, c11 = default, c12 = default, c13 = default;
             for (int k0 = 0; k0 < s.K; k0 += BlockK)
             {
+                // Consecutive threads take consecutive pairs of a row, or consecutive rows when the operand is
+                // stored transposed, so either way they read neighbouring memory.
                 for (int i = thread; i < BlockM * PairsPerRow; i += Threads)
                 {
-                    int r = i / PairsPerRow, p = i % PairsPerRow;
+                    int r = a.Transposed ? i % BlockM : i / PairsPerRow, p = a.Transposed ? i / BlockM : i % PairsPerRow;
                     sA[(r * Stride) + p] = a.Pair(row0 + r, k0 + (2 * p));
+                    r = b.Transposed ? i % BlockN : i / PairsPerRow;
+                    p = b.Transposed ? i / BlockN : i % PairsPerRow;
                     sB[(r * Stride) + p] = b.Pair(col0 + r, k0 + (2 * p));
                 }
 

@@ -9,6 +9,9 @@ namespace QLoRA.Runtime.Kernels;
 /// </summary>
 internal interface IMmaOperand
 {
+    /// <summary>Whether the operand is stored transposed ([K, rows]): staging then walks rows fastest, to stay coalesced.</summary>
+    bool Transposed { get; }
+
     uint Pair(int row, int k);
 
     float Element(int row, int k);
@@ -27,6 +30,8 @@ internal readonly struct DenseOperand<TE>(ArrayView<ushort> values, ArrayView<ui
     private readonly int _rows = rows;
     private readonly int _columns = columns;
     private readonly int _transposed = transposed;
+
+    public bool Transposed => _transposed != 0;
 
     public uint Pair(int row, int k)
     {
@@ -66,6 +71,8 @@ internal readonly struct FourBitOperand<TE, TAbsmax>(ArrayView<byte> packed, TAb
     private readonly int _columns = columns;
     private readonly int _blockSize = blockSize;
     private readonly int _transposed = transposed;
+
+    public bool Transposed => _transposed != 0;
 
     public uint Pair(int row, int k)
     {
