@@ -98,6 +98,11 @@ public class ElementCodecTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         using DeviceTensor narrow = Elementwise.ConvertTo(wide, dtype);
         Assert.Equal(dtype, narrow.Dtype);
         Assert.Equal(Narrow.Round(values, dtype), narrow.ToSingle());
+        using (DeviceTensor fromHost = DeviceTensor.FromSingle(fixture.Device, values, dtype, values.Length))
+        {
+            Assert.Equal(Narrow.Round(values, dtype), fromHost.ToSingle()); // the host-side rounding of uploads agrees
+        }
+
         using DeviceTensor other = Elementwise.ConvertTo(narrow, dtype == DType.BF16 ? DType.F16 : DType.BF16);
         Assert.Equal(Narrow.Round(Narrow.Round(values, dtype), other.Dtype), other.ToSingle());
     }

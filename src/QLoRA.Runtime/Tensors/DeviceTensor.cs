@@ -74,19 +74,47 @@ public sealed class DeviceTensor : IDisposable
     }
 
     /// <summary>
-    /// Copies float32 host values to a new tensor of a compute dtype (F32, BF16 or F16; narrow dtypes round to nearest
-    /// even on the device, exactly as the kernels store).
+    /// Copies float32 host values to a new tensor of a compute dtype (F32, BF16 or F16; narrow dtypes are rounded to
+    /// nearest even on the host, in parallel, by the kernels' own conversion, so no float32 copy ever reaches the device).
     /// </summary>
     /// <exception cref="ArgumentException">The data length does not match the shape, or the dtype is not a compute dtype.</exception>
     public static DeviceTensor FromSingle(Device device, ReadOnlySpan<float> data, DType dtype, params long[] shape)
     {
-        if (dtype == DType.F32)
+        switch (dtype)
         {
-            return FromHost(device, data, DType.F32, shape);
+            case DType.F32:
+                return FromHost(device, data, DType.F32, shape);
+            case DType.BF16:
+                return FromHost<ushort>(device, Narrow<Kernels.Bf16Element>(data), dtype, shape);
+            case DType.F16:
+                return FromHost<ushort>(device, Narrow<Kernels.F16Element>(data), dtype, shape);
+            default:
+                throw new ArgumentException($"{dtype} is not a compute dtype (F32, BF16, F16).", nameof(dtype));
+        }
+    }
+
+    private static unsafe ushort[] Narrow<TE>(ReadOnlySpan<float> data)
+        where TE : struct, Kernels.IElement<ushort>
+    {
+        var bits = new ushort[data.Length];
+        int length = data.Length;
+        const int Chunk = 1 << 20;
+        fixed (float* pinned = data)
+        {
+            nint source = (nint)pinned; // the span stays pinned until every chunk is done (Parallel.For returns after them)
+            Parallel.For(0, (length + Chunk - 1) / Chunk, c =>
+            {
+                TE e = default;
+                var values = new ReadOnlySpan<float>((float*)source, length);
+                int end = Math.Min(length, (c + 1) * Chunk);
+                for (int i = c * Chunk; i < end; i++)
+                {
+                    bits[i] = e.Store(values[i]);
+                }
+            });
         }
 
-        using DeviceTensor wide = FromHost(device, data, DType.F32, shape);
-        return Ops.Elementwise.ConvertTo(wide, dtype);
+        return bits;
     }
 
     /// <summary>The elements as float32 on the host (converted from BF16 or F16).</summary>
