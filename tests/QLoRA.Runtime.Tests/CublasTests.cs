@@ -48,4 +48,22 @@ public class CublasTests
             Assert.True(Math.Abs(x[i] - y[i]) <= 1e-4 * (Math.Abs(x[i]) + 1), $"C[{i}] ILGPU {x[i]} vs cuBLAS {y[i]}");
         }
     }
+
+    [Fact]
+    public void DeterministicModeKeepsAutoOnTheRuntimesOwnKernelsOnCuda()
+    {
+        using Device device = Device.Best();
+        if (device.Blas is null)
+        {
+            Assert.Skip("needs a CUDA device with libcublas (run the test executable on a GPU machine)");
+        }
+
+        device.Deterministic = true;
+        float[] a = Narrow.Random(300 * 200, 1, DType.BF16), b = Narrow.Random(150 * 200, 2, DType.BF16);
+        using DeviceTensor ta = DeviceTensor.FromSingle(device, a, DType.BF16, 300, 200), tb = DeviceTensor.FromSingle(device, b, DType.BF16, 150, 200);
+        using DeviceTensor auto = DeviceTensor.Allocate(device, DType.F32, 300, 150), own = DeviceTensor.Allocate(device, DType.F32, 300, 150);
+        Gemm.Multiply(ta, tb, auto, transposeB: true);
+        Gemm.Multiply(ta, tb, own, transposeB: true, path: device.HasTensorCoreMma ? GemmPath.TensorCore : GemmPath.Portable);
+        Assert.Equal(own.ToHost<float>().Select(BitConverter.SingleToUInt32Bits), auto.ToHost<float>().Select(BitConverter.SingleToUInt32Bits));
+    }
 }

@@ -230,6 +230,13 @@ public sealed class Device : IDisposable
     private Native.Cublas? _blas;
     private bool _blasProbed;
 
+    /// <summary>
+    /// Deterministic mode: every kernel the runtime picks is bit-reproducible run to run, whatever the streams. The
+    /// runtime's own kernels always are (no float atomics; fixed summation orders); this mode also keeps
+    /// <see cref="Ops.GemmPath.Auto"/> off cuBLAS, whose reproducibility depends on its workspace and stream setup.
+    /// </summary>
+    public bool Deterministic { get; set; }
+
     /// <summary>cuBLAS on this device (loaded on first use), or null on the CPU accelerator or where libcublas is absent.</summary>
     public Native.Cublas? Blas
     {

@@ -51,7 +51,7 @@ public static class Gemm
         }
 
         Shapes.Require(c, c.Dtype, [m, n], nameof(c));
-        if (path is GemmPath.Auto or GemmPath.Cublas)
+        if (path == GemmPath.Cublas || (path == GemmPath.Auto && !a.Device.Deterministic))
         {
             if (a.Device.Blas is Native.Cublas blas && Native.Cublas.Supports(a, b, c))
             {

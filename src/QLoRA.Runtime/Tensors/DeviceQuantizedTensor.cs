@@ -181,7 +181,7 @@ public sealed class DeviceQuantizedTensor : IDisposable
 
         int m = checked((int)x.Shape[0]);
         Ops.Shapes.Require(c, x.Dtype, [m, n], nameof(c));
-        if (path is Ops.GemmPath.Auto or Ops.GemmPath.Cublas)
+        if (path == Ops.GemmPath.Cublas || (path == Ops.GemmPath.Auto && !_device.Deterministic))
         {
             if (_device.Blas is Native.Cublas blas && x.Dtype == QLoRA.Core.DType.BF16)
             {
