@@ -16,19 +16,44 @@ internal interface IElement<T>
 
     /// <summary>float32 rounded to the dtype (nearest even; NaN stays NaN, overflow becomes ±Inf).</summary>
     T Store(float value);
+
+    /// <summary>Elements in one 16-byte vector (4 for F32, 8 for BF16/F16).</summary>
+    int PerVector { get; }
+
+    /// <summary>Element <paramref name="index"/> of a 16-byte vector of elements (little-endian), as float32.</summary>
+    float FromVector(UInt4 vector, int index);
 }
 
 /// <summary>float32 elements.</summary>
 internal readonly struct F32Element : IElement<float>
 {
+    public int PerVector => 4;
+
     public float Load(float value) => value;
 
     public float Store(float value) => value;
+
+    public float FromVector(UInt4 vector, int index) => Interop.IntAsFloat(index == 0 ? vector.X : index == 1 ? vector.Y : index == 2 ? vector.Z : vector.W);
+}
+
+/// <summary>Half-word access to 16-byte vectors of 16-bit elements.</summary>
+internal static class HalfWords
+{
+    public static ushort Get(UInt4 vector, int index)
+    {
+        int word = index >> 1;
+        uint bits = word == 0 ? vector.X : word == 1 ? vector.Y : word == 2 ? vector.Z : vector.W;
+        return (ushort)((index & 1) == 0 ? bits & 0xFFFF : bits >> 16);
+    }
 }
 
 /// <summary>bfloat16 elements: the upper half of a float32.</summary>
 internal readonly struct Bf16Element : IElement<ushort>
 {
+    public int PerVector => 8;
+
+    public float FromVector(UInt4 vector, int index) => Load(HalfWords.Get(vector, index));
+
     public float Load(ushort value) => Interop.IntAsFloat((uint)value << 16);
 
     public ushort Store(float value)
@@ -46,6 +71,10 @@ internal readonly struct Bf16Element : IElement<ushort>
 /// <summary>IEEE binary16 elements, converted with integer operations (identical on every accelerator).</summary>
 internal readonly struct F16Element : IElement<ushort>
 {
+    public int PerVector => 8;
+
+    public float FromVector(UInt4 vector, int index) => Load(HalfWords.Get(vector, index));
+
     public float Load(ushort value)
     {
         uint sign = ((uint)value & 0x8000u) << 16;

@@ -14,7 +14,8 @@ internal readonly record struct GemvShape(int Batch, int Out, int In, int BlockS
 /// </summary>
 internal static class Nf4GemvKernels
 {
-    public static void Gemv<T, TE, TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, ArrayView<T> x, ArrayView<T> y, GemvShape s)
+    /// <summary><paramref name="x"/> is the input viewed as 16-byte vectors (each row starts on one: in % 32 == 0).</summary>
+    public static void Gemv<T, TE, TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, ArrayView<UInt4> x, ArrayView<T> y, GemvShape s)
         where T : unmanaged
         where TE : struct, IElement<T>
         where TAbsmax : struct, IAbsmaxSource
@@ -37,22 +38,22 @@ internal static class Nf4GemvKernels
                 int column = c * 32;
                 for (int word = 0; word < 4; word++)
                 {
+                    // Four packed bytes: eight weights, high nibble first within each byte.
                     uint w = word == 0 ? bytes.X : word == 1 ? bytes.Y : word == 2 ? bytes.Z : bytes.W;
-                    for (int b = 0; b < 4; b++)
-                    {
-                        uint value = (w >> (8 * b)) & 0xFF;
-                        float w0 = table[(int)(value >> 4)] * scale;
-                        float w1 = table[(int)(value & 15)] * scale;
-                        int i = column + (word * 8) + (b * 2);
-                        y0 += Dot<T, TE>(x, s, 0, i, w0, w1);
-                        if (s.Batch > 1) { y1 += Dot<T, TE>(x, s, 1, i, w0, w1); }
-                        if (s.Batch > 2) { y2 += Dot<T, TE>(x, s, 2, i, w0, w1); }
-                        if (s.Batch > 3) { y3 += Dot<T, TE>(x, s, 3, i, w0, w1); }
-                        if (s.Batch > 4) { y4 += Dot<T, TE>(x, s, 4, i, w0, w1); }
-                        if (s.Batch > 5) { y5 += Dot<T, TE>(x, s, 5, i, w0, w1); }
-                        if (s.Batch > 6) { y6 += Dot<T, TE>(x, s, 6, i, w0, w1); }
-                        if (s.Batch > 7) { y7 += Dot<T, TE>(x, s, 7, i, w0, w1); }
-                    }
+                    var weights = new Eight(
+                        table[(int)((w >> 4) & 15)] * scale, table[(int)(w & 15)] * scale,
+                        table[(int)((w >> 12) & 15)] * scale, table[(int)((w >> 8) & 15)] * scale,
+                        table[(int)((w >> 20) & 15)] * scale, table[(int)((w >> 16) & 15)] * scale,
+                        table[(int)(w >> 28)] * scale, table[(int)((w >> 24) & 15)] * scale);
+                    long first = column + (word * 8);
+                    y0 += Dot<T, TE>(x, s, 0, first, weights);
+                    if (s.Batch > 1) { y1 += Dot<T, TE>(x, s, 1, first, weights); }
+                    if (s.Batch > 2) { y2 += Dot<T, TE>(x, s, 2, first, weights); }
+                    if (s.Batch > 3) { y3 += Dot<T, TE>(x, s, 3, first, weights); }
+                    if (s.Batch > 4) { y4 += Dot<T, TE>(x, s, 4, first, weights); }
+                    if (s.Batch > 5) { y5 += Dot<T, TE>(x, s, 5, first, weights); }
+                    if (s.Batch > 6) { y6 += Dot<T, TE>(x, s, 6, first, weights); }
+                    if (s.Batch > 7) { y7 += Dot<T, TE>(x, s, 7, first, weights); }
                 }
             }
 
@@ -84,12 +85,27 @@ internal static class Nf4GemvKernels
         }
     }
 
-    private static float Dot<T, TE>(ArrayView<T> x, GemvShape s, int row, int i, float w0, float w1)
+    /// <summary>Eight decoded weights of one packed word.</summary>
+    private readonly struct Eight(float w0, float w1, float w2, float w3, float w4, float w5, float w6, float w7)
+    {
+        public readonly float W0 = w0, W1 = w1, W2 = w2, W3 = w3, W4 = w4, W5 = w5, W6 = w6, W7 = w7;
+    }
+
+    // Σ x[row, first + i] · w_i over eight inputs read as one (16-bit) or two (float32) 16-byte vectors, in a fixed order.
+    private static float Dot<T, TE>(ArrayView<UInt4> x, GemvShape s, int row, long first, Eight w)
         where T : unmanaged
         where TE : struct, IElement<T>
     {
         TE e = default;
-        long offset = ((long)row * s.In) + i;
-        return (e.Load(x[offset]) * w0) + (e.Load(x[offset + 1]) * w1);
+        long element = ((long)row * s.In) + first;
+        UInt4 v0 = x[element / e.PerVector];
+        UInt4 v1 = e.PerVector == 8 ? v0 : x[(element / e.PerVector) + 1];
+        int half = e.PerVector == 8 ? 4 : 0; // where elements 4…7 sit: the same vector (16-bit) or the next (float32)
+        UInt4 high = e.PerVector == 8 ? v0 : v1;
+        float sum = (e.FromVector(v0, 0) * w.W0) + (e.FromVector(v0, 1) * w.W1);
+        sum += (e.FromVector(v0, 2) * w.W2) + (e.FromVector(v0, 3) * w.W3);
+        sum += (e.FromVector(high, half) * w.W4) + (e.FromVector(high, half + 1) * w.W5);
+        sum += (e.FromVector(high, half + 2) * w.W6) + (e.FromVector(high, half + 3) * w.W7);
+        return sum;
     }
 }

@@ -128,8 +128,8 @@ public sealed class DeviceQuantizedTensor : IDisposable
         where TE : struct, IElement<T>
         where TAbsmax : struct, IAbsmaxSource
     {
-        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemv.4bit." + typeof(TAbsmax).Name), a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, ArrayView<T>, ArrayView<T>, GemvShape>(Nf4GemvKernels.Gemv<T, TE, TAbsmax>));
-        kernel(_device.Stream, _device.GridStride, _packed.View, absmax, _table.View, x.View<T>(), y.View<T>(), shape);
+        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemv.4bit." + typeof(TAbsmax).Name), a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, ArrayView<UInt4>, ArrayView<T>, GemvShape>(Nf4GemvKernels.Gemv<T, TE, TAbsmax>));
+        kernel(_device.Stream, _device.GridStride, _packed.View, absmax, _table.View, x.View<T>().Cast<UInt4>(), y.View<T>(), shape);
     }
 
     private readonly record struct GemvLaunch(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor Y, GemvShape Shape) : Ops.IComputeLaunch
