@@ -59,14 +59,15 @@ internal static class Nf4GemvKernels
 
             for (int offset = lanes / 2; offset > 0; offset /= 2)
             {
+                // Batch is uniform across the warp, so every lane takes the same shuffles.
                 y0 += Warp.ShuffleDown(y0, offset);
-                y1 += Warp.ShuffleDown(y1, offset);
-                y2 += Warp.ShuffleDown(y2, offset);
-                y3 += Warp.ShuffleDown(y3, offset);
-                y4 += Warp.ShuffleDown(y4, offset);
-                y5 += Warp.ShuffleDown(y5, offset);
-                y6 += Warp.ShuffleDown(y6, offset);
-                y7 += Warp.ShuffleDown(y7, offset);
+                if (s.Batch > 1) { y1 += Warp.ShuffleDown(y1, offset); }
+                if (s.Batch > 2) { y2 += Warp.ShuffleDown(y2, offset); }
+                if (s.Batch > 3) { y3 += Warp.ShuffleDown(y3, offset); }
+                if (s.Batch > 4) { y4 += Warp.ShuffleDown(y4, offset); }
+                if (s.Batch > 5) { y5 += Warp.ShuffleDown(y5, offset); }
+                if (s.Batch > 6) { y6 += Warp.ShuffleDown(y6, offset); }
+                if (s.Batch > 7) { y7 += Warp.ShuffleDown(y7, offset); }
             }
 
             if (lane != 0)
