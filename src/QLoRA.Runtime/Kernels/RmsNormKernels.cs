@@ -3,9 +3,10 @@ using ILGPU;
 namespace QLoRA.Runtime.Kernels;
 
 /// <summary>
-/// RMSNorm as Llama computes it, in float32 whatever the activations' dtype: y = w ⊙ x / sqrt(mean(x²) + ε). Forward saves 1/rms per row for the
-/// backward. Rows are spread over threads grid-stride; the weight gradient is reduced per column over rows in a fixed
-/// order (deterministic, no atomics).
+/// RMSNorm as Llama computes it, in float32 whatever the activations' dtype: y = w ⊙ x / sqrt(mean(x²) + ε). A warp
+/// owns a row (lanes stride over its columns, so loads are coalesced) and reduces with a butterfly; the forward saves
+/// 1/rms per row for the backward. The weight gradient is reduced per column over rows in a fixed order. No atomics:
+/// bit-reproducible.
 /// </summary>
 internal static class RmsNormKernels
 {
@@ -15,19 +16,25 @@ internal static class RmsNormKernels
         where TE : struct, IElement<T>
     {
         TE e = default;
-        for (int r = Grid.GlobalIndex.X; r < rows; r += Grid.DimX * Group.DimX)
+        int lanes = Warp.WarpSize, lane = Warp.LaneIdx;
+        // Warps are aligned in the grid and the stride is a multiple of the warp size: a warp's lanes share a row.
+        for (long g = Grid.GlobalIndex.X; g / lanes < rows; g += (long)Grid.DimX * Group.DimX)
         {
-            long offset = (long)r * dim;
+            long r = g / lanes, offset = r * dim;
             float sum = 0f;
-            for (int j = 0; j < dim; j++)
+            for (int j = lane; j < dim; j += lanes)
             {
                 float v = e.Load(x[offset + j]);
                 sum += v * v;
             }
 
-            float inv = 1f / MathF.Sqrt((sum / dim) + eps);
-            inverseRms[r] = inv;
-            for (int j = 0; j < dim; j++)
+            float inv = 1f / MathF.Sqrt((WarpReduce.Sum(sum) / dim) + eps);
+            if (lane == 0)
+            {
+                inverseRms[r] = inv;
+            }
+
+            for (int j = lane; j < dim; j += lanes)
             {
                 y[offset + j] = e.Store(weight[j] * (e.Load(x[offset + j]) * inv));
             }
@@ -40,25 +47,26 @@ internal static class RmsNormKernels
         where TE : struct, IElement<T>
     {
         TE e = default;
-        for (int r = Grid.GlobalIndex.X; r < rows; r += Grid.DimX * Group.DimX)
+        int lanes = Warp.WarpSize, lane = Warp.LaneIdx;
+        for (long g = Grid.GlobalIndex.X; g / lanes < rows; g += (long)Grid.DimX * Group.DimX)
         {
-            long offset = (long)r * dim;
+            long r = g / lanes, offset = r * dim;
             float inv = inverseRms[r];
             float dot = 0f;
-            for (int j = 0; j < dim; j++)
+            for (int j = lane; j < dim; j += lanes)
             {
                 dot += weight[j] * e.Load(dy[offset + j]) * e.Load(x[offset + j]);
             }
 
-            float k = dot / dim * inv * inv * inv;
-            for (int j = 0; j < dim; j++)
+            float k = WarpReduce.Sum(dot) / dim * inv * inv * inv;
+            for (int j = lane; j < dim; j += lanes)
             {
                 dx[offset + j] = e.Store((inv * weight[j] * e.Load(dy[offset + j])) - (e.Load(x[offset + j]) * k));
             }
         }
     }
 
-    /// <summary>dw[j] = Σ_r dy[r, j] · x[r, j] · inv[r], summed over rows in order.</summary>
+    /// <summary>dw[j] = Σ_r dy[r, j] · x[r, j] · inv[r], summed over rows in order (adjacent lanes: adjacent columns).</summary>
     public static void BackwardWeight<T, TE>(ArrayView<T> x, ArrayView<T> dy, ArrayView<float> inverseRms, ArrayView<float> dw, int rows, int dim)
         where T : unmanaged
         where TE : struct, IElement<T>
