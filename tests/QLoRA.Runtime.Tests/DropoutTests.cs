@@ -9,11 +9,7 @@ namespace QLoRA.Runtime.Tests;
 /// <summary>Seeded inverted dropout, and LoRA's input dropout in training: gradients by finite differences through the same mask.</summary>
 public class DropoutTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
 {
-    private static float[] Random(int count, int seed, double scale = 1)
-    {
-        var rng = new Random(seed);
-        return [.. Enumerable.Range(0, count).Select(_ => (float)(((rng.NextDouble() * 2) - 1) * scale))];
-    }
+    private static float[] Random(int count, int seed, double scale = 1) => Narrow.Random(count, seed, DType.F32, scale);
 
     [Theory]
     [InlineData(0.1, DType.F32)]

@@ -228,7 +228,7 @@ public sealed class Device : IDisposable
     }
 
     private Native.Cublas? _blas;
-    private bool _blasProbed;
+    private volatile bool _blasProbed;
 
     /// <summary>
     /// Deterministic mode: every kernel the runtime picks is bit-reproducible run to run, whatever the streams. The
@@ -242,6 +242,11 @@ public sealed class Device : IDisposable
     {
         get
         {
+            if (_blasProbed)
+            {
+                return _blas; // every GEMM asks: no lock once probed
+            }
+
             lock (_kernels)
             {
                 if (!_blasProbed)

@@ -103,10 +103,6 @@ internal static class DequantizeKernels
         return (int)((index & 1) == 0 ? b >> 4 : b & 15);
     }
 
-    /// <summary>float32 → bf16 bits, round to nearest even (values here are finite).</summary>
-    internal static uint ToBf16(float value)
-    {
-        uint bits = Interop.FloatAsInt(value);
-        return (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-    }
+    // float32 → bf16 bits with the compute dtype's own rounding (nearest even).
+    private static uint ToBf16(float value) => default(Bf16Element).Store(value);
 }

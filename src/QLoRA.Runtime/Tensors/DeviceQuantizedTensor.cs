@@ -63,17 +63,7 @@ public sealed class DeviceQuantizedTensor : IDisposable
     public void DequantizeToBf16(ArrayView<ushort> output)
     {
         CheckOutput(output.Length);
-        ArrayView<UInt4> vectors = output.SubView(0, output.Length / 8 * 8).Cast<UInt4>();
-        if (_absmax is not null)
-        {
-            var kernel = _device.Kernel("dequantize.bf16.plain", a => a.LoadKernel<ArrayView<UInt4>, PlainAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
-            kernel(_device.Stream, _device.GridStride, _packed.View, new PlainAbsmaxSource(_absmax.View), _table.View, ElementCount, State.BlockSize, vectors, output);
-        }
-        else
-        {
-            var kernel = _device.Kernel("dequantize.bf16.nested", a => a.LoadKernel<ArrayView<UInt4>, NestedAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
-            kernel(_device.Stream, _device.GridStride, _packed.View, Nested(), _table.View, ElementCount, State.BlockSize, vectors, output);
-        }
+        WithAbsmax(new DequantizeBf16(this, output.SubView(0, output.Length / 8 * 8).Cast<UInt4>(), output));
     }
 
     /// <summary>Dequantizes into <paramref name="output"/> as float32 (n values).</summary>
@@ -81,16 +71,48 @@ public sealed class DeviceQuantizedTensor : IDisposable
     public void DequantizeToF32(ArrayView<float> output)
     {
         CheckOutput(output.Length);
-        ArrayView<UInt4> vectors = output.SubView(0, output.Length / 4 * 4).Cast<UInt4>();
+        WithAbsmax(new DequantizeF32(this, output.SubView(0, output.Length / 4 * 4).Cast<UInt4>(), output));
+    }
+
+    /// <summary>A kernel launch written once for both absmax layouts; <see cref="WithAbsmax"/> picks this tensor's.</summary>
+    private interface IAbsmaxLaunch
+    {
+        void Run<TAbsmax>(TAbsmax absmax)
+            where TAbsmax : struct, IAbsmaxSource;
+    }
+
+    private void WithAbsmax<TLaunch>(TLaunch launch)
+        where TLaunch : IAbsmaxLaunch
+    {
         if (_absmax is not null)
         {
-            var kernel = _device.Kernel("dequantize.f32.plain", a => a.LoadKernel<ArrayView<UInt4>, PlainAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
-            kernel(_device.Stream, _device.GridStride, _packed.View, new PlainAbsmaxSource(_absmax.View), _table.View, ElementCount, State.BlockSize, vectors, output);
+            launch.Run(new PlainAbsmaxSource(_absmax.View));
         }
         else
         {
-            var kernel = _device.Kernel("dequantize.f32.nested", a => a.LoadKernel<ArrayView<UInt4>, NestedAbsmaxSource, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
-            kernel(_device.Stream, _device.GridStride, _packed.View, Nested(), _table.View, ElementCount, State.BlockSize, vectors, output);
+            launch.Run(Nested());
+        }
+    }
+
+    private readonly record struct DequantizeBf16(DeviceQuantizedTensor Weight, ArrayView<UInt4> Vectors, ArrayView<ushort> Output) : IAbsmaxLaunch
+    {
+        public void Run<TAbsmax>(TAbsmax absmax)
+            where TAbsmax : struct, IAbsmaxSource
+        {
+            Device device = Weight._device;
+            var kernel = device.Kernel("dequantize.bf16." + typeof(TAbsmax).Name, a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
+            kernel(device.Stream, device.GridStride, Weight._packed.View, absmax, Weight._table.View, Weight.ElementCount, Weight.State.BlockSize, Vectors, Output);
+        }
+    }
+
+    private readonly record struct DequantizeF32(DeviceQuantizedTensor Weight, ArrayView<UInt4> Vectors, ArrayView<float> Output) : IAbsmaxLaunch
+    {
+        public void Run<TAbsmax>(TAbsmax absmax)
+            where TAbsmax : struct, IAbsmaxSource
+        {
+            Device device = Weight._device;
+            var kernel = device.Kernel("dequantize.f32." + typeof(TAbsmax).Name, a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
+            kernel(device.Stream, device.GridStride, Weight._packed.View, absmax, Weight._table.View, Weight.ElementCount, Weight.State.BlockSize, Vectors, Output);
         }
     }
 
@@ -123,29 +145,23 @@ public sealed class DeviceQuantizedTensor : IDisposable
         Ops.ComputeDispatch.Run(x, new GemvLaunch(this, x, y, new GemvShape(batch, outFeatures, inFeatures, State.BlockSize)), nameof(x));
     }
 
-    private void Gemv<T, TE, TAbsmax>(TAbsmax absmax, DeviceTensor x, DeviceTensor y, GemvShape shape)
-        where T : unmanaged
-        where TE : struct, IElement<T>
-        where TAbsmax : struct, IAbsmaxSource
-    {
-        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemv.4bit." + typeof(TAbsmax).Name), a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, ArrayView<UInt4>, ArrayView<T>, GemvShape>(Nf4GemvKernels.Gemv<T, TE, TAbsmax>));
-        kernel(_device.Stream, _device.GridStride, _packed.View, absmax, _table.View, x.View<T>().Cast<UInt4>(), y.View<T>(), shape);
-    }
-
     private readonly record struct GemvLaunch(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor Y, GemvShape Shape) : Ops.IComputeLaunch
     {
         public void Run<T, TE>()
             where T : unmanaged
-            where TE : struct, IElement<T>
+            where TE : struct, IElement<T> => Weight.WithAbsmax(new GemvKernel<T, TE>(Weight, X, Y, Shape));
+    }
+
+    private readonly record struct GemvKernel<T, TE>(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor Y, GemvShape Shape) : IAbsmaxLaunch
+        where T : unmanaged
+        where TE : struct, IElement<T>
+    {
+        public void Run<TAbsmax>(TAbsmax absmax)
+            where TAbsmax : struct, IAbsmaxSource
         {
-            if (Weight._absmax is not null)
-            {
-                Weight.Gemv<T, TE, PlainAbsmaxSource>(new PlainAbsmaxSource(Weight._absmax.View), X, Y, Shape);
-            }
-            else
-            {
-                Weight.Gemv<T, TE, NestedAbsmaxSource>(Weight.Nested(), X, Y, Shape);
-            }
+            Device device = Weight._device;
+            var kernel = device.Kernel(Ops.ComputeDispatch.Key<TE>("gemv.4bit." + typeof(TAbsmax).Name), a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, ArrayView<UInt4>, ArrayView<T>, GemvShape>(Nf4GemvKernels.Gemv<T, TE, TAbsmax>));
+            kernel(device.Stream, device.GridStride, Weight._packed.View, absmax, Weight._table.View, X.View<T>().Cast<UInt4>(), Y.View<T>(), Shape);
         }
     }
 
@@ -212,11 +228,11 @@ public sealed class DeviceQuantizedTensor : IDisposable
             var mma = new MmaGemmShape(m, n, inner, alpha, beta, x.Dtype == QLoRA.Core.DType.F16 ? 1 : 0);
             if (x.Dtype == QLoRA.Core.DType.BF16)
             {
-                TensorCoreGemm<Bf16Element>(x, c, mma, transposeWeight);
+                WithAbsmax(new TensorCoreKernel<Bf16Element>(this, x, c, mma, transposeWeight));
             }
             else
             {
-                TensorCoreGemm<F16Element>(x, c, mma, transposeWeight);
+                WithAbsmax(new TensorCoreKernel<F16Element>(this, x, c, mma, transposeWeight));
             }
 
             return;
@@ -226,53 +242,38 @@ public sealed class DeviceQuantizedTensor : IDisposable
         Ops.ComputeDispatch.Run(x, new GemmLaunch(this, x, c, shape), nameof(x));
     }
 
-    private void Gemm<T, TE, TAbsmax>(TAbsmax absmax, DeviceTensor x, DeviceTensor c, Nf4GemmShape shape)
-        where T : unmanaged
-        where TE : struct, IElement<T>
-        where TAbsmax : struct, IAbsmaxSource
-    {
-        ArrayView<byte> bytes = _packed.View.AsContiguous().Cast<byte>();
-        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit." + typeof(TAbsmax).Name), a => a.LoadKernel<ArrayView<T>, ArrayView<byte>, TAbsmax, ArrayView<float>, ArrayView<T>, Nf4GemmShape>(Nf4GemmKernels.Gemm<T, TE, TAbsmax>));
-        kernel(_device.Stream, _device.GridStride, x.View<T>(), bytes, absmax, _table.View, c.View<T>(), shape);
-    }
-
-    private void TensorCoreGemm<TE>(DeviceTensor x, DeviceTensor c, MmaGemmShape shape, bool transposeWeight)
-        where TE : struct, IElement<ushort>
-    {
-        if (_absmax is not null)
-        {
-            TensorCoreGemm<TE, PlainAbsmaxSource>(new PlainAbsmaxSource(_absmax.View), x, c, shape, transposeWeight);
-        }
-        else
-        {
-            TensorCoreGemm<TE, NestedAbsmaxSource>(Nested(), x, c, shape, transposeWeight);
-        }
-    }
-
-    // The mma B operand is [N, K]: W itself for the forward (N = out, K = in), Wᵀ for the input gradient (N = in, K = out).
-    private void TensorCoreGemm<TE, TAbsmax>(TAbsmax absmax, DeviceTensor x, DeviceTensor c, MmaGemmShape shape, bool transposeWeight)
-        where TE : struct, IElement<ushort>
-        where TAbsmax : struct, IAbsmaxSource
-    {
-        var weight = new FourBitOperand<TE, TAbsmax>(_packed.View.AsContiguous().Cast<byte>(), absmax, _table.View, shape.N, shape.K, State.BlockSize, transposeWeight ? 0 : 1);
-        var kernel = _device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit.mma." + typeof(TAbsmax).Name), a => a.LoadKernel<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ArrayView<ushort>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ushort, TE>));
-        kernel(_device.Stream, _device.TensorCoreTiles(shape.M, shape.N), Ops.Gemm.Dense<TE>(x), weight, c.View<ushort>(), shape);
-    }
-
     private readonly record struct GemmLaunch(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor C, Nf4GemmShape Shape) : Ops.IComputeLaunch
     {
         public void Run<T, TE>()
             where T : unmanaged
-            where TE : struct, IElement<T>
+            where TE : struct, IElement<T> => Weight.WithAbsmax(new GemmKernel<T, TE>(Weight, X, C, Shape));
+    }
+
+    private readonly record struct GemmKernel<T, TE>(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor C, Nf4GemmShape Shape) : IAbsmaxLaunch
+        where T : unmanaged
+        where TE : struct, IElement<T>
+    {
+        public void Run<TAbsmax>(TAbsmax absmax)
+            where TAbsmax : struct, IAbsmaxSource
         {
-            if (Weight._absmax is not null)
-            {
-                Weight.Gemm<T, TE, PlainAbsmaxSource>(new PlainAbsmaxSource(Weight._absmax.View), X, C, Shape);
-            }
-            else
-            {
-                Weight.Gemm<T, TE, NestedAbsmaxSource>(Weight.Nested(), X, C, Shape);
-            }
+            Device device = Weight._device;
+            ArrayView<byte> bytes = Weight._packed.View.AsContiguous().Cast<byte>();
+            var kernel = device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit." + typeof(TAbsmax).Name), a => a.LoadKernel<ArrayView<T>, ArrayView<byte>, TAbsmax, ArrayView<float>, ArrayView<T>, Nf4GemmShape>(Nf4GemmKernels.Gemm<T, TE, TAbsmax>));
+            kernel(device.Stream, device.GridStride, X.View<T>(), bytes, absmax, Weight._table.View, C.View<T>(), Shape);
+        }
+    }
+
+    // The mma B operand is [N, K]: W itself for the forward (N = out, K = in), Wᵀ for the input gradient (N = in, K = out).
+    private readonly record struct TensorCoreKernel<TE>(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor C, MmaGemmShape Shape, bool TransposeWeight) : IAbsmaxLaunch
+        where TE : struct, IElement<ushort>
+    {
+        public void Run<TAbsmax>(TAbsmax absmax)
+            where TAbsmax : struct, IAbsmaxSource
+        {
+            Device device = Weight._device;
+            var weight = new FourBitOperand<TE, TAbsmax>(Weight._packed.View.AsContiguous().Cast<byte>(), absmax, Weight._table.View, Shape.N, Shape.K, Weight.State.BlockSize, TransposeWeight ? 0 : 1);
+            var kernel = device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit.mma." + typeof(TAbsmax).Name), a => a.LoadKernel<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ArrayView<ushort>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ushort, TE>));
+            kernel(device.Stream, device.TensorCoreTiles(Shape.M, Shape.N), Ops.Gemm.Dense<TE>(X), weight, C.View<ushort>(), Shape);
         }
     }
 
