@@ -211,6 +211,10 @@ public sealed partial class HfTokenizer
         return cleanUpTokenizationSpaces ?? Config.CleanUpTokenizationSpaces ? CleanUpTokenizationSpaces(text) : text;
     }
 
+    /// <summary>A streaming detokenizer for generated ids (see <see cref="IncrementalDetokenizer"/>).</summary>
+    public IncrementalDetokenizer CreateDetokenizer(bool skipSpecialTokens = true, bool? cleanUpTokenizationSpaces = null) =>
+        new(this, skipSpecialTokens, cleanUpTokenizationSpaces);
+
     /// <summary>transformers' <c>clean_up_tokenization</c>: removes the space before punctuation and English contractions.</summary>
     public static string CleanUpTokenizationSpaces(string text) => text
         .Replace(" .", ".", StringComparison.Ordinal).Replace(" ?", "?", StringComparison.Ordinal)
