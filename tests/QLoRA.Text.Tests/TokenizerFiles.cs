@@ -6,7 +6,7 @@ namespace QLoRA.Text.Tests;
 /// </summary>
 internal static class TokenizerFiles
 {
-    public static readonly string[] Models = ["llama3", "llama2", "qwen3", "gemma3"];
+    public static readonly string[] Models = ["llama3", "llama3_1", "llama2", "qwen3", "gemma3", "deepseek_v3", "gptoss"];
 
     public static string Cache =>
         Environment.GetEnvironmentVariable("QLORA_TOKENIZER_CACHE") is { Length: > 0 } c ? c
