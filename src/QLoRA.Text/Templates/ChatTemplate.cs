@@ -128,7 +128,9 @@ internal static class JsonValues
 
     public static Dictionary<object, object?> From(ChatMessage m)
     {
-        var d = new Dictionary<object, object?> { ["role"] = m.Role, ["content"] = m.Content };
+        // A message without content has no "content" key (undefined in the template), as a Python dict would.
+        var d = new Dictionary<object, object?> { ["role"] = m.Role };
+        if (m.Content is not null) d["content"] = m.Content;
         if (m.Extra is not null)
             foreach (var (k, v) in m.Extra) d[k] = From(v);
         return d;

@@ -183,7 +183,7 @@ internal sealed partial class Interpreter
             parts.Insert(0, s[..end]);
             return parts;
         }),
-        "splitlines" => new Callable("str.splitlines", (_, _) => s.Split('\n').Select(x => (object?)x.TrimEnd('\r')).Take(s.EndsWith('\n') ? s.Split('\n').Length - 1 : int.MaxValue).ToList()),
+        "splitlines" => new Callable("str.splitlines", (_, _) => SplitLines(s).Select(x => (object?)x).ToList()),
         "startswith" => new Callable("str.startswith", (a, _) => StartsOrEnds(s, a[0], true)),
         "endswith" => new Callable("str.endswith", (a, _) => StartsOrEnds(s, a[0], false)),
         "upper" => new Callable("str.upper", (_, _) => s.ToUpperInvariant()),

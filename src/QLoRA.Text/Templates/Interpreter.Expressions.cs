@@ -53,7 +53,7 @@ internal sealed partial class Interpreter
                     case "-":
                         return x switch
                         {
-                            long l => -l,
+                            long l => (object)(-l),
                             double d => -d,
                             bool b => b ? -1L : 0L,
                             _ => throw Runtime(u.Position, $"bad operand type for unary -: '{Py.TypeName(x)}'"),
@@ -213,7 +213,7 @@ internal sealed partial class Interpreter
         List<object?> list => list.Exists(x => Py.Equal(x, item)),
         Dictionary<object, object?> d => item is not null && item is not Undefined && d.Keys.Any(k => Py.Equal(k, item)),
         JinjaNamespace ns => item is string n && ns.Attributes.ContainsKey(n),
-        Undefined u => throw Runtime(position, $"'{u.Name}' is undefined"),
+        Undefined => false,   // jinja2's Undefined iterates as empty
         _ => throw Runtime(position, $"argument of type '{Py.TypeName(container)}' is not iterable"),
     };
 

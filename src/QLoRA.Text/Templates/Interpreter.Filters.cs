@@ -126,7 +126,7 @@ internal sealed partial class Interpreter
             case "abs":
                 return value switch
                 {
-                    long l => Math.Abs(l),
+                    long l => (object)Math.Abs(l),
                     double d => Math.Abs(d),
                     _ => throw new ArgumentException($"bad operand type for abs(): '{Py.TypeName(value)}'"),
                 };
@@ -136,13 +136,12 @@ internal sealed partial class Interpreter
                 int precision = (int)Py.ToLong(A(0, "precision", 0L));
                 string method = Soft(A(1, "method", "common"));
                 double scale = Math.Pow(10, precision);
-                double r = method switch
+                return method switch
                 {
                     "ceil" => Math.Ceiling(d * scale) / scale,
                     "floor" => Math.Floor(d * scale) / scale,
-                    _ => Math.Round(d * scale, MidpointRounding.AwayFromZero) / scale,
+                    _ => PyRound(d, precision),
                 };
-                return r;
             }
             case "sum":
             {
@@ -151,7 +150,7 @@ internal sealed partial class Interpreter
                 foreach (var x in Iterate(value, pos))
                 {
                     var v = attr is null ? x : GetAttrPath(x, attr, pos);
-                    total = total is double || v is double ? Py.ToDouble(total) + Py.ToDouble(v) : Py.ToLong(total) + Py.ToLong(v);
+                    total = total is double || v is double ? (object)(Py.ToDouble(total) + Py.ToDouble(v)) : Py.ToLong(total) + Py.ToLong(v);
                 }
                 return total;
             }
@@ -241,7 +240,7 @@ internal sealed partial class Interpreter
                 return result;
             }
             case "wordcount":
-                return (long)PySplit(Soft(value), null, -1).Count;
+                return (long)System.Text.RegularExpressions.Regex.Count(Soft(value), @"\w+");   // jinja2 counts \w+ runs
             case "escape" or "e" or "forceescape":
                 return Soft(value).Replace("&", "&amp;").Replace("<", "&lt;").Replace(">", "&gt;").Replace("\"", "&#34;").Replace("'", "&#39;");
             case "center":
@@ -255,6 +254,27 @@ internal sealed partial class Interpreter
             default:
                 throw Unsupported(pos, $"filter '{name}'");
         }
+    }
+
+    /// <summary>Python's <c>round(x, n)</c>: the exact binary value rounded to n decimals, ties to even.</summary>
+    private static double PyRound(double x, int digits)
+    {
+        if (double.IsNaN(x) || double.IsInfinity(x) || x == 0) return x;
+        long bits = BitConverter.DoubleToInt64Bits(x);
+        bool negative = bits < 0;
+        int exponent = (int)((bits >> 52) & 0x7FF);
+        long mantissa = bits & 0xFFFFFFFFFFFFFL;
+        if (exponent == 0) exponent++; else mantissa |= 1L << 52;
+        exponent -= 1075;                       // x = mantissa · 2^exponent
+        var num = new System.Numerics.BigInteger(mantissa);
+        var den = System.Numerics.BigInteger.One;
+        if (exponent >= 0) num <<= exponent; else den <<= -exponent;
+        if (digits >= 0) num *= System.Numerics.BigInteger.Pow(10, digits); else den *= System.Numerics.BigInteger.Pow(10, -digits);
+        var q = System.Numerics.BigInteger.DivRem(num, den, out var r);
+        int c = (r * 2).CompareTo(den);
+        if (c > 0 || (c == 0 && !q.IsEven)) q += 1;
+        string text = (negative ? "-" : "") + q.ToString(CultureInfo.InvariantCulture) + "e" + (-digits).ToString(CultureInfo.InvariantCulture);
+        return double.Parse(text, NumberStyles.Float, CultureInfo.InvariantCulture);
     }
 
     private object? GetAttrPath(object? x, object? attr, int pos)
@@ -287,20 +307,36 @@ internal sealed partial class Interpreter
 
     private static string Indent(string s, object? width, bool first, bool blank)
     {
+        // jinja2's do_indent, quirks included: a newline is appended before splitting into lines.
         string pad = width is string w ? w : new string(' ', (int)Py.ToLong(width));
-        string newline = "\n";
-        var lines = s.Split('\n');
-        var sb = new StringBuilder();
-        for (int i = 0; i < lines.Length; i++)
+        var lines = SplitLines(s + "\n");
+        string rv;
+        if (blank) rv = string.Join("\n" + pad, lines);
+        else
         {
-            if (i > 0) sb.Append(newline);
-            string line = lines[i];
-            bool indent = (i > 0 || first) && (blank || line.Trim().Length > 0 || (i == 0 && first && blank));
-            if (i == 0 && !first) indent = false;
-            if (indent && (blank || line.Length > 0 && line.Trim().Length > 0)) sb.Append(pad);
-            sb.Append(line);
+            rv = lines[0];
+            if (lines.Count > 1) rv += "\n" + string.Join("\n", lines.Skip(1).Select(l => l.Length > 0 ? pad + l : l));
         }
-        return sb.ToString();
+        return first ? pad + rv : rv;
+    }
+
+    /// <summary>Python's <c>str.splitlines()</c>.</summary>
+    internal static List<string> SplitLines(string s)
+    {
+        var lines = new List<string>();
+        int start = 0;
+        for (int i = 0; i < s.Length; i++)
+        {
+            char c = s[i];
+            if (c is '\n' or '\r' or '\v' or '\f' or '\x1c' or '\x1d' or '\x1e' or '\x85' or '\u2028' or '\u2029')
+            {
+                lines.Add(s[start..i]);
+                if (c == '\r' && i + 1 < s.Length && s[i + 1] == '\n') i++;
+                start = i + 1;
+            }
+        }
+        if (start < s.Length) lines.Add(s[start..]);
+        return lines;
     }
 
     private static object? ToInt(object? value, object? fallback, long @base) => value switch
@@ -330,8 +366,9 @@ internal sealed partial class Interpreter
             case "number": return value is long or double or bool;
             case "string": return value is string;
             case "mapping": return value is Dictionary<object, object?>;
-            case "iterable": return value is string or List<object?> or Dictionary<object, object?>;
-            case "sequence": return value is string or List<object?> or Dictionary<object, object?>;
+            // jinja2's Undefined defines __iter__, __len__ and __getitem__, so it passes both.
+            case "iterable": return value is string or List<object?> or Dictionary<object, object?> or Undefined;
+            case "sequence": return value is string or List<object?> or Dictionary<object, object?> or Undefined;
             case "callable": return value is Callable or Macro;
             case "sameas": return ReferenceEquals(value, A0()) || (value is null && A0() is null) || (value is bool b1 && A0() is bool b2 && b1 == b2);
             case "eq" or "equalto" or "==": return Py.Equal(value, A0());

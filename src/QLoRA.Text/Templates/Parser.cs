@@ -649,6 +649,7 @@ internal sealed class Parser
                     args = a;
                 }
                 else if (Current.Kind is TokenKind.String or TokenKind.Integer or TokenKind.Float
+                         || IsOp("[") || IsOp("{")
                          || (Current.Kind == TokenKind.Name && Current.Value is not ("and" or "or" or "else" or "if" or "in" or "not" or "is")))
                 {
                     args.Add(ParsePostfix(ParsePrimary()));
