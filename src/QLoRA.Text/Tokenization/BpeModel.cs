@@ -17,8 +17,7 @@ internal sealed class BpeModel
 
     private readonly Dictionary<string, int> _vocab;
     private readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _vocabBySpan;
-    private readonly Dictionary<long, int> _mergeRank;   // (left id, right id) → rank
-    private readonly int[] _mergeResult;                 // rank → merged id
+    private readonly Dictionary<long, long> _merges;     // (left id, right id) → (rank, merged id)
     private readonly string[] _idToToken;
     private readonly int[] _byteFallbackIds;             // byte → id of "<0xXX>", or -1
     private readonly ConcurrentDictionary<string, int[]> _cache = new();
@@ -47,8 +46,7 @@ internal sealed class BpeModel
 
         Prefix = string.IsNullOrEmpty(continuingSubwordPrefix) ? null : continuingSubwordPrefix;
         Suffix = string.IsNullOrEmpty(endOfWordSuffix) ? null : endOfWordSuffix;
-        _mergeRank = new Dictionary<long, int>(merges.Count);
-        _mergeResult = new int[merges.Count];
+        _merges = new Dictionary<long, long>(merges.Count);
         int prefixLength = Prefix?.Length ?? 0;
         for (int rank = 0; rank < merges.Count; rank++)
         {
@@ -58,8 +56,7 @@ internal sealed class BpeModel
             string merged = left + (prefixLength > 0 && right.StartsWith(Prefix!, StringComparison.Ordinal) ? right[prefixLength..] : right);
             if (!vocab.TryGetValue(merged, out int m))
                 throw new TextFormatException(filePath, $"model.merges[{rank}]", $"merge '{left} {right}' yields '{merged}', which is not in the vocabulary");
-            _mergeRank[Key(a, b)] = rank;   // a repeated merge keeps its last rank, as the Rust library's map does
-            _mergeResult[rank] = m;
+            _merges[Key(a, b)] = Key(rank, m);   // a repeated merge keeps its last rank, as the Rust library's map does
         }
 
         if (unkToken is not null)
@@ -202,7 +199,27 @@ internal sealed class BpeModel
         return true;
     }
 
-    private bool TryRank(in Symbol left, in Symbol right, out int rank) => _mergeRank.TryGetValue(Key(left.Id, right.Id), out rank);
+    /// <summary>
+    /// Replaces the merges by explicit (left, right) → (priority, merged id) entries; equal priorities are allowed and
+    /// resolve leftmost first (SentencePiece's BPE, where a pair's priority is the merged piece's score).
+    /// </summary>
+    internal void SetMerges(IEnumerable<(int Left, int Right, int Priority, int Merged)> merges)
+    {
+        _merges.Clear();
+        foreach (var (l, r, p, m) in merges) _merges[Key(l, r)] = Key(p, m);
+    }
+
+    private bool TryRank(in Symbol left, in Symbol right, out int rank, out int merged)
+    {
+        if (_merges.TryGetValue(Key(left.Id, right.Id), out long v))
+        {
+            rank = (int)(v >> 32);
+            merged = (int)v;
+            return true;
+        }
+        rank = merged = 0;
+        return false;
+    }
 
     private void MergeNaive(Span<Symbol> s)
     {
@@ -210,11 +227,11 @@ internal sealed class BpeModel
         int n = s.Length;
         while (n > 1)
         {
-            int best = -1, bestRank = int.MaxValue;
+            int best = -1, bestRank = int.MaxValue, bestMerged = 0;
             for (int i = 0; i + 1 < n; i++)
-                if (TryRank(s[i], s[i + 1], out int r) && r < bestRank) { bestRank = r; best = i; }
+                if (TryRank(s[i], s[i + 1], out int r, out int m) && r < bestRank) { bestRank = r; best = i; bestMerged = m; }
             if (best < 0) break;
-            s[best] = new Symbol(_mergeResult[bestRank], s[best].Start, s[best + 1].End);
+            s[best] = new Symbol(bestMerged, s[best].Start, s[best + 1].End);
             s.Slice(best + 2, n - best - 2).CopyTo(s.Slice(best + 1));
             n--;
         }
@@ -229,20 +246,20 @@ internal sealed class BpeModel
         for (int i = 0; i < n; i++) { prev[i] = i - 1; next[i] = i + 1 < n ? i + 1 : -1; }
         var heap = new PriorityQueue<(int Pos, int NewId), (int Rank, int Pos)>();
         for (int i = 0; i + 1 < n; i++)
-            if (TryRank(s[i], s[i + 1], out int r)) heap.Enqueue((i, _mergeResult[r]), (r, i));
+            if (TryRank(s[i], s[i + 1], out int r, out int m)) heap.Enqueue((i, m), (r, i));
 
         while (heap.TryDequeue(out var top, out _))
         {
             int pos = top.Pos;
             if (!s[pos].Alive || next[pos] < 0) continue;
             int right = next[pos];
-            if (!TryRank(s[pos], s[right], out int rank) || _mergeResult[rank] != top.NewId) continue;
+            if (!TryRank(s[pos], s[right], out _, out int merged) || merged != top.NewId) continue;
             s[pos] = new Symbol(top.NewId, s[pos].Start, s[right].End);
             s[right] = s[right] with { Alive = false };
             next[pos] = next[right];
             if (next[right] >= 0) prev[next[right]] = pos;
-            if (prev[pos] >= 0 && TryRank(s[prev[pos]], s[pos], out int rp)) heap.Enqueue((prev[pos], _mergeResult[rp]), (rp, prev[pos]));
-            if (next[pos] >= 0 && TryRank(s[pos], s[next[pos]], out int rn)) heap.Enqueue((pos, _mergeResult[rn]), (rn, pos));
+            if (prev[pos] >= 0 && TryRank(s[prev[pos]], s[pos], out int rp, out int mp)) heap.Enqueue((prev[pos], mp), (rp, prev[pos]));
+            if (next[pos] >= 0 && TryRank(s[pos], s[next[pos]], out int rn, out int mn)) heap.Enqueue((pos, mn), (rn, pos));
         }
     }
 
