@@ -84,6 +84,9 @@ internal sealed class BpeModel
     public string? Prefix { get; }
     public string? Suffix { get; }
 
+    /// <summary>Number of vocabulary entries (the Rust library's <c>get_vocab_size</c>).</summary>
+    public int VocabularyCount => _vocab.Count;
+
     /// <summary>Number of ids (highest id + 1).</summary>
     public int VocabularySize => _idToToken.Length;
 

@@ -260,6 +260,36 @@ public sealed partial class HfTokenizer
         throw new FileNotFoundException($"{folder}: no tokenizer.json or tokenizer.model", json);
     }
 
+    /// <summary>
+    /// The ids the Rust library gives added tokens when it loads a file: in file order, a token whose content is already
+    /// known (an earlier added token or the model's vocabulary) takes that id, any other the next id after the model's
+    /// vocabulary and the added tokens so far. The ids written in the file are only a check there; so they are here.
+    /// </summary>
+    private static List<AddedToken> AssignIds(List<AddedToken> tokens, BpeModel model)
+    {
+        var idOf = new Dictionary<string, int>(StringComparer.Ordinal);
+        var byId = new Dictionary<int, AddedToken>();
+        var seen = new HashSet<AddedToken>();
+        int vocabSize = model.VocabularyCount;
+        foreach (var t in tokens)
+        {
+            if (t.Content.Length == 0 || !seen.Add(t with { Id = 0 })) continue;   // an identical token is ignored
+            if (!idOf.TryGetValue(t.Content, out int id) && !model.TryGetId(t.Content, out id))
+            {
+                if (idOf.Count == 0) id = vocabSize;
+                else
+                {
+                    int max = idOf.Values.Max();
+                    id = max >= vocabSize || vocabSize == 0 ? max + 1 : vocabSize;
+                }
+            }
+            idOf[t.Content] = id;
+            byId[id] = t with { Id = id };
+        }
+        // One entry per content (a later duplicate replaced the earlier), in id order as the library serializes them.
+        return [.. byId.Values.Where(t => idOf[t.Content] == t.Id).OrderBy(t => t.Id)];
+    }
+
     internal static HfTokenizer FromJson(JsonElement root, string path, TokenizerConfig config)
     {
         if (root.ValueKind != JsonValueKind.Object) throw new TextFormatException(path, null, "must be a JSON object");
@@ -271,7 +301,7 @@ public sealed partial class HfTokenizer
         var normalizer = reader.ReadNormalizer(root.OptElement("normalizer"));
         var pre = reader.ReadPreTokenizer(root.OptElement("pre_tokenizer"), out bool byteLevel);
         var model = reader.ReadModel(root.OptElement("model"));
-        var added = reader.ReadAddedTokens(root);
+        var added = AssignIds(reader.ReadAddedTokens(root), model);
         var decoder = reader.ReadDecoder(root.OptElement("decoder"));
         var lookup = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var t in added) lookup[t.Content] = t.Id;
