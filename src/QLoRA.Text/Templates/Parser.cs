@@ -135,6 +135,8 @@ internal sealed class Parser
             }
             default:
                 if (UnsupportedTags.Contains(tag)) throw Unsupported(pos, $"tag '{tag}'");
+                if (tag.StartsWith("end", StringComparison.Ordinal) || tag is "else" or "elif")
+                    throw Syntax(pos, $"unexpected '{{% {tag} %}}' with no open block to close");
                 throw Syntax(pos, $"unknown tag '{tag}'");
         }
     }
