@@ -20,8 +20,7 @@ public class ChatTemplateRender
     [GlobalSetup]
     public void Setup()
     {
-        string cache = Environment.GetEnvironmentVariable("QLORA_TOKENIZER_CACHE") is { Length: > 0 } c ? c
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "qlora-tokenizers");
+        string cache = TokenizerCache.Folder;
         var tok = HfTokenizer.FromFolder(Path.Combine(cache, Model));
         _template = ChatTemplate.Parse(tok.Config.ChatTemplate!, Model);
         _formatter = new ChatFormatter(tok, _template);

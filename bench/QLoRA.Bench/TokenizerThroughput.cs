@@ -29,8 +29,7 @@ public class TokenizerThroughput
     [GlobalSetup]
     public void Setup()
     {
-        string cache = Environment.GetEnvironmentVariable("QLORA_TOKENIZER_CACHE") is { Length: > 0 } c ? c
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "qlora-tokenizers");
+        string cache = TokenizerCache.Folder;
         string dir = Path.Combine(cache, Model);
         if (!File.Exists(Path.Combine(dir, "tokenizer.json")))
             throw new FileNotFoundException($"{dir}/tokenizer.json is missing: run tests/data/fetch-tokenizers.sh");

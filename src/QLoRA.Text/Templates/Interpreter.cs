@@ -121,14 +121,8 @@ internal sealed partial class Interpreter(string source, string name)
                 ExecSet(s, scope);
                 return Flow.Normal;
             case SetBlockNode sb:
-            {
-                var buffer = new StringBuilder();
-                RenderNested(sb.Body, scope, buffer);
-                object? value = buffer.ToString();
-                foreach (var filter in sb.Filters) value = ApplyFilter(filter, value, scope);
-                scope.Set(sb.Name, value);
+                scope.Set(sb.Name, RenderFiltered(sb.Body, sb.Filters, scope));
                 return Flow.Normal;
-            }
             case MacroNode m:
                 scope.Set(m.Name, new Macro(m, scope, this));
                 return Flow.Normal;
@@ -143,14 +137,8 @@ internal sealed partial class Interpreter(string source, string name)
                 return Flow.Normal;
             }
             case FilterBlockNode fb:
-            {
-                var buffer = new StringBuilder();
-                RenderNested(fb.Body, scope, buffer);
-                object? value = buffer.ToString();
-                foreach (var filter in fb.Filters) value = ApplyFilter(filter, value, scope);
-                _out.Append(Py.Str(value));
+                _out.Append(Py.Str(RenderFiltered(fb.Body, fb.Filters, scope)));
                 return Flow.Normal;
-            }
             case BreakNode b:
                 if (_loopDepth == 0) throw Syntax(b.Position, "'break' outside a loop");
                 return Flow.Break;
@@ -170,6 +158,16 @@ internal sealed partial class Interpreter(string source, string name)
             default:
                 throw Runtime(node.Position, $"cannot execute {node.GetType().Name}");
         }
+    }
+
+    /// <summary>A block's output passed through filters (block set, filter tag).</summary>
+    private object? RenderFiltered(List<Node> body, List<FilterExpr> filters, Scope scope)
+    {
+        var buffer = new StringBuilder();
+        RenderNested(body, scope, buffer);
+        object? value = buffer.ToString();
+        foreach (var filter in filters) value = ApplyFilter(filter, value, scope);
+        return value;
     }
 
     private Flow ExecFor(ForNode f, Scope scope)
@@ -251,21 +249,10 @@ internal sealed partial class Interpreter(string source, string name)
         _ => throw Runtime(position, $"'{Py.TypeName(value)}' object is not iterable"),
     };
 
-    public TemplateRuntimeException Runtime(int position, string message, Exception? inner = null)
-    {
-        var (line, col) = Lexer.Position(source, position);
-        return new TemplateRuntimeException(name, line, col, message, inner);
-    }
+    public TemplateRuntimeException Runtime(int position, string message, Exception? inner = null) =>
+        TemplateErrors.Runtime(source, name, position, message, inner);
 
-    public TemplateSyntaxException Syntax(int position, string message)
-    {
-        var (line, col) = Lexer.Position(source, position);
-        return new TemplateSyntaxException(name, line, col, message);
-    }
+    public TemplateSyntaxException Syntax(int position, string message) => TemplateErrors.Syntax(source, name, position, message);
 
-    public TemplateUnsupportedException Unsupported(int position, string construct)
-    {
-        var (line, col) = Lexer.Position(source, position);
-        return new TemplateUnsupportedException(name, line, col, construct);
-    }
+    public TemplateUnsupportedException Unsupported(int position, string construct) => TemplateErrors.Unsupported(source, name, position, construct);
 }

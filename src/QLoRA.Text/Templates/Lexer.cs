@@ -287,11 +287,7 @@ internal sealed class Lexer(string source, string name, bool trimBlocks = true, 
         return v;
     }
 
-    private TemplateSyntaxException Error(int position, string message)
-    {
-        var (line, column) = Position(source, position);
-        return new TemplateSyntaxException(name, line, column, message);
-    }
+    private TemplateSyntaxException Error(int position, string message) => TemplateErrors.Syntax(source, name, position, message);
 
     public static (int Line, int Column) Position(string source, int position)
     {

@@ -31,17 +31,9 @@ internal sealed class Parser
 
     private Token Next() => _tokens[_i++];
 
-    private TemplateSyntaxException Syntax(int position, string message)
-    {
-        var (line, col) = Lexer.Position(_source, position);
-        return new TemplateSyntaxException(_name, line, col, message);
-    }
+    private TemplateSyntaxException Syntax(int position, string message) => TemplateErrors.Syntax(_source, _name, position, message);
 
-    private TemplateUnsupportedException Unsupported(int position, string construct)
-    {
-        var (line, col) = Lexer.Position(_source, position);
-        return new TemplateUnsupportedException(_name, line, col, construct);
-    }
+    private TemplateUnsupportedException Unsupported(int position, string construct) => TemplateErrors.Unsupported(_source, _name, position, construct);
 
     private bool IsOp(string op) => Current.Kind == TokenKind.Operator && Current.Value == op;
 

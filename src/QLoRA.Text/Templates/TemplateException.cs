@@ -34,3 +34,25 @@ public sealed class TemplateRaisedException(string source, int line, int column,
     /// <summary>The template's own message.</summary>
     public string TemplateMessage { get; } = message;
 }
+
+/// <summary>Builds template exceptions from a source offset.</summary>
+internal static class TemplateErrors
+{
+    public static TemplateSyntaxException Syntax(string source, string name, int position, string message)
+    {
+        var (line, col) = Lexer.Position(source, position);
+        return new TemplateSyntaxException(name, line, col, message);
+    }
+
+    public static TemplateUnsupportedException Unsupported(string source, string name, int position, string construct)
+    {
+        var (line, col) = Lexer.Position(source, position);
+        return new TemplateUnsupportedException(name, line, col, construct);
+    }
+
+    public static TemplateRuntimeException Runtime(string source, string name, int position, string message, Exception? inner = null)
+    {
+        var (line, col) = Lexer.Position(source, position);
+        return new TemplateRuntimeException(name, line, col, message, inner);
+    }
+}
