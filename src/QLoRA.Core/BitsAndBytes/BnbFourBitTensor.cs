@@ -89,11 +89,8 @@ public static class BnbFourBitTensor
             throw new CheckpointFormatException(path, stateName, $"quant_type '{json.QuantType.ToBnbName()}' disagrees with the entry's name");
         }
 
-        long count = 1;
-        foreach (long d in json.Shape)
-        {
-            count = checked(count * d);
-        }
+        long count = BlockwiseLayout.TryElementCount(json.Shape)
+            ?? throw new CheckpointFormatException(path, stateName, $"shape [{string.Join(", ", json.Shape)}] holds more than 2^63 elements");
 
         SafeTensorInfo weight = Expect(file, name, DType.U8);
         if (weight.ElementCount != BlockwiseLayout.PackedByteCount(count))

@@ -42,7 +42,11 @@ public sealed record BnbQuantStateJson(QuantType QuantType, int BlockSize, DType
         JsonDocument document;
         try
         {
-            document = JsonDocument.Parse(utf8.ToArray());
+            document = JsonDocument.Parse(new UTF8Encoding(false, true).GetBytes(new UTF8Encoding(false, true).GetString(utf8)));
+        }
+        catch (DecoderFallbackException e)
+        {
+            throw new CheckpointFormatException(file, tensor, "the packed quant state is not valid UTF-8", e);
         }
         catch (JsonException e)
         {
@@ -55,6 +59,15 @@ public sealed record BnbQuantStateJson(QuantType QuantType, int BlockSize, DType
             if (root.ValueKind != JsonValueKind.Object)
             {
                 throw new CheckpointFormatException(file, tensor, "the packed quant state must be a JSON object");
+            }
+
+            var keys = new HashSet<string>(StringComparer.Ordinal);
+            foreach (JsonProperty property in root.EnumerateObject())
+            {
+                if (!keys.Add(property.Name))
+                {
+                    throw new CheckpointFormatException(file, tensor, $"the packed quant state repeats the key '{property.Name}'");
+                }
             }
 
             string typeName = String(root, "quant_type", file, tensor);
@@ -91,25 +104,40 @@ public sealed record BnbQuantStateJson(QuantType QuantType, int BlockSize, DType
                 shape.Add(dim);
             }
 
+            if (BlockwiseLayout.TryElementCount(shape) is null)
+            {
+                throw new CheckpointFormatException(file, tensor, $"shape [{string.Join(", ", shape)}] holds more than 2^63 elements");
+            }
+
             int? nestedBlockSize = null;
             double? offset = null;
             if (root.TryGetProperty("nested_blocksize", out _))
             {
                 nestedBlockSize = Int(root, "nested_blocksize", file, tensor);
-                if (nestedBlockSize <= 0)
+                if (nestedBlockSize is not > 0 || !BlockwiseLayout.IsValidNestedBlockSize(nestedBlockSize.Value))
                 {
-                    throw new CheckpointFormatException(file, tensor, $"nested_blocksize {nestedBlockSize} must be positive");
+                    throw new CheckpointFormatException(file, tensor, $"nested_blocksize {nestedBlockSize} is not a power of two in 32..4096 (bitsandbytes writes 256)");
                 }
 
-                if (!root.TryGetProperty("nested_offset", out JsonElement o) || o.ValueKind != JsonValueKind.Number || !double.IsFinite(o.GetDouble()))
+                // The offset is applied in float32: a value beyond float32's range cannot be honoured.
+                if (!root.TryGetProperty("nested_offset", out JsonElement o) || o.ValueKind != JsonValueKind.Number
+                    || !o.TryGetDouble(out double od) || !double.IsFinite(od) || Math.Abs(od) > float.MaxValue)
                 {
-                    throw new CheckpointFormatException(file, tensor, "a double-quantized state needs a finite numeric 'nested_offset'");
+                    throw new CheckpointFormatException(file, tensor, "a double-quantized state needs a numeric 'nested_offset' within float32's range");
                 }
 
-                offset = o.GetDouble();
-                if (root.TryGetProperty("nested_dtype", out JsonElement nd) && nd.GetString() is string ndName && ndName != "float32")
+                offset = od;
+                if (root.TryGetProperty("nested_dtype", out JsonElement nd))
                 {
-                    throw new CheckpointFormatException(file, tensor, $"nested_dtype '{ndName}' is not float32");
+                    if (nd.ValueKind != JsonValueKind.String)
+                    {
+                        throw new CheckpointFormatException(file, tensor, $"nested_dtype must be a string, not {nd.GetRawText()}");
+                    }
+
+                    if (nd.GetString() != "float32")
+                    {
+                        throw new CheckpointFormatException(file, tensor, $"nested_dtype '{nd.GetString()}' is not float32");
+                    }
                 }
             }
 

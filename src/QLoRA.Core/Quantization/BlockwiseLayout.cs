@@ -16,6 +16,9 @@ public static class BlockwiseLayout
     public static bool IsValidBlockSize(int blockSize) =>
         blockSize is >= MinBlockSize and <= MaxBlockSize && (blockSize & (blockSize - 1)) == 0;
 
+    /// <summary>True for nested (double-quantization) block sizes this library decodes: powers of two in 32..4096.</summary>
+    public static bool IsValidNestedBlockSize(int blockSize) => IsValidBlockSize(blockSize);
+
     /// <summary>Throws unless <paramref name="blockSize"/> is a power of two in 32..4096.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The block size is not supported.</exception>
     public static void ValidateBlockSize(int blockSize)
@@ -27,8 +30,36 @@ public static class BlockwiseLayout
     }
 
     /// <summary>Number of blocks (absmax values) for <paramref name="elementCount"/> elements: ceil(n / blockSize).</summary>
-    public static long BlockCount(long elementCount, int blockSize) => (elementCount + blockSize - 1) / blockSize;
+    /// <exception cref="ArgumentOutOfRangeException">A negative count, or a block size that is not a power of two in 32..4096.</exception>
+    public static long BlockCount(long elementCount, int blockSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(elementCount);
+        ValidateBlockSize(blockSize);
+        return elementCount / blockSize + (elementCount % blockSize != 0 ? 1 : 0);   // no overflow near long.MaxValue
+    }
 
     /// <summary>Packed byte count for <paramref name="elementCount"/> 4-bit codes: ceil(n / 2).</summary>
-    public static long PackedByteCount(long elementCount) => (elementCount + 1) / 2;
+    /// <exception cref="ArgumentOutOfRangeException">A negative count.</exception>
+    public static long PackedByteCount(long elementCount)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(elementCount);
+        return elementCount / 2 + (elementCount & 1);
+    }
+
+    /// <summary>The element count of <paramref name="shape"/>, or null when a dimension is negative or the product overflows.</summary>
+    public static long? TryElementCount(IReadOnlyList<long> shape)
+    {
+        long count = 1;
+        foreach (long d in shape)
+        {
+            if (d < 0 || (d != 0 && count > long.MaxValue / d))
+            {
+                return null;
+            }
+
+            count *= d;
+        }
+
+        return count;
+    }
 }

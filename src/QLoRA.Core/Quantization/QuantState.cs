@@ -18,16 +18,8 @@ public sealed class QuantState
             throw new ArgumentException($"A 4-bit tensor's original dtype must be F32, BF16 or F16, not {dtype}.", nameof(dtype));
         }
 
-        long count = 1;
-        foreach (long d in shape)
-        {
-            if (d < 0)
-            {
-                throw new ArgumentException($"Shape [{string.Join(", ", shape)}] has a negative dimension.", nameof(shape));
-            }
-
-            count = checked(count * d);
-        }
+        long count = BlockwiseLayout.TryElementCount(shape)
+            ?? throw new ArgumentException($"Shape [{string.Join(", ", shape)}] has a negative dimension or more than 2^63 elements.", nameof(shape));
 
         long blocks = BlockwiseLayout.BlockCount(count, blockSize);
         if (absmax.Count != blocks)

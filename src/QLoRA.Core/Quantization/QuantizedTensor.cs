@@ -47,13 +47,10 @@ public sealed class QuantizedTensor
     public static QuantizedTensor Quantize(ReadOnlySpan<byte> data, DType dtype, IReadOnlyList<long> shape, QuantizationOptions? options = null, string? name = null)
     {
         options ??= QuantizationOptions.Default;
-        long count = 1;
-        foreach (long d in shape)
-        {
-            count = checked(count * d);
-        }
-
-        if (data.Length != count * dtype.SizeInBytes())
+        BlockwiseLayout.ValidateBlockSize(options.BlockSize);
+        long count = BlockwiseLayout.TryElementCount(shape)
+            ?? throw new ArgumentException($"{(name is null ? "Shape" : $"Tensor '{name}'")}: shape [{string.Join(", ", shape)}] has a negative dimension or more than 2^63 elements.", nameof(shape));
+        if (count > int.MaxValue || data.Length != count * dtype.SizeInBytes())
         {
             throw new ArgumentException($"{(name is null ? "Data" : $"Tensor '{name}'")}: {data.Length} bytes do not hold shape [{string.Join(", ", shape)}] of {dtype}.", nameof(data));
         }

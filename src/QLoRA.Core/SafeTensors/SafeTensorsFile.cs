@@ -142,9 +142,10 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         SafeTensorInfo info = GetInfo(name);
-        if (offset < 0 || length < 0 || offset + length > info.ByteLength)
+        // Compared without forming offset + length, which overflows for offsets near long.MaxValue.
+        if (offset < 0 || length < 0 || offset > info.ByteLength || length > info.ByteLength - offset)
         {
-            throw new ArgumentOutOfRangeException(nameof(offset), $"Slice [{offset}, {offset + length}) is outside '{name}' ({info.ByteLength} bytes).");
+            throw new ArgumentOutOfRangeException(nameof(offset), $"Slice at {offset} of {length} bytes is outside '{name}' ({info.ByteLength} bytes).");
         }
 
         return new ReadOnlySpan<byte>(_data + info.Begin + offset, length);

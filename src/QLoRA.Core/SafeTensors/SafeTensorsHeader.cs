@@ -88,6 +88,16 @@ internal static class SafeTensorsHeader
             throw new SafeTensorsFormatException(path, name, $"entry must be an object with dtype, shape and data_offsets, not {value.ValueKind}");
         }
 
+        // JsonDocument keeps the last of repeated keys; safetensors' own parser rejects them, and so do we.
+        var keys = new HashSet<string>(StringComparer.Ordinal);
+        foreach (JsonProperty property in value.EnumerateObject())
+        {
+            if (!keys.Add(property.Name))
+            {
+                throw new SafeTensorsFormatException(path, name, $"key '{property.Name}' appears twice in the entry");
+            }
+        }
+
         if (!value.TryGetProperty("dtype", out JsonElement dtypeElement) || dtypeElement.ValueKind != JsonValueKind.String)
         {
             throw new SafeTensorsFormatException(path, name, "missing string field 'dtype'");
