@@ -56,7 +56,17 @@ public static class BnbFourBitTensor
                 throw new NotSupportedException($"Absmax statistics of type {state.Absmax.GetType().Name} have no bitsandbytes layout.");
         }
 
-        entries.Add((new SafeTensorSpec(name + ".quant_map", DType.F32, [16]), Bytes(FourBitCodes.Values(state.Type).ToArray())));
+        // bitsandbytes builds FP4's map from Python numbers, where entry 8 is the integer -0: torch stores +0.0.
+        float[] quantMap = FourBitCodes.Values(state.Type).ToArray();
+        for (int i = 0; i < quantMap.Length; i++)
+        {
+            if (quantMap[i] == 0)
+            {
+                quantMap[i] = 0f;
+            }
+        }
+
+        entries.Add((new SafeTensorSpec(name + ".quant_map", DType.F32, [16]), Bytes(quantMap)));
         byte[] packedJson = Encoding.UTF8.GetBytes(json.ToJson());
         entries.Add((new SafeTensorSpec(name + QuantStatePrefix + state.Type.ToBnbName(), DType.U8, [packedJson.Length]), packedJson));
         return entries;
