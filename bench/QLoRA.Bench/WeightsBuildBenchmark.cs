@@ -43,7 +43,7 @@ internal static class WeightsBuildBenchmark
             Console.WriteLine("| what | time | GB/s of bf16 input | share of read pass |");
             Console.WriteLine("| --- | ---: | ---: | ---: |");
             Console.WriteLine($"| read pass (mmap, parallel) | {read:F3} s | {gb / read:F2} | 100% |");
-            Console.WriteLine($"| QuantizeWeights (NF4 + DQ, SHA-256, write) | {quantize:F3} s | {gb / quantize:F2} | {100 * read / quantize:F1}% |");
+            Console.WriteLine($"| QuantizeWeights (NF4 + DQ, XXH3-128, write) | {quantize:F3} s | {gb / quantize:F2} | {100 * read / quantize:F1}% |");
             Console.WriteLine($"| no-op dotnet build, with QLoRAWeights | {noOpWith:F3} s | | |");
             Console.WriteLine($"| no-op dotnet build, without | {noOpWithout:F3} s | | added {noOpWith - noOpWithout:F3} s |");
             Console.WriteLine(JsonSerializer.Serialize(new

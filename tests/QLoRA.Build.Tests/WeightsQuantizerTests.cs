@@ -1,4 +1,3 @@
-using System.Security.Cryptography;
 using System.Text.Json.Nodes;
 using QLoRA.Build.Tasks;
 using QLoRA.Core;
@@ -79,7 +78,8 @@ public class WeightsQuantizerTests
         Assert.Equal("nf4", q.Stored);
         Assert.Equal(64, q.BlockSize);
         Assert.True(q.DoubleQuant);
-        Assert.Equal(Convert.ToHexStringLower(SHA256.HashData(source["model.layers.1.self_attn.k_proj.weight"])), q.SourceSha256);
+        Assert.Equal(Convert.ToHexStringLower(System.IO.Hashing.XxHash128.Hash(source["model.layers.1.self_attn.k_proj.weight"])), q.SourceXxh3);
+        Assert.Null(q.SourceSha256);
         Assert.Equal("bf16", manifest.Tensors["lm_head.weight"].Stored);
         Assert.Equal(64, manifest.Config["hidden_size"]!.GetValue<int>());
         Assert.Empty(manifest.Tied);
@@ -204,5 +204,29 @@ public class WeightsQuantizerTests
         Assert.Equal("QLR1002", e.Code);
         Assert.Equal(Path.Combine(src, "model.safetensors"), e.File);
         Assert.Empty(Directory.GetFileSystemEntries(output));
+    }
+
+    [Fact]
+    public void SourceHashIsXxh128InItsCanonicalHexForm()
+    {
+        // XXH3-128 of the empty input, the reference implementation's published value (big-endian hex).
+        string dir = TempDir();
+        string path = Path.Combine(dir, "empty.safetensors");
+        QLoRA.Core.SafeTensors.SafeTensorsWriter.Save(path, [(new QLoRA.Core.SafeTensors.SafeTensorSpec("e", QLoRA.Core.DType.U8, [0]), ReadOnlyMemory<byte>.Empty),
+            (new QLoRA.Core.SafeTensors.SafeTensorSpec("big", QLoRA.Core.DType.U8, [(1 << 26) + 77]), Enumerable.Range(0, (1 << 26) + 77).Select(i => (byte)(i * 31 + (i >> 9))).ToArray())]);
+        using var file = QLoRA.Core.SafeTensors.SafeTensorsFile.Open(path);
+        Assert.Equal("99aa06d3014798d86001c324468d497f", WeightsQuantizer.Xxh3(file, file.GetInfo("e")));
+        // Streamed in 64 MiB slices, the same as hashing the whole tensor at once.
+        Assert.Equal(Convert.ToHexStringLower(System.IO.Hashing.XxHash128.Hash(file.GetBytes("big"))), WeightsQuantizer.Xxh3(file, file.GetInfo("big")));
+    }
+
+    [Fact]
+    public void ManifestsWithTheOlderSha256FieldStillLoad()
+    {
+        string path = Path.Combine(TempDir(), "old.qlora.json");
+        File.WriteAllText(path, """{"version": 1, "model": "old", "config": {}, "tied": [], "tensors": {"w": {"shape": [2, 64], "stored": "nf4", "blocksize": 64, "double_quant": true, "source_sha256": "ab12"}}}""");
+        var m = WeightsManifest.Read(path);
+        Assert.Equal("ab12", m.Tensors["w"].SourceSha256);
+        Assert.Equal("", m.Tensors["w"].SourceXxh3);
     }
 }

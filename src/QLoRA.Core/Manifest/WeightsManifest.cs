@@ -8,8 +8,12 @@ namespace QLoRA.Core.Manifest;
 /// <param name="Stored">nf4, fp4, bf16, f16 or f32.</param>
 /// <param name="BlockSize">Values per absmax block, for 4-bit storage.</param>
 /// <param name="DoubleQuant">Whether the absmax is double-quantized, for 4-bit storage.</param>
-/// <param name="SourceSha256">Lowercase hex SHA-256 of the source tensor's bytes.</param>
-public sealed record ManifestTensor(IReadOnlyList<long> Shape, string Stored, int? BlockSize, bool? DoubleQuant, string SourceSha256);
+/// <param name="SourceXxh3">Lowercase hex XXH3-128 of the source tensor's bytes (empty in manifests from before it).</param>
+public sealed record ManifestTensor(IReadOnlyList<long> Shape, string Stored, int? BlockSize, bool? DoubleQuant, string SourceXxh3)
+{
+    /// <summary>The SHA-256 that manifests written before <c>source_xxh3</c> carry, when present.</summary>
+    public string? SourceSha256 { get; init; }
+}
 
 /// <summary>
 /// <c>&lt;OutputName&gt;.qlora.json</c>: what the build quantized, for the source generator's compile-time checks and the
@@ -62,7 +66,7 @@ public sealed class WeightsManifest
                 entry["double_quant"] = dq;
             }
 
-            entry["source_sha256"] = t.SourceSha256;
+            entry["source_xxh3"] = t.SourceXxh3;
             tensors[name] = entry;
         }
 
@@ -114,7 +118,10 @@ public sealed class WeightsManifest
                     e["stored"]!.GetValue<string>(),
                     e["blocksize"]?.GetValue<int>(),
                     e["double_quant"]?.GetValue<bool>(),
-                    e["source_sha256"]?.GetValue<string>() ?? "");
+                    e["source_xxh3"]?.GetValue<string>() ?? "")
+                {
+                    SourceSha256 = e["source_sha256"]?.GetValue<string>(),
+                };
             }
             catch (Exception ex) when (ex is InvalidOperationException or NullReferenceException or FormatException)
             {
