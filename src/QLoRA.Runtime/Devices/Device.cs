@@ -3,6 +3,8 @@ using ILGPU.Algorithms;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
+using System.Globalization;
+using QLoRA.Core;
 
 namespace QLoRA.Runtime.Devices;
 
@@ -31,7 +33,7 @@ public sealed class Device : IDisposable
         _computeDtype = DefaultComputeDtype(accelerator);
     }
 
-    private QLoRA.Core.DType _computeDtype;
+    private DType _computeDtype;
 
     /// <summary>
     /// The dtype of activations, their gradients and dense frozen weights (embeddings, unquantized linears) for layers
@@ -41,10 +43,10 @@ public sealed class Device : IDisposable
     /// Set it before loading a model; <c>QLORA_COMPUTE_DTYPE=f32|bf16|f16</c> sets the initial value.
     /// </summary>
     /// <exception cref="ArgumentException">Set to a dtype other than F32, BF16 or F16.</exception>
-    public QLoRA.Core.DType ComputeDtype
+    public DType ComputeDtype
     {
         get => _computeDtype;
-        set => _computeDtype = value is QLoRA.Core.DType.F32 or QLoRA.Core.DType.BF16 or QLoRA.Core.DType.F16
+        set => _computeDtype = value is DType.F32 or DType.BF16 or DType.F16
             ? value
             : throw new ArgumentException($"The compute dtype is F32, BF16 or F16, not {value}.", nameof(value));
     }
@@ -52,25 +54,25 @@ public sealed class Device : IDisposable
     /// <summary>Environment variable that sets the initial <see cref="ComputeDtype"/>: <c>f32</c>, <c>bf16</c> or <c>f16</c>.</summary>
     public const string ComputeDtypeVariable = "QLORA_COMPUTE_DTYPE";
 
-    private static QLoRA.Core.DType DefaultComputeDtype(Accelerator accelerator) =>
+    private static DType DefaultComputeDtype(Accelerator accelerator) =>
         ParseComputeDtype(Environment.GetEnvironmentVariable(ComputeDtypeVariable)) ?? HardwareComputeDtype(accelerator);
 
     /// <summary>The dtype a QLORA_COMPUTE_DTYPE value names, or null when it is unset.</summary>
     /// <exception cref="DeviceNotAvailableException">The value names no compute dtype.</exception>
-    internal static QLoRA.Core.DType? ParseComputeDtype(string? value) => value?.Trim().ToLowerInvariant() switch
+    internal static DType? ParseComputeDtype(string? value) => value?.Trim().ToLowerInvariant() switch
     {
         null or "" => null,
-        "f32" or "float32" => QLoRA.Core.DType.F32,
-        "bf16" or "bfloat16" => QLoRA.Core.DType.BF16,
-        "f16" or "float16" => QLoRA.Core.DType.F16,
+        "f32" or "float32" => DType.F32,
+        "bf16" or "bfloat16" => DType.BF16,
+        "f16" or "float16" => DType.F16,
         string other => throw new DeviceNotAvailableException($"{ComputeDtypeVariable}='{other}' is not 'f32', 'bf16' or 'f16'."),
     };
 
-    private static QLoRA.Core.DType HardwareComputeDtype(Accelerator accelerator) => accelerator switch
+    private static DType HardwareComputeDtype(Accelerator accelerator) => accelerator switch
     {
-        CudaAccelerator cuda when cuda.Architecture is { } arch && arch.Major >= 8 => QLoRA.Core.DType.BF16,
-        CudaAccelerator => QLoRA.Core.DType.F16,
-        _ => QLoRA.Core.DType.F32,
+        CudaAccelerator cuda when cuda.Architecture is { } arch && arch.Major >= 8 => DType.BF16,
+        CudaAccelerator => DType.F16,
+        _ => DType.F32,
     };
 
     /// <summary>The caching allocator device tensors come from.</summary>
@@ -164,7 +166,7 @@ public sealed class Device : IDisposable
             return Cuda(0);
         }
 
-        if (s.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(s[5..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n))
+        if (s.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(s[5..], NumberStyles.None, CultureInfo.InvariantCulture, out int n))
         {
             return Cuda(n);
         }

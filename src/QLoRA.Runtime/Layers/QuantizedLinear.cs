@@ -1,4 +1,6 @@
 using QLoRA.Core;
+using QLoRA.Core.Quantization;
+using QLoRA.Core.Weights;
 using QLoRA.Runtime.Ops;
 using QLoRA.Runtime.Tensors;
 using Device = QLoRA.Runtime.Devices.Device;
@@ -35,12 +37,12 @@ public sealed class QuantizedLinear : IDisposable
     /// a dense one is quantized on load with <paramref name="quantizeDense"/> (QLoRA's defaults if null).
     /// </summary>
     /// <exception cref="CheckpointFormatException">Missing, of another shape (both shapes named), or stored with another 4-bit type or block size.</exception>
-    public static QuantizedLinear Load(Device device, QLoRA.Core.Weights.IWeightSource source, string name, int inFeatures, int outFeatures, QLoRA.Core.Quantization.QuantizationOptions? quantizeDense = null)
+    public static QuantizedLinear Load(Device device, IWeightSource source, string name, int inFeatures, int outFeatures, QuantizationOptions? quantizeDense = null)
     {
-        QLoRA.Core.Weights.WeightInfo info = QLoRA.Core.Weights.WeightSourceExtensions.Require(source, name, outFeatures, inFeatures);
-        QLoRA.Core.Quantization.QuantizedTensor tensor = info.QuantType is not null
+        WeightInfo info = WeightSourceExtensions.Require(source, name, outFeatures, inFeatures);
+        QuantizedTensor tensor = info.QuantType is not null
             ? source.ReadQuantized(name)
-            : QLoRA.Core.Quantization.QuantizedTensor.Quantize(source.ReadSingle(name), info.Shape, quantizeDense, name);
+            : QuantizedTensor.Quantize(source.ReadSingle(name), info.Shape, quantizeDense, name);
         if (info.QuantType is not null && quantizeDense is not null
             && (tensor.State.Type != quantizeDense.Type || tensor.State.BlockSize != quantizeDense.BlockSize))
         {

@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Runtime;
+using QLoRA.Core;
 using QLoRA.Core.Quantization;
 using QLoRA.Runtime.Devices;
 using QLoRA.Runtime.Kernels;
@@ -199,11 +200,11 @@ public sealed class DeviceQuantizedTensor : IDisposable
         Ops.Shapes.Require(c, x.Dtype, [m, n], nameof(c));
         if (path == Ops.GemmPath.Cublas || (path == Ops.GemmPath.Auto && !_device.Deterministic))
         {
-            if (_device.Blas is Native.Cublas blas && x.Dtype == QLoRA.Core.DType.BF16)
+            if (_device.Blas is Native.Cublas blas && x.Dtype == DType.BF16)
             {
                 // As bitsandbytes does: a transient bf16 copy of the weight, then cuBLAS (the benchmark compares this
                 // with the fused kernels, which never materialize the weight).
-                using DeviceTensor dense = DeviceTensor.Allocate(_device, QLoRA.Core.DType.BF16, outFeatures, inFeatures);
+                using DeviceTensor dense = DeviceTensor.Allocate(_device, DType.BF16, outFeatures, inFeatures);
                 DequantizeToBf16(dense.View<ushort>());
                 blas.Gemm(x, dense, c, transposeB: transposeWeight, alpha: alpha, beta: beta);
                 return;
@@ -215,7 +216,7 @@ public sealed class DeviceQuantizedTensor : IDisposable
             }
         }
 
-        bool tensorCoreShape = x.Dtype is QLoRA.Core.DType.BF16 or QLoRA.Core.DType.F16;
+        bool tensorCoreShape = x.Dtype is DType.BF16 or DType.F16;
         if (path == Ops.GemmPath.TensorCore && (!tensorCoreShape || !_device.CanHostTensorCoreTiles))
         {
             throw new ArgumentException(tensorCoreShape
@@ -225,8 +226,8 @@ public sealed class DeviceQuantizedTensor : IDisposable
 
         if (path == Ops.GemmPath.TensorCore || (path == Ops.GemmPath.Auto && tensorCoreShape && _device.HasTensorCoreMma))
         {
-            var mma = new MmaGemmShape(m, n, inner, alpha, beta, x.Dtype == QLoRA.Core.DType.F16 ? 1 : 0);
-            if (x.Dtype == QLoRA.Core.DType.BF16)
+            var mma = new MmaGemmShape(m, n, inner, alpha, beta, x.Dtype == DType.F16 ? 1 : 0);
+            if (x.Dtype == DType.BF16)
             {
                 WithAbsmax(new TensorCoreKernel<Bf16Element>(this, x, c, mma, transposeWeight));
             }
