@@ -18,7 +18,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     private readonly Dictionary<string, SafeTensorInfo> _byName;
     private bool _disposed;
 
-    private SafeTensorsFile(string path, MemoryMappedFile? map, MemoryMappedViewAccessor? view, byte* data, List<SafeTensorInfo> tensors, Dictionary<string, string> metadata, long headerLength)
+    private SafeTensorsFile(string path, MemoryMappedFile? map, MemoryMappedViewAccessor? view, byte* data, List<SafeTensorInfo> tensors, Dictionary<string, SafeTensorInfo> byName, Dictionary<string, string> metadata, long headerLength)
     {
         Path = path;
         _map = map;
@@ -27,7 +27,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         Tensors = tensors;
         Metadata = metadata;
         HeaderLength = headerLength;
-        _byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        _byName = byName;
     }
 
     /// <summary>The file's path.</summary>
@@ -85,8 +85,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable
 
                     var header = new ReadOnlySpan<byte>(start + 8, (int)headerLength);
                     long bufferLength = fileLength - 8 - (long)headerLength;
-                    (List<SafeTensorInfo> tensors, Dictionary<string, string> metadata) = SafeTensorsHeader.Parse(full, header, bufferLength);
-                    return new SafeTensorsFile(full, map, view, start + 8 + (long)headerLength, tensors, metadata, (long)headerLength);
+                    var (tensors, byName, metadata) = SafeTensorsHeader.Parse(full, header, bufferLength);
+                    return new SafeTensorsFile(full, map, view, start + 8 + (long)headerLength, tensors, byName, metadata, (long)headerLength);
                 }
                 catch
                 {

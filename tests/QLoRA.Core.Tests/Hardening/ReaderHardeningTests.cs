@@ -127,3 +127,51 @@ public sealed class ReaderHardeningTests
         Assert.Equal(path, e.FilePath);
     }
 }
+
+/// <summary>What opening a hostile header may cost in memory (time is measured by bench/'s HostileHeaderOpen, not here).</summary>
+public sealed class HostileHeaderCostTests
+{
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Many_empty_tensors_allocate_at_most_four_times_the_header(bool shuffled)
+    {
+        const int count = 150_000;
+        var order = Enumerable.Range(0, count).ToArray();
+        if (shuffled) new Random(1).Shuffle(order);
+        var sb = new StringBuilder(count * 60).Append('{');
+        for (int k = 0; k < count; k++)
+        {
+            if (k > 0) sb.Append(',');
+            sb.Append("\"t").Append(order[k]).Append("\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}");
+        }
+        byte[] json = Encoding.UTF8.GetBytes(sb.Append('}').ToString());
+        string path = Path.Combine(TestSupport.TempDir(), "many.safetensors");
+        using (var f = File.Create(path))
+        {
+            f.Write(BitConverter.GetBytes((long)json.Length));
+            f.Write(json);
+        }
+        SafeTensorsFile.Open(path).Dispose();   // JIT and page cache out of the measurement
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        using (var file = SafeTensorsFile.Open(path)) Assert.Equal(count, file.Tensors.Count);
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated <= 4L * json.Length, $"opening a {json.Length}-byte header allocated {allocated} bytes ({(double)allocated / json.Length:F2}×)");
+    }
+
+    [Fact]
+    public void A_whitespace_header_allocates_little()
+    {
+        byte[] json = Encoding.UTF8.GetBytes("{" + new string(' ', 5_000_000) + "}");
+        string path = Path.Combine(TestSupport.TempDir(), "blank.safetensors");
+        using (var f = File.Create(path))
+        {
+            f.Write(BitConverter.GetBytes((long)json.Length));
+            f.Write(json);
+        }
+        SafeTensorsFile.Open(path).Dispose();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        using (var file = SafeTensorsFile.Open(path)) Assert.Empty(file.Tensors);
+        Assert.True(GC.GetAllocatedBytesForCurrentThread() - before <= json.Length);
+    }
+}

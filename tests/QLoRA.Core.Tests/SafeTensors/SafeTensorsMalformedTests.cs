@@ -76,7 +76,8 @@ public class SafeTensorsMalformedTests
         { "duplicate-name", "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[4,8]}}", 8, "a", "more than once" },
         { "metadata-not-object", "{\"__metadata__\":[1],\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, "__metadata__", "object of string" },
         { "metadata-non-string", "{\"__metadata__\":{\"n\":1},\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, "__metadata__", "must be a string" },
-        { "deep-nesting", "{\"__metadata__\":{\"x\":" + new string('[', 64) + new string(']', 64) + "}}", 0, null, "not valid JSON" },
+        { "deep-nesting", "{\"__metadata__\":{\"x\":" + new string('[', 64) + new string(']', 64) + "}}", 0, "__metadata__", "must be a string" },
+        { "deep-nesting-in-an-unknown-field", "{\"t\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0],\"x\":" + new string('[', 64) + new string(']', 64) + "}}", 0, "t", "not valid JSON" },
     };
 
     [Theory]
