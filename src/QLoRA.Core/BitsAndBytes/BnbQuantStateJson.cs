@@ -42,11 +42,12 @@ public sealed record BnbQuantStateJson(QuantType QuantType, int BlockSize, DType
         JsonDocument document;
         try
         {
-            document = JsonDocument.Parse(new UTF8Encoding(false, true).GetBytes(new UTF8Encoding(false, true).GetString(utf8)));
-        }
-        catch (DecoderFallbackException e)
-        {
-            throw new CheckpointFormatException(file, tensor, "the packed quant state is not valid UTF-8", e);
+            if (!System.Text.Unicode.Utf8.IsValid(utf8))
+            {
+                throw new CheckpointFormatException(file, tensor, "the packed quant state is not valid UTF-8");
+            }
+
+            document = JsonDocument.Parse(utf8.ToArray());
         }
         catch (JsonException e)
         {

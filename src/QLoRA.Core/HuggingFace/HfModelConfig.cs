@@ -98,15 +98,7 @@ public sealed class HfModelConfig
     /// <exception cref="HfConfigException">As <see cref="Load"/>.</exception>
     public static HfModelConfig Parse(string json, string sourcePath = "config.json")
     {
-        JsonObject root;
-        try
-        {
-            root = JsonNode.Parse(json) as JsonObject ?? throw new HfConfigException(sourcePath, null, "the config must be a JSON object");
-        }
-        catch (JsonException e)
-        {
-            throw new HfConfigException(sourcePath, null, $"not valid JSON ({e.Message})", e);
-        }
+        JsonObject root = StrictJson.ParseObject(json, (problem, inner) => new HfConfigException(sourcePath, null, $"the config {problem}", inner));
 
         var r = new FieldReader(root, sourcePath);
         string modelType = r.String("model_type") ?? throw new HfConfigException(sourcePath, "model_type", "missing: the runtime needs to know the architecture");

@@ -86,50 +86,79 @@ public sealed class WeightsManifest
     public static WeightsManifest Read(string path)
     {
         string full = Path.GetFullPath(path);
-        JsonObject root;
-        try
-        {
-            root = JsonNode.Parse(File.ReadAllText(full)) as JsonObject ?? throw new CheckpointFormatException(full, null, "a manifest must be a JSON object");
-        }
-        catch (JsonException e)
-        {
-            throw new CheckpointFormatException(full, null, $"not valid JSON ({e.Message})", e);
-        }
-
-        if (root["version"]?.GetValue<int>() != CurrentVersion)
+        JsonObject root = StrictJson.ParseObject(File.ReadAllBytes(full), (problem, inner) => new CheckpointFormatException(full, null, $"the manifest {problem}", inner));
+        if (StrictJson.OptInt(root, "version", p => new CheckpointFormatException(full, "version", p)) != CurrentVersion)
         {
             throw new CheckpointFormatException(full, "version", $"manifest version {root["version"]?.ToJsonString() ?? "(missing)"} is not {CurrentVersion}");
         }
 
-        string model = root["model"]?.GetValue<string>() ?? throw new CheckpointFormatException(full, "model", "missing");
+        CheckpointFormatException Bad(string? item, string problem) => new(full, item, problem);
+        string model = Str(root["model"]) ?? throw Bad("model", "missing or not a string");
         var tensors = new Dictionary<string, ManifestTensor>(StringComparer.Ordinal);
         if (root["tensors"] is not JsonObject entries)
         {
-            throw new CheckpointFormatException(full, "tensors", "missing or not an object");
+            throw Bad("tensors", "missing or not an object");
         }
 
         foreach ((string name, JsonNode? node) in entries)
         {
-            try
+            if (node is not JsonObject e || e["shape"] is not JsonArray shapeArray || Str(e["stored"]) is not string stored)
             {
-                JsonObject e = node!.AsObject();
-                tensors[name] = new ManifestTensor(
-                    [.. e["shape"]!.AsArray().Select(d => d!.GetValue<long>())],
-                    e["stored"]!.GetValue<string>(),
-                    e["blocksize"]?.GetValue<int>(),
-                    e["double_quant"]?.GetValue<bool>(),
-                    e["source_xxh3"]?.GetValue<string>() ?? "")
-                {
-                    SourceSha256 = e["source_sha256"]?.GetValue<string>(),
-                };
+                throw Bad(name, "malformed manifest entry (needs shape and stored)");
             }
-            catch (Exception ex) when (ex is InvalidOperationException or NullReferenceException or FormatException)
+
+            var shape = new List<long>(shapeArray.Count);
+            foreach (JsonNode? d in shapeArray)
             {
-                throw new CheckpointFormatException(full, name, "malformed manifest entry (needs shape and stored)", ex);
+                if (d is not JsonValue v || v.GetValueKind() != JsonValueKind.Number || !v.TryGetValue(out long dim) || dim < 0)
+                {
+                    throw Bad(name, $"shape entry {d?.ToJsonString() ?? "null"} is not a non-negative integer");
+                }
+
+                shape.Add(dim);
+            }
+
+            int? blockSize = StrictJson.OptInt(e, "blocksize", p => Bad(name, $"blocksize {p}"));
+            bool? doubleQuant = e["double_quant"] switch
+            {
+                null => null,
+                JsonValue v when v.GetValueKind() is JsonValueKind.True or JsonValueKind.False => v.GetValue<bool>(),
+                var other => throw Bad(name, $"double_quant must be true or false, not {other.ToJsonString()}"),
+            };
+            tensors[name] = new ManifestTensor(shape, stored, blockSize, doubleQuant, OptStr(e, "source_xxh3", name) ?? "")
+            {
+                SourceSha256 = OptStr(e, "source_sha256", name),
+            };
+        }
+
+        var tied = new List<string>();
+        if (root["tied"] is JsonNode tiedNode)
+        {
+            if (tiedNode is not JsonArray t)
+            {
+                throw Bad("tied", "must be a list of tensor names");
+            }
+
+            foreach (JsonNode? n in t)
+            {
+                tied.Add(Str(n) ?? throw Bad("tied", $"entry {n?.ToJsonString() ?? "null"} is not a string"));
             }
         }
 
-        var tied = root["tied"] is JsonArray t ? t.Select(n => n!.GetValue<string>()).ToList() : [];
+        if (root["config"] is JsonNode c && c is not JsonObject)
+        {
+            throw Bad("config", "must be an object");
+        }
+
+        string? OptStr(JsonObject e, string field, string item) => e[field] switch
+        {
+            null => null,
+            var v => Str(v) ?? throw Bad(item, $"{field} must be a string, not {v.ToJsonString()}"),
+        };
+
         return new WeightsManifest(model, root["config"] as JsonObject ?? [], tied, tensors);
     }
+
+    private static string? Str(JsonNode? node) =>
+        node is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>() : null;
 }

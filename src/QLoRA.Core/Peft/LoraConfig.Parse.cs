@@ -24,15 +24,7 @@ public sealed partial class LoraConfig
     /// <exception cref="PeftAdapterException">As <see cref="Load"/>.</exception>
     public static LoraConfig Parse(string json, string sourcePath = FileName)
     {
-        JsonObject root;
-        try
-        {
-            root = JsonNode.Parse(json) as JsonObject ?? throw new PeftAdapterException(sourcePath, null, "the adapter config must be a JSON object");
-        }
-        catch (JsonException e)
-        {
-            throw new PeftAdapterException(sourcePath, null, $"not valid JSON ({e.Message})", e);
-        }
+        JsonObject root = StrictJson.ParseObject(json, (problem, inner) => new PeftAdapterException(sourcePath, null, $"the adapter config {problem}", inner));
 
         var f = new ConfigFields(root, sourcePath);
         string peftType = f.String("peft_type") ?? "LORA";

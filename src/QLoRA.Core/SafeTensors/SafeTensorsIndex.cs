@@ -29,15 +29,7 @@ public sealed class SafeTensorsIndex
     public static SafeTensorsIndex Read(string path)
     {
         string full = Path.GetFullPath(path);
-        JsonNode? root;
-        try
-        {
-            root = JsonNode.Parse(File.ReadAllBytes(full), documentOptions: new JsonDocumentOptions { AllowTrailingCommas = false });
-        }
-        catch (JsonException e)
-        {
-            throw new SafeTensorsFormatException(full, null, $"not valid JSON ({e.Message})", e);
-        }
+        JsonNode root = StrictJson.ParseObject(File.ReadAllBytes(full), (problem, inner) => new SafeTensorsFormatException(full, null, $"the index {problem}", inner));
 
         if (root is not JsonObject obj || obj["weight_map"] is not JsonObject map)
         {
