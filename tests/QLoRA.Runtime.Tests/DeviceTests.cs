@@ -28,9 +28,19 @@ public class DeviceTests
     public void AskingForMissingCudaSaysWhatToDo()
     {
         using var context = ILGPU.Context.Create(b => b.Cuda());
-        if (context.GetCudaDevices().Count > 0)
+        int count = context.GetCudaDevices().Count;
+        if (count > 0)
         {
-            return; // on a CUDA machine the device exists
+            // On a CUDA machine: the first device opens as CUDA, one past the last is refused with the same advice.
+            using (Device cuda = Device.Parse("cuda:0"))
+            {
+                Assert.Equal(DeviceKind.Cuda, cuda.Kind);
+                Assert.Contains("CUDA", cuda.Description, StringComparison.OrdinalIgnoreCase);
+            }
+
+            var missing = Assert.Throws<DeviceNotAvailableException>(() => Device.Parse($"cuda:{count}"));
+            Assert.Contains($"only {count} exist", missing.Message);
+            return;
         }
 
         var e = Assert.Throws<DeviceNotAvailableException>(() => Device.Parse("cuda:0"));
