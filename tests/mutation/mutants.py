@@ -1,0 +1,30 @@
+# Mutants for the mutation pass: (id, file, original text, mutated text, test project, xunit class filter).
+# Every occurrence of the original in its file is mutated. Kinds: a rounding, an index, a scale, a comparison, a sign.
+CORE = "tests/QLoRA.Core.Tests"
+RT = "tests/QLoRA.Runtime.Tests"
+Q = "src/QLoRA.Core/Quantization/"
+K = "src/QLoRA.Runtime/Kernels/"
+MUTANTS = [
+    ("core-nf4-tie", Q + "FourBitCodes.cs", "int code = Bit(scaled > Unsafe.Add(ref t, 7)) << 3;", "int code = Bit(scaled >= Unsafe.Add(ref t, 7)) << 3;", CORE, "*"),
+    ("core-nf4-step", Q + "FourBitCodes.cs", "code |= Bit(scaled > Unsafe.Add(ref t, code + 1)) << 1;", "code |= Bit(scaled > Unsafe.Add(ref t, code + 2)) << 1;", CORE, "*"),
+    ("core-scalar-pair-index", Q + "FourBitKernels.cs", "dst[j] = (byte)((FourBitCodes.QuantizeNf4(src[2 * j] * scale) << 4) | FourBitCodes.QuantizeNf4(src[(2 * j) + 1] * scale));", "dst[j] = (byte)((FourBitCodes.QuantizeNf4(src[2 * j] * scale) << 4) | FourBitCodes.QuantizeNf4(src[2 * j] * scale));", CORE, "*"),
+    ("core-odd-tail-pad", Q + "FourBitKernels.cs", "dst[pairs] = (byte)((high << 4) | FourBitCodes.ZeroCode(type));", "dst[pairs] = (byte)(high << 4);", CORE, "*"),
+    ("core-zero-block-code", Q + "FourBitKernels.cs", "new Span<byte>(dst, (count + 1) / 2).Fill((byte)((zero << 4) | zero));", "new Span<byte>(dst, (count + 1) / 2).Fill((byte)(zero << 4));", CORE, "*"),
+    ("core-dequant-nibble", Q + "FourBitKernels.cs", "dst[2 * j] = table[b >> 4] * absmax;", "dst[2 * j] = table[b & 15] * absmax;", CORE, "*"),
+    ("core-dequant-scale", Q + "FourBitKernels.cs", "dst[(2 * j) + 1] = table[b & 15] * absmax;", "dst[(2 * j) + 1] = table[b & 15] * absmax * 1.0000001f;", CORE, "*"),
+    ("core-avx2-nf4-step1", Q + "FourBitKernels.cs", "code -= Vector256.GreaterThan(v, Avx2.PermuteVar8x32(Nf4Step1, code >>> 1)).AsInt32();", "code -= Vector256.GreaterThanOrEqual(v, Avx2.PermuteVar8x32(Nf4Step1, code >>> 1)).AsInt32();", CORE, "*"),
+    ("core-avx2-dequant-shift", Q + "FourBitKernels.cs", "Vector256<float> high = Lookup16(tableLow, tableHigh, bytes >>> 4) * scale;", "Vector256<float> high = Lookup16(tableLow, tableHigh, bytes >>> 3) * scale;", CORE, "*"),
+    ("core-reciprocal", Q + "BlockwiseQuantizer.cs", "FourBitKernels.Quantize(values, length, 1f / max, codes, type);", "FourBitKernels.Quantize(values, length, 1.0000001f / max, codes, type);", CORE, "*"),
+    ("core-dq-mean", Q + "DoubleQuantization.cs", "float offset = (float)(sum / absmax.Length);", "float offset = (float)(sum / (absmax.Length + 1));", CORE, "*"),
+    ("core-dq-reciprocal", Q + "DoubleQuantization.cs", "searcher.Quantize(source + start, length, offset, 1f / max, codes + start);", "searcher.Quantize(source + start, length, offset, 0.999f / max, codes + start);", CORE, "*"),
+    ("rt-dequant-block-index", K + "DequantizeKernels.cs", "float scale = absmax.Get(first / blockSize);", "float scale = absmax.Get(first / blockSize / 2);", RT, "*DequantizeKernelTests"),
+    ("rt-dequant-pair-nibble", K + "DequantizeKernels.cs", "ToBf16(table[(int)(b >> 4)] * scale) | (ToBf16(table[(int)(b & 15)] * scale) << 16);", "ToBf16(table[(int)(b & 15)] * scale) | (ToBf16(table[(int)(b >> 4)] * scale) << 16);", RT, "*DequantizeKernelTests"),
+    ("rt-dequant-f32-order", K + "DequantizeKernels.cs", "result.W = Interop.FloatAsInt(table[(int)((twoBytes >> 8) & 15)] * scale);", "result.W = Interop.FloatAsInt(table[(int)((twoBytes >> 12) & 15)] * scale);", RT, "*DequantizeKernelTests"),
+    ("rt-nested-offset", K + "AbsmaxSources.cs", "return scaled + _offset;", "return scaled;", RT, "*DequantizeKernelTests"),
+    ("rt-gemv-absmax", K + "Nf4GemvKernels.cs", "float scale = absmax.Get(chunk * 32 / s.BlockSize);", "float scale = absmax.Get((chunk + 1) * 32 / s.BlockSize);", RT, "*GemvTests"),
+    ("rt-gemv-reduce", K + "Nf4GemvKernels.cs", "for (int offset = lanes / 2; offset > 0; offset /= 2)", "for (int offset = lanes / 4; offset > 0; offset /= 2)", RT, "*GemvTests"),
+    ("rt-attn-causal", K + "AttentionKernels.cs", "if (j >= first && j <= t)", "if (j >= first && j < t)", RT, "*AttentionTests"),
+    ("rt-attn-window", K + "AttentionKernels.cs", "if (j < first || j > t)", "if (j < first - 1 || j > t)", RT, "*AttentionTests"),
+    ("rt-rmsnorm-eps", K + "RmsNormKernels.cs", "float inv = 1f / MathF.Sqrt((WarpReduce.Sum(sum) / dim) + eps);", "float inv = 1f / (MathF.Sqrt(WarpReduce.Sum(sum) / dim) + eps);", RT, "*OpsTests"),
+    ("rt-rope-sign", K + "RopeKernels.cs", "x[first] = e.Store((a * c) - (b * s));", "x[first] = e.Store((a * c) + (b * s));", RT, "*RopeAndElementwiseTests"),
+]
