@@ -65,6 +65,36 @@ public class BlockwiseQuantizerTests
 
     [Theory]
     [MemberData(nameof(VectorWidths))]
+    public void EveryPathBreaksTiesAtTheThresholdsExactlyAsTheReference(int width)
+    {
+        // A block whose absmax is exactly 1 scales by exactly 1, so its values land on the thresholds themselves: each
+        // threshold, and the float just above and below it. Random data almost never hits a tie; this block only does.
+        foreach (QuantType type in new[] { QuantType.Nf4, QuantType.Fp4 })
+        {
+            float[] thresholds = type == QuantType.Nf4 ? Reference.Nf4Midpoints() : [.. Reference.Fp4Pivots, .. Reference.Fp4Pivots.Select(p => -p)];
+            var values = new List<float> { 1f };
+            foreach (float t in thresholds)
+            {
+                values.Add(t);
+                values.Add(MathF.BitIncrement(t));
+                values.Add(MathF.BitDecrement(t));
+            }
+
+            while (values.Count % 64 != 0)
+            {
+                values.Add(0.5f);
+            }
+
+            float[] block = [.. values];
+            (int[] codes, float[] absmax) = Reference.QuantizeCodes(block, 64, type);
+            Assert.All(absmax, a => Assert.Equal(1f, a));
+            (byte[] packed, _) = WithWidth(width, () => Run(block, 64, type));
+            Assert.Equal(Reference.Pack(codes, type), packed);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(VectorWidths))]
     public void EveryPathDequantizesExactlyAsCodeTimesAbsmax(int width)
     {
         foreach (QuantType type in new[] { QuantType.Nf4, QuantType.Fp4 })
