@@ -50,8 +50,61 @@ public class PtxInspectionTests
     {
         MethodInfo gemv = typeof(Nf4GemvKernels).GetMethod("Gemv", BindingFlags.Public | BindingFlags.Static)!.MakeGenericMethod(element, codec, typeof(NestedAbsmaxSource));
         string ptx = Ptx(gemv);
-        Assert.Matches(@"\bld(\.global)?\.v4\.(b32|u32)", ptx);
+        // Anchored to the parameter: some 16-byte load must read through the packed weights' pointer (the input x has
+        // 16-byte loads of its own, which must not satisfy this check), and x is read 16 bytes at a time too.
+        Assert.True(VectorLoadThrough(ptx, "_packed_"), "no ld.v4 reads an address derived from the packed weights");
+        Assert.True(VectorLoadThrough(ptx, "_x_"), "no ld.v4 reads an address derived from the input x");
+        Assert.False(VectorLoadThrough(ptx, "_table_"), "the code table is read from global memory 16 bytes at a time (it should be staged in shared memory)");
         Assert.DoesNotContain(".local", ptx);
+    }
+
+    /// <summary>
+    /// Whether a 16-byte load (<c>ld[.global].v4</c>) reads an address computed from the pointer field of the kernel
+    /// parameter whose PTX name starts with <paramref name="paramPrefix"/>: a forward taint over register operands,
+    /// from <c>ld.param</c> of the parameter's first 8 bytes through arithmetic (not through loaded data).
+    /// </summary>
+    internal static bool VectorLoadThrough(string ptx, string paramPrefix)
+    {
+        var tainted = new HashSet<string>(StringComparer.Ordinal);
+        var register = new System.Text.RegularExpressions.Regex(@"%[a-z]+\d+");
+        foreach (string raw in ptx.Split('\n'))
+        {
+            string line = raw.Trim();
+            int semicolon = line.IndexOf(';');
+            if (semicolon < 0 || line.StartsWith("//", StringComparison.Ordinal) || line.StartsWith('.')) continue;
+            line = line[..semicolon];
+            if (line.StartsWith('@'))
+            {
+                int guard = line.IndexOfAny([' ', '\t']);   // a predicate guard (@%p1 / @!%p1) does not change what is read
+                if (guard < 0) continue;
+                line = line[(guard + 1)..].TrimStart();
+            }
+
+            int space = line.IndexOfAny([' ', '\t']);
+            if (space < 0) continue;
+            string op = line[..space];
+            string operands = line[(space + 1)..].Trim();
+            if (op.StartsWith("ld.param", StringComparison.Ordinal))
+            {
+                // ld.param.b64 %rdN, [_packed_123]; (offset 0 is the pointer; +8 is the length)
+                if (operands.Contains("[" + paramPrefix, StringComparison.Ordinal) && !operands.Contains('+'))
+                    tainted.Add(register.Match(operands).Value);
+                continue;
+            }
+            var regs = register.Matches(operands).Select(m => m.Value).ToList();
+            if (regs.Count == 0) continue;
+            if (op.StartsWith("ld.", StringComparison.Ordinal))
+            {
+                int bracket = operands.IndexOf('[');
+                string address = bracket >= 0 ? register.Match(operands[bracket..]).Value : "";
+                if (op.Contains(".v4.", StringComparison.Ordinal) && tainted.Contains(address)) return true;
+                continue;   // loaded data is not an address derived from the parameter
+            }
+            if (op.StartsWith("st.", StringComparison.Ordinal) || op.StartsWith("bra", StringComparison.Ordinal)) continue;
+            string dest = regs[0];
+            if (regs.Skip(1).Any(tainted.Contains)) tainted.Add(dest);
+        }
+        return false;
     }
 
     [Theory]
