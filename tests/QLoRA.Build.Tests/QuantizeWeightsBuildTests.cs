@@ -40,6 +40,17 @@ public class QuantizeWeightsBuildTests
         Assert.True(code == 0, log);
         Assert.Contains("QLoRA: quantizing 'tiny'", log);
 
+        // Editing a file copied beside the model (the tokenizer) re-runs it too, so the copy is never stale.
+        File.SetLastWriteTimeUtc(Path.Combine(project, "weights", "tiny", "tokenizer.json"), DateTime.UtcNow.AddSeconds(4));
+        (code, log) = DotnetBuild.Run(project);
+        Assert.True(code == 0, log);
+        Assert.Contains("QLoRA: quantizing 'tiny'", log);
+
+        // An IDE design-time build never quantizes, even with changed settings.
+        (code, log) = DotnetBuild.Run(project, "-p:DesignTimeBuild=true", "-p:QLoRABlockSize=256");
+        Assert.True(code == 0, log);
+        Assert.DoesNotContain("QLoRA: quantizing", log);
+
         // Changing item metadata (BlockSize) re-runs it, and the new block size lands in the files.
         (code, log) = DotnetBuild.Run(project, "-p:QLoRABlockSize=128");
         Assert.True(code == 0, log);
