@@ -8,7 +8,6 @@ namespace QLoRA.Generators;
 internal static class Diagnostics
 {
     private const string Category = "QLoRA.Modeling";
-    private const string HelpLink = "https://github.com/qlora-sdk/qlora-sdk/blob/main/docs/diagnostics.md";
 
     public static readonly DiagnosticDescriptor ClassNotPartial = Create("QLR0001", "Model class must be partial", "'{0}' must be declared partial so the generator can implement its layers");
     public static readonly DiagnosticDescriptor PropertyNotPartial = Create("QLR0002", "Layer property must be partial", "Layer property '{0}' must be declared 'public partial {1} {0} {{ get; }}'");
@@ -32,5 +31,7 @@ internal static class Diagnostics
     }.ToDictionary(d => d.Id);
 
     private static DiagnosticDescriptor Create(string id, string title, string message) =>
-        new(id, title, message, Category, DiagnosticSeverity.Error, isEnabledByDefault: true, helpLinkUri: $"{HelpLink}#{id.ToLowerInvariant()}");
+        // No help link: the project has no published address; the description names the page in the repository instead.
+        new(id, title, message, Category, DiagnosticSeverity.Error, isEnabledByDefault: true,
+            description: $"{title}. What it means and how to fix it: docs/diagnostics.md#{id.ToLowerInvariant()} in the QLoRA.Sdk repository.");
 }
