@@ -34,7 +34,24 @@ internal static class ManifestChecker
         var config = manifest.Config.ToDictionary(f => f.Name, f => f.Value);
         var blockModels = blocks.Where(b => b is not null).ToDictionary(b => "global::" + b!.FullName, b => b!);
         Visit(model, "", model.Name, manifest, tensors, config, blockModels, diagnostics, depth: 0);
-        return new EquatableArray<DiagnosticInfo>(diagnostics.ToImmutableArray());
+        return new EquatableArray<DiagnosticInfo>(OncePerCause(diagnostics).ToImmutableArray());
+    }
+
+    // A block's layer repeats in every layer of its stack: one diagnostic per distinct cause (descriptor, declaration,
+    // arguments with the layer index taken out), not one per layer. The first layer's names stay in the message.
+    private static readonly System.Text.RegularExpressions.Regex LayerIndex = new(@"(?<=\.)\d+(?=\.)|(?<=\[)\d+(?=\])");
+
+    private static IEnumerable<DiagnosticInfo> OncePerCause(List<DiagnosticInfo> diagnostics)
+    {
+        var seen = new HashSet<string>();
+        foreach (DiagnosticInfo d in diagnostics)
+        {
+            string key = d.Id + "|" + d.FilePath + "|" + d.Span.Start + "|" + string.Join("|", d.Arguments.Select(a => LayerIndex.Replace(a, "*")));
+            if (seen.Add(key))
+            {
+                yield return d;
+            }
+        }
     }
 
     private static void Visit(ClassModel model, string prefix, string path, ManifestModel manifest, Dictionary<string, ManifestTensorModel> tensors, Dictionary<string, double> config,

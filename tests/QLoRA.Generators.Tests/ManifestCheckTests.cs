@@ -68,6 +68,23 @@ public class ManifestCheckTests
     }
 
     [Fact]
+    public void ACauseRepeatedInEveryLayerOfAStackIsReportedOnce()
+    {
+        JsonObject manifest = Manifest();
+        var tensors = manifest["tensors"]!.AsObject();
+        for (int i = 0; i < 2; i++)
+        {
+            tensors[$"model.layers.{i}.mlp.up_proj.weight"] = Entry([127, 64], "nf4", 64);   // wrong in both layers
+        }
+
+        tensors.Remove("model.layers.1.mlp.down_proj.weight");                               // missing in one layer only
+        var ds = Check(manifest);
+        Assert.Single(ds, d => d.Id == "QLR0011");   // one shape cause, not one per layer
+        Assert.Single(ds, d => d.Id == "QLR0010");
+        Assert.Equal(2, ds.Length);
+    }
+
+    [Fact]
     public void TiedTensorsAreNotMissing()
     {
         JsonObject manifest = Manifest();
