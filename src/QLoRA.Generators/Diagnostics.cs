@@ -23,15 +23,16 @@ internal static class Diagnostics
     public static readonly DiagnosticDescriptor ShapeMismatch = Create("QLR0011", "Declared shape differs from the weights", "'{0}' ({1}) has shape {2} in weights '{3}' but the model declares {4}");
     public static readonly DiagnosticDescriptor StorageMismatch = Create("QLR0012", "Declared storage differs from the weights", "'{0}' ({1}) is stored {2} in weights '{3}' but the model declares {4}");
     public static readonly DiagnosticDescriptor UnreadableManifest = Create("QLR0013", "Unreadable weights manifest", "Weights manifest '{0}' could not be read: {1}");
+    public static readonly DiagnosticDescriptor UnknownWeights = Create("QLR0014", "No weights manifest by that name", "'{0}' names weights '{1}', but this build has manifests only for {2}: the checks against the weights are skipped", DiagnosticSeverity.Warning);
 
     public static readonly IReadOnlyDictionary<string, DiagnosticDescriptor> ById = new[]
     {
         ClassNotPartial, PropertyNotPartial, UnsupportedType, InvalidDimension, InvalidBlockSize, InvalidRank, DuplicateName, StorageWithoutLayer, InvalidStackCount,
-        MissingTensor, ShapeMismatch, StorageMismatch, UnreadableManifest,
+        MissingTensor, ShapeMismatch, StorageMismatch, UnreadableManifest, UnknownWeights,
     }.ToDictionary(d => d.Id);
 
-    private static DiagnosticDescriptor Create(string id, string title, string message) =>
+    private static DiagnosticDescriptor Create(string id, string title, string message, DiagnosticSeverity severity = DiagnosticSeverity.Error) =>
         // No help link: the project has no published address; the description names the page in the repository instead.
-        new(id, title, message, Category, DiagnosticSeverity.Error, isEnabledByDefault: true,
+        new(id, title, message, Category, severity, isEnabledByDefault: true,
             description: $"{title}. What it means and how to fix it: docs/diagnostics.md#{id.ToLowerInvariant()} in the QLoRA.Sdk repository.");
 }

@@ -27,7 +27,15 @@ internal static class ManifestChecker
         ManifestModel? manifest = manifests.FirstOrDefault(m => m.Error is null && m.Model == weights);
         if (manifest is null)
         {
-            return new EquatableArray<DiagnosticInfo>(diagnostics.ToImmutableArray()); // weights not built into this compilation: checked at load time
+            // No manifest at all: the weights are not built into this compilation and are checked at load time. Other
+            // manifests but not this one: most likely a misspelt name, which would silently skip every check.
+            var known = manifests.Where(m => m.Error is null).Select(m => "'" + m.Model + "'").Distinct().OrderBy(n => n, System.StringComparer.Ordinal).ToList();
+            if (known.Count > 0)
+            {
+                diagnostics.Add(DiagnosticInfo.Create(Diagnostics.UnknownWeights, model.Location, model.Name, weights, string.Join(", ", known)));
+            }
+
+            return new EquatableArray<DiagnosticInfo>(diagnostics.ToImmutableArray());
         }
 
         var tensors = manifest.Tensors.ToDictionary(t => t.Name);

@@ -85,6 +85,19 @@ public class ManifestCheckTests
     }
 
     [Fact]
+    public void AWeightsNameMatchingNoManifestWarnsWithTheKnownNames()
+    {
+        JsonObject manifest = Manifest();
+        manifest["model"] = "tinny";
+        var d = Assert.Single(Check(manifest));
+        Assert.Equal("QLR0014", d.Id);
+        Assert.Equal(Microsoft.CodeAnalysis.DiagnosticSeverity.Warning, d.Severity);
+        Assert.Contains("names weights 'tiny', but this build has manifests only for 'tinny'", d.GetMessage(System.Globalization.CultureInfo.InvariantCulture));
+        // No manifest at all: silent (checked at load time).
+        Assert.Empty(GeneratorHarness.RunWithFiles(Models.TinyLlama));
+    }
+
+    [Fact]
     public void TiedTensorsAreNotMissing()
     {
         JsonObject manifest = Manifest();
@@ -122,8 +135,11 @@ public class ManifestCheckTests
         JsonObject manifest = Manifest();
         manifest["tensors"] = new JsonObject();
         Assert.Empty(Check(manifest, Models.TinyLlama.Replace("[CausalLM(Weights = \"tiny\")]", "[CausalLM]", StringComparison.Ordinal)));
+        // Linked to weights this build does not produce: not checked against the other manifest, only warned about.
         manifest["model"] = "other";
-        Assert.Empty(Check(manifest));
+        var d = Assert.Single(Check(manifest));
+        Assert.Equal("QLR0014", d.Id);
+        Assert.Equal(Microsoft.CodeAnalysis.DiagnosticSeverity.Warning, d.Severity);
     }
 
     [Fact]
