@@ -60,6 +60,24 @@ public class QuantizeWeightsBuildTests
     }
 
     [Fact]
+    public void AFolderIncludeStandsForTheCheckpointInItAndAnEmptyFolderIsAnError()
+    {
+        string project = DotnetBuild.WriteProject(Directory.CreateTempSubdirectory("qlora-e2e-").FullName, """<QLoRAWeights Include="weights/tiny" />""");
+        TinyCheckpoint.Write(Path.Combine(project, "weights", "tiny"));
+        (int code, string log) = DotnetBuild.Run(project);
+        Assert.True(code == 0, log);
+        Assert.Contains("QLoRA: quantizing 'tiny'", log);   // named after the folder, config.json found inside it
+        Assert.True(File.Exists(Path.Combine(project, "bin", "Debug", "net10.0", "tiny", "model.safetensors")));
+
+        Directory.CreateDirectory(Path.Combine(project, "weights", "empty"));
+        File.WriteAllText(Path.Combine(project, "Model.csproj"), File.ReadAllText(Path.Combine(project, "Model.csproj")).Replace("weights/tiny", "weights/empty", StringComparison.Ordinal));
+        (code, log) = DotnetBuild.Run(project);
+        Assert.NotEqual(0, code);
+        Assert.Contains("QLR1011", log);
+        Assert.Contains("weights/empty", log);
+    }
+
+    [Fact]
     public void CorruptCheckpointFailsWithACodeAndTheFileAndRecoversAfterTheFix()
     {
         string project = DotnetBuild.WriteProject(Directory.CreateTempSubdirectory("qlora-e2e-").FullName, Item);
