@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, in one device call (the machine keeps nothing between calls):
-#   ../shared/gpu/pack.sh bench/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.csproj tests/QLoRA.Runtime.Tests/QLoRA.Runtime.Tests.csproj
+#   bench/gpu/pack.sh
 #   device: carry [".gpu"], command "bash bench/gpu/run-all.sh"
 # Runs the runtime test executable (its CUDA-only tests: cuBLAS, tensor-core GEMMs), the benchmark (table + JSON) and
 # the interop parity scripts; each output goes to $OUT (or ./gpu-out) and its tail to the console.
