@@ -92,6 +92,11 @@ public sealed class QuantizeWeights : Microsoft.Build.Utilities.Task
         }
 
         string[] keep = Keep.Split([';', ','], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        // MSBuild treats Keep="" as unset (the defaults apply), so "none" is how an item asks to keep nothing.
+        if (keep is [var only] && string.Equals(only, "none", StringComparison.OrdinalIgnoreCase))
+        {
+            keep = [];
+        }
         return new WeightsJob([.. Sources.Select(s => s.GetMetadata("FullPath"))], Config, OutputName, OutputRoot, options, keep);
     }
 }

@@ -69,6 +69,13 @@ public class QuantizeWeightsBuildTests
         Assert.Contains("QLoRA: quantizing 'tiny'", log);   // named after the folder, config.json found inside it
         Assert.True(File.Exists(Path.Combine(project, "bin", "Debug", "net10.0", "tiny", "model.safetensors")));
 
+        // Keep="none" keeps nothing: lm_head is quantized as well (Keep="" would mean the defaults).
+        File.WriteAllText(Path.Combine(project, "Model.csproj"), File.ReadAllText(Path.Combine(project, "Model.csproj")).Replace("Include=\"weights/tiny\"", "Include=\"weights/tiny\" Keep=\"none\"", StringComparison.Ordinal));
+        (code, log) = DotnetBuild.Run(project);
+        Assert.True(code == 0, log);
+        var manifest = WeightsManifest.Read(Path.Combine(project, "obj", "Debug", "net10.0", "qlora", "tiny.qlora.json"));
+        Assert.Equal("nf4", manifest.Tensors["lm_head.weight"].Stored);
+
         Directory.CreateDirectory(Path.Combine(project, "weights", "empty"));
         File.WriteAllText(Path.Combine(project, "Model.csproj"), File.ReadAllText(Path.Combine(project, "Model.csproj")).Replace("weights/tiny", "weights/empty", StringComparison.Ordinal));
         (code, log) = DotnetBuild.Run(project);
