@@ -16,6 +16,7 @@ public sealed class IncrementalDetokenizer
     private int _prefixOffset;
     private int _readOffset;
     private string _pending = "";   // final text held back only for clean_up_tokenization_spaces
+    private string? _prefixText;    // Decode of ids[_prefixOffset.._readOffset], kept while the offsets stay
 
     /// <summary>Creates a detokenizer; <paramref name="cleanUpTokenizationSpaces"/> defaults to the tokenizer config's value.</summary>
     public IncrementalDetokenizer(HfTokenizer tokenizer, bool skipSpecialTokens = true, bool? cleanUpTokenizationSpaces = null)
@@ -33,13 +34,15 @@ public sealed class IncrementalDetokenizer
     {
         _ids.Add(id);
         var span = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_ids);
-        string prefixText = _tokenizer.Decode(span[_prefixOffset.._readOffset], _skipSpecialTokens, cleanUpTokenizationSpaces: false);
+        // The window's prefix decodes the same until the offsets move: decode it once per emit, not per token.
+        string prefixText = _prefixText ??= _tokenizer.Decode(span[_prefixOffset.._readOffset], _skipSpecialTokens, cleanUpTokenizationSpaces: false);
         string newText = _tokenizer.Decode(span[_prefixOffset..], _skipSpecialTokens, cleanUpTokenizationSpaces: false);
         if (newText.Length <= prefixText.Length || !newText.StartsWith(prefixText, StringComparison.Ordinal) || EndsIncomplete(newText))
             return "";
         string delta = newText[prefixText.Length..];
         _prefixOffset = _readOffset;
         _readOffset = _ids.Count;
+        _prefixText = null;
         return Release(delta, final: false);
     }
 
@@ -51,6 +54,7 @@ public sealed class IncrementalDetokenizer
         string newText = _tokenizer.Decode(span[_prefixOffset..], _skipSpecialTokens, cleanUpTokenizationSpaces: false);
         string delta = newText.StartsWith(prefixText, StringComparison.Ordinal) ? newText[prefixText.Length..] : "";
         _prefixOffset = _readOffset = _ids.Count;
+        _prefixText = null;
         return Release(delta, final: true);
     }
 
