@@ -42,4 +42,10 @@ public static class BuildErrorCodes
 
     /// <summary>The build runs on .NET Framework MSBuild, which cannot load the tasks.</summary>
     public const string UnsupportedHost = "QLR1010";
+
+    /// <summary>A QLoRAWeights Include names a folder with no .safetensors file in it (raised by the targets).</summary>
+    public const string EmptyFolder = "QLR1011";
+
+    /// <summary>A wildcard QLoRAWeights Include matches no file.</summary>
+    public const string PatternMatchesNothing = "QLR1012";
 }

@@ -85,6 +85,28 @@ public class QuantizeWeightsBuildTests
     }
 
     [Fact]
+    public void AGlobThatMatchesNoFileIsAnErrorNamingThePatternAndItsLine()
+    {
+        string project = DotnetBuild.WriteProject(Directory.CreateTempSubdirectory("qlora-e2e-").FullName, """<QLoRAWeights Include="weights/tiny/*.safetensor" />""");
+        TinyCheckpoint.Write(Path.Combine(project, "weights", "tiny"));
+        (int code, string log) = DotnetBuild.Run(project);
+        Assert.NotEqual(0, code);
+        int line = Array.FindIndex(File.ReadAllLines(Path.Combine(project, "Model.csproj")), l => l.Contains("QLoRAWeights", StringComparison.Ordinal)) + 1;
+        Assert.Contains($"Model.csproj({line},", log);
+        Assert.Contains("error QLR1012", log);
+        Assert.Contains("'weights/tiny/*.safetensor' matches no file", log);
+        Assert.DoesNotContain("QLoRA: quantizing", log);
+
+        // Fixed, it builds; a glob under a Condition is the build's own business and is not second-guessed.
+        File.WriteAllText(Path.Combine(project, "Model.csproj"), File.ReadAllText(Path.Combine(project, "Model.csproj"))
+            .Replace("*.safetensor\"", "*.safetensors\"", StringComparison.Ordinal)
+            .Replace("</ItemGroup>", "<QLoRAWeights Include=\"other/*.safetensors\" Condition=\"'$(UseOther)' == 'true'\" /></ItemGroup>", StringComparison.Ordinal));
+        (code, log) = DotnetBuild.Run(project);
+        Assert.True(code == 0, log);
+        Assert.Contains("QLoRA: quantizing 'tiny'", log);
+    }
+
+    [Fact]
     public void CorruptCheckpointFailsWithACodeAndTheFileAndRecoversAfterTheFix()
     {
         string project = DotnetBuild.WriteProject(Directory.CreateTempSubdirectory("qlora-e2e-").FullName, Item);
