@@ -125,44 +125,22 @@ public sealed class WeightsQuantizer(Action<string> progress)
         return job.Quantization is not null && linearWeight && !IsKept(module, job.Keep);
     }
 
+    // Source bytes quantized ahead of the writer: enough to keep every core busy while the writer copies the large
+    // unquantized tensors (embeddings, lm_head) that come first; each holds packed codes, a quarter of its bf16 size.
+    private const long BytesInFlight = 128L << 20;
+
+    // Bytes per slice when streaming a tensor (hash and copy): large enough for few calls, small enough to stay in cache
+    // between hashing a slice and writing it.
+    private const int SliceBytes = 1 << 22;
+
+    /// <summary>
+    /// Writes every tensor in file order and returns the manifest entries. Per tensor, the source bytes are read once
+    /// per consumer: a quantized tensor is hashed (XXH3-128) and quantized by a task started ahead of the writer into a
+    /// reused buffer; a copied one is hashed slice by slice as the writer copies it. The output file is preallocated
+    /// at its final size and its header space reserved from the names, so it is written front to back exactly once.
+    /// </summary>
     private Dictionary<string, ManifestTensor> WriteTensors(SourceSet source, WeightsJob job, string path)
     {
-        var manifest = new Dictionary<string, ManifestTensor>(StringComparer.Ordinal);
-        // XXH3-128 of every source tensor (provenance and change detection, not security), beside the quantization:
-        // it runs near memory speed, where SHA-256 cost 1 s/GB per core and held the task to 8% of the read pass.
-        var hashes = new System.Collections.Concurrent.ConcurrentDictionary<string, string>(StringComparer.Ordinal);
-        Task hashing = Task.Run(() => Parallel.ForEach(source.Tensors, t => hashes[t.Info.Name] = Xxh3(t.File, t.Info)));
-        try
-        {
-            WriteAll(source, job, path, manifest);
-        }
-        finally
-        {
-            hashing.Wait();
-        }
-
-        return manifest.ToDictionary(e => e.Key, e => e.Value with { SourceXxh3 = hashes[e.Key] }, StringComparer.Ordinal);
-    }
-
-    /// <summary>XXH3-128 of the tensor's bytes as lowercase hex (big-endian, XXH128's canonical form), streamed in 64 MiB slices.</summary>
-    internal static string Xxh3(SafeTensorsFile file, SafeTensorInfo info)
-    {
-        var hash = new System.IO.Hashing.XxHash128();
-        for (long offset = 0; offset < info.ByteLength; offset += 1 << 26)
-        {
-            hash.Append(file.GetBytes(info.Name, offset, (int)Math.Min(1 << 26, info.ByteLength - offset)));
-        }
-
-        return Convert.ToHexStringLower(hash.GetCurrentHash());
-    }
-
-    // Tensors quantized ahead of the writer (bounded: each holds its packed codes, a quarter of its bf16 size).
-    private const int TensorsInFlight = 2;
-
-    private void WriteAll(SourceSet source, WeightsJob job, string path, Dictionary<string, ManifestTensor> manifest)
-    {
-        // Build outputs are regenerated on demand: no fsync, the rename alone keeps readers from partial files.
-        using var writer = new SafeTensorsAppendWriter(path, 64 + (source.Tensors.Count * 400), durable: false);
         var tensors = source.Tensors;
         foreach ((SafeTensorsFile file, SafeTensorInfo info) in tensors)
         {
@@ -172,21 +150,25 @@ public sealed class WeightsQuantizer(Action<string> progress)
             }
         }
 
-        // Parallel across tensors: the next tensors are quantized while the current one is written (in file order).
-        var pending = new Task<QuantizedTensor>?[tensors.Count];
+        var manifest = new Dictionary<string, ManifestTensor>(StringComparer.Ordinal);
+        (int header, long data) = OutputSize(tensors, job);
+        // Build outputs are regenerated on demand: no fsync, the rename alone keeps readers from partial files.
+        using var writer = new SafeTensorsAppendWriter(path, header, durable: false, expectedDataBytes: data);
+        var buffers = new System.Collections.Concurrent.ConcurrentBag<byte[]>();
+        var pending = new Task<(QuantizedTensor Tensor, byte[] Buffer, string Hash)>?[tensors.Count];
         void StartAhead(int from)
         {
-            for (int i = from, started = 0; i < tensors.Count && started < TensorsInFlight; i++)
+            long inFlight = 0;
+            for (int i = from; i < tensors.Count && inFlight < BytesInFlight; i++)
             {
                 (SafeTensorsFile file, SafeTensorInfo info) = tensors[i];
-                if (pending[i] is not null || !ShouldQuantize(info, job, out _) || info.ByteLength > int.MaxValue)
+                if (!ShouldQuantize(info, job, out _) || info.ByteLength > int.MaxValue)
                 {
-                    started += pending[i] is not null ? 1 : 0;
                     continue;
                 }
 
-                pending[i] = Task.Run(() => QuantizedTensor.Quantize(file.GetBytes(info.Name), info.Dtype, info.Shape, job.Quantization, info.Name));
-                started++;
+                inFlight += info.ByteLength;
+                pending[i] ??= Task.Run(() => HashAndQuantize(file, info, job.Quantization!, buffers));
             }
         }
 
@@ -200,32 +182,39 @@ public sealed class WeightsQuantizer(Action<string> progress)
                 {
                     QuantizationOptions options = job.Quantization!;
                     progress($"quantizing {info.Name[..^".weight".Length]} [{string.Join("×", info.Shape)}] {options.Type.ToBnbName()} … {index + 1}/{tensors.Count}");
-                    if (pending[index] is Task<QuantizedTensor> quantizing)
+                    string hash;
+                    if (pending[index] is { } quantizing)
                     {
-                        QuantizedTensor quantized = Await(quantizing, file, info);
+                        (QuantizedTensor quantized, byte[] buffer, hash) = Await(quantizing, file, info);
                         pending[index] = null;
-                        foreach ((SafeTensorSpec spec, ReadOnlyMemory<byte> data) in BnbFourBitTensor.Entries(info.Name, quantized))
+                        foreach ((SafeTensorSpec spec, ReadOnlyMemory<byte> bytes) in BnbFourBitTensor.Entries(info.Name, quantized))
                         {
-                            writer.Add(spec, data.Span);
+                            writer.Add(spec, bytes.Span);
                         }
+
+                        buffers.Add(buffer);
                     }
                     else
                     {
+                        hash = Xxh3(file, info);
                         QuantizeTensor(file, info, options, writer); // over 2 GiB: streamed in chunks instead
                     }
 
-                    manifest[info.Name] = new ManifestTensor(info.Shape, options.Type.ToBnbName(), options.BlockSize, options.DoubleQuant, "");
+                    manifest[info.Name] = new ManifestTensor(info.Shape, options.Type.ToBnbName(), options.BlockSize, options.DoubleQuant, hash);
                 }
                 else
                 {
                     progress($"copying {info.Name} [{string.Join("×", info.Shape)}] {info.Dtype} … {index + 1}/{tensors.Count}");
                     writer.Begin(new SafeTensorSpec(info.Name, info.Dtype, info.Shape));
-                    for (long offset = 0; offset < info.ByteLength; offset += 1 << 26)
+                    var hash = new System.IO.Hashing.XxHash128();
+                    for (long offset = 0; offset < info.ByteLength; offset += SliceBytes)
                     {
-                        writer.Write(file.GetBytes(info.Name, offset, (int)Math.Min(1 << 26, info.ByteLength - offset)));
+                        ReadOnlySpan<byte> slice = file.GetBytes(info.Name, offset, (int)Math.Min(SliceBytes, info.ByteLength - offset));
+                        hash.Append(slice);
+                        writer.Write(slice);
                     }
 
-                    manifest[info.Name] = new ManifestTensor(info.Shape, StoredName(info.Dtype), null, null, "");
+                    manifest[info.Name] = new ManifestTensor(info.Shape, StoredName(info.Dtype), null, null, Convert.ToHexStringLower(hash.GetCurrentHash()));
                 }
             }
         }
@@ -236,9 +225,74 @@ public sealed class WeightsQuantizer(Action<string> progress)
         }
 
         writer.Commit(new Dictionary<string, string> { ["format"] = "pt", ["qlora.quantized_by"] = "QLoRA.Sdk QuantizeWeights" });
+        return manifest;
     }
 
-    private static QuantizedTensor Await(Task<QuantizedTensor> task, SafeTensorsFile file, SafeTensorInfo info)
+    /// <summary>
+    /// The header space to reserve (an upper bound from the names and shapes: a header that outgrew it would cost a
+    /// second copy of the whole file) and the data bytes the file will hold (for preallocation; an estimate).
+    /// </summary>
+    internal static (int HeaderBytes, long DataBytes) OutputSize(IReadOnlyList<(SafeTensorsFile File, SafeTensorInfo Info)> tensors, WeightsJob job)
+    {
+        // Per entry: the quoted name, dtype, shape and two offsets of up to 20 digits each, with JSON punctuation.
+        static long Entry(int nameLength, int dims) => nameLength + 80 + (21 * dims);
+        long header = 256; // metadata and braces
+        long data = 0;
+        foreach ((_, SafeTensorInfo info) in tensors)
+        {
+            if (ShouldQuantize(info, job, out _))
+            {
+                QuantizationOptions q = job.Quantization!;
+                long values = info.ElementCount;
+                long blocks = BlockwiseLayout.BlockCount(values, q.BlockSize);
+                int name = System.Text.Encoding.UTF8.GetByteCount(info.Name);
+                // weight, absmax, quant_map, the quant_state JSON (name + ".quant_state.bitsandbytes__nf4"), and with
+                // double quantization nested_absmax and nested_quant_map.
+                header += Entry(name, 2) + Entry(name + 8, 1) + Entry(name + 11, 1) + Entry(name + 32, 1);
+                header += q.DoubleQuant ? Entry(name + 15, 1) + Entry(name + 18, 1) : 0;
+                long absmaxBytes = q.DoubleQuant ? blocks + (4 * BlockwiseLayout.BlockCount(blocks, BlockwiseLayout.NestedBlockSize)) + (256 * 4) : 4 * blocks;
+                data += BlockwiseLayout.PackedByteCount(values) + absmaxBytes + (16 * 4) + 512;
+            }
+            else
+            {
+                header += Entry(System.Text.Encoding.UTF8.GetByteCount(info.Name), info.Shape.Count);
+                data += info.ByteLength;
+            }
+        }
+
+        return ((int)Math.Min(header, 100_000_000), data);
+    }
+
+    private static (QuantizedTensor Tensor, byte[] Buffer, string Hash) HashAndQuantize(SafeTensorsFile file, SafeTensorInfo info, QuantizationOptions options, System.Collections.Concurrent.ConcurrentBag<byte[]> buffers)
+    {
+        string hash = Xxh3(file, info);
+        int packedBytes = checked((int)BlockwiseLayout.PackedByteCount(info.ElementCount));
+        // Reused buffers: a fresh array per tensor costs a page fault per 4 KiB (about 1 GB/s here), more than quantizing.
+        if (!buffers.TryTake(out byte[]? buffer) || buffer.Length < packedBytes)
+        {
+            buffer = GC.AllocateUninitializedArray<byte>(packedBytes);
+        }
+
+        var absmax = new float[BlockwiseLayout.BlockCount(info.ElementCount, options.BlockSize)];
+        BlockwiseQuantizer.Quantize(file.GetBytes(info.Name), info.Dtype, buffer.AsSpan(0, packedBytes), absmax, options.Type, options.BlockSize, info.Name);
+        AbsmaxStatistics stats = options.DoubleQuant && absmax.Length > 0 ? DoubleQuantization.Compress(absmax) : new PlainAbsmax(absmax);
+        var state = new QuantState(options.Type, options.BlockSize, info.Shape, info.Dtype, stats);
+        return (new QuantizedTensor(buffer.AsMemory(0, packedBytes), state), buffer, hash);
+    }
+
+    /// <summary>XXH3-128 of the tensor's bytes as lowercase hex (big-endian, XXH128's canonical form), streamed in slices.</summary>
+    internal static string Xxh3(SafeTensorsFile file, SafeTensorInfo info)
+    {
+        var hash = new System.IO.Hashing.XxHash128();
+        for (long offset = 0; offset < info.ByteLength; offset += 1 << 26)
+        {
+            hash.Append(file.GetBytes(info.Name, offset, (int)Math.Min(1 << 26, info.ByteLength - offset)));
+        }
+
+        return Convert.ToHexStringLower(hash.GetCurrentHash());
+    }
+
+    private static (QuantizedTensor Tensor, byte[] Buffer, string Hash) Await(Task<(QuantizedTensor, byte[], string)> task, SafeTensorsFile file, SafeTensorInfo info)
     {
         try
         {

@@ -88,6 +88,29 @@ public class WeightsQuantizerTests
         Assert.DoesNotContain(Directory.GetDirectories(output), d => Path.GetFileName(d).StartsWith('.'));
     }
 
+    [Theory]
+    [InlineData("nf4", 64, true)]
+    [InlineData("fp4", 128, false)]
+    [InlineData("none", 64, false)]
+    public void TheHeaderFitsItsReservationSoTheFileIsWrittenOnce(string type, int blockSize, bool doubleQuant)
+    {
+        // A header that outgrew the reserved space costs a second copy of the whole output (it did: 5 entries per
+        // quantized tensor against 400 bytes reserved). The reservation must hold every layout's real header.
+        string src = TempDir(), output = TempDir();
+        TinyCheckpoint.Write(src);
+        QuantizationOptions? options = type == "none" ? null : new QuantizationOptions(type == "nf4" ? QuantType.Nf4 : QuantType.Fp4, blockSize, doubleQuant);
+        WeightsJob job = Job(src, output, options);
+        using (SourceSet set = SourceSet.Open(job.Sources))
+        {
+            (int header, long data) = WeightsQuantizer.OutputSize(set.Tensors, job);
+            string modelDir = new WeightsQuantizer(_ => { }).Run(job);
+            using SafeTensorsFile file = SafeTensorsFile.Open(Path.Combine(modelDir, "model.safetensors"));
+            Assert.Equal((header + 7) / 8 * 8, file.HeaderLength);          // the reserved space, padded: not regrown
+            long written = new FileInfo(file.Path).Length - 8 - file.HeaderLength;
+            Assert.InRange(written, data - (file.Tensors.Count * 600L), data); // the preallocation estimate bounds the data
+        }
+    }
+
     [Fact]
     public void ShardedIndexFp4AndPlainAbsmaxWork()
     {

@@ -133,7 +133,7 @@ public static partial class BlockwiseQuantizer
             {
                 int start = b * blockSize;
                 int length = Math.Min(blockSize, count - start);
-                if (FourBitKernels.UseAvx512 && length % 32 == 0 && kind != ElementKind.F16)
+                if (kind != ElementKind.F16 && ((FourBitKernels.UseAvx512 && length % 32 == 0) || (FourBitKernels.UseAvx2Fused && length % 16 == 0)))
                 {
                     RunFused(b, start, length, scratch);
                     continue;
@@ -160,12 +160,17 @@ public static partial class BlockwiseQuantizer
             }
         }
 
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
         private void RunFused(int block, int start, int length, float* scratch)
         {
             byte* codes = dst + (start / 2);
-            uint maxBits = kind == ElementKind.BF16
-                ? FourBitKernels.QuantizeBlockBf16Avx512((ushort*)src + start, length, codes, type)
-                : FourBitKernels.QuantizeBlockF32Avx512((float*)src + start, length, codes, type);
+            uint maxBits = (FourBitKernels.UseAvx512, kind) switch
+            {
+                (true, ElementKind.BF16) => FourBitKernels.QuantizeBlockBf16Avx512((ushort*)src + start, length, codes, type),
+                (true, _) => FourBitKernels.QuantizeBlockF32Avx512((float*)src + start, length, codes, type),
+                (false, ElementKind.BF16) => FourBitKernels.QuantizeBlockBf16Avx2((ushort*)src + start, length, codes, type),
+                (false, _) => FourBitKernels.QuantizeBlockF32Avx2((float*)src + start, length, codes, type),
+            };
             if (maxBits >= 0x7F80_0000u)
             {
                 ThrowNonFinite(LoadBlock(src, kind, start, length, scratch), start, length, tensorName);

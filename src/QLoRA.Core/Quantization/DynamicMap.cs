@@ -141,6 +141,7 @@ public static class DynamicMap
         // Eight searches at once. The first four levels of the search tree have at most 8 distinct probes, taken
         // from per-level tables by permute; the last four gather. The last probe not below x is the only midpoint
         // x can tie with, so ties need no extra load.
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
         private Vector256<int> Search8(int* keys, Vector256<float> x)
         {
             Vector256<int> bits = x.AsInt32();

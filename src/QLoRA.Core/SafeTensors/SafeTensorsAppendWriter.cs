@@ -21,18 +21,23 @@ public sealed class SafeTensorsAppendWriter : IDisposable
     /// <param name="path">Destination.</param>
     /// <param name="reservedHeaderBytes">Space kept for the header.</param>
     /// <param name="durable">Flush to disk before the rename (see <see cref="AtomicFile.Create"/>).</param>
-    public SafeTensorsAppendWriter(string path, int reservedHeaderBytes = 1 << 20, bool durable = true)
+    /// <param name="expectedDataBytes">The tensor bytes expected, if known: the file is preallocated for them.</param>
+    public SafeTensorsAppendWriter(string path, int reservedHeaderBytes = 1 << 20, bool durable = true, long expectedDataBytes = 0)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(reservedHeaderBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(expectedDataBytes);
         _reserved = (reservedHeaderBytes + 7) / 8 * 8;
         _durable = durable;
-        _file = AtomicFile.Create(path, durable);
+        _file = AtomicFile.Create(path, durable, expectedDataBytes > 0 ? 8 + _reserved + expectedDataBytes : 0);
         _file.Stream.SetLength(8 + _reserved);
         _file.Stream.Position = 8 + _reserved;
     }
 
     /// <summary>The destination path.</summary>
     public string Path => _file.Path;
+
+    /// <summary>After <see cref="Commit"/>: true when the header did not fit the reservation and the data was copied once more.</summary>
+    public bool HeaderOutgrewReservation { get; private set; }
 
     /// <summary>Bytes of tensor data written so far.</summary>
     public long DataLength { get; private set; }
@@ -95,12 +100,14 @@ public sealed class SafeTensorsAppendWriter : IDisposable
         byte[] header = SafeTensorsWriter.BuildHeader(_tensors, metadata, _reserved);
         if (header.Length == _reserved)
         {
+            HeaderOutgrewReservation = false;
             WriteHeaderAt(_file.Stream, header);
             _file.Commit();
             return;
         }
 
         // The header outgrew its reservation: copy the data behind a header of the right size.
+        HeaderOutgrewReservation = true;
         using AtomicFile grown = AtomicFile.Create(Path, _durable);
         WriteHeaderAt(grown.Stream, SafeTensorsWriter.BuildHeader(_tensors, metadata));
         _file.Stream.Position = 8 + _reserved;

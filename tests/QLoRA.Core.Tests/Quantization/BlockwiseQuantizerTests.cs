@@ -121,29 +121,19 @@ public class BlockwiseQuantizerTests
     [MemberData(nameof(VectorWidths))]
     public void Bf16AndF16InputsGiveTheSameCodesAsTheirFloat32Values(int width)
     {
-        float[] raw = TestSupport.Normal(4099, seed: 11);
-        BFloat16[] bf16 = TestSupport.ToBf16(raw);
-        float[] bf16AsFloat = bf16.Select(b => b.ToSingle()).ToArray();
-        Half[] f16 = raw.Select(x => (Half)x).ToArray();
-        float[] f16AsFloat = f16.Select(h => (float)h).ToArray();
-        WithWidth(width, () =>
+        // Every type and block size, with a zero block (with -0.0) and a partial last block: the fused kernels read
+        // bf16 and f32 as they lie, so each block-size/alignment case is a separate path to check.
+        foreach (QuantType type in new[] { QuantType.Nf4, QuantType.Fp4 })
         {
-            foreach ((float[] exact, Action<byte[], float[]> quantize) in new (float[], Action<byte[], float[]>)[]
+            foreach (int blockSize in TestSupport.AllBlockSizes)
             {
-                (bf16AsFloat, (p, a) => BlockwiseQuantizer.Quantize(bf16, p, a, QuantType.Nf4, 64)),
-                (f16AsFloat, (p, a) => BlockwiseQuantizer.Quantize(f16, p, a, QuantType.Nf4, 64)),
-            })
-            {
-                var packed = new byte[2050];
-                var absmax = new float[65];
-                quantize(packed, absmax);
-                (int[] codes, float[] refAbsmax) = Reference.QuantizeCodes(exact, 64, QuantType.Nf4);
-                Assert.Equal(refAbsmax, absmax);
-                Assert.Equal(Reference.Pack(codes, QuantType.Nf4), packed);
+                int n = (blockSize * 4) + 19;
+                float[] raw = TestSupport.Normal(n, seed: 11 + blockSize + (int)type, scale: 0.03);
+                Array.Clear(raw, blockSize, blockSize);
+                raw[blockSize + 3] = -0f;
+                BlockwiseQuantizerTestsBf16.Check(width, raw, blockSize, type, WithWidth);
             }
-
-            return 0;
-        });
+        }
     }
 
     [Theory]
@@ -269,6 +259,20 @@ public class BlockwiseQuantizerTests
     }
 
     [Theory]
+    [MemberData(nameof(VectorWidths))]
+    public void NonFiniteBf16InputIsReportedAtItsElementOnEveryPath(int width)
+    {
+        float[] values = TestSupport.Normal(4096, seed: 2);
+        foreach (float bad in new[] { float.NaN, float.PositiveInfinity, float.NegativeInfinity })
+        {
+            values[3001] = bad;
+            BFloat16[] bf16 = TestSupport.ToBf16(values);
+            var e = WithWidth(width, () => Assert.Throws<NonFiniteValueException>(() => BlockwiseQuantizer.Quantize(bf16, new byte[2048], new float[64], QuantType.Fp4, 64, "w")));
+            Assert.Equal(3001, e.ElementIndex);
+        }
+    }
+
+    [Theory]
     [InlineData(0)]
     [InlineData(16)]
     [InlineData(48)]
@@ -285,5 +289,38 @@ public class BlockwiseQuantizerTests
         Assert.Throws<ArgumentException>(() => BlockwiseQuantizer.Quantize(new float[65], new byte[32], new float[2], QuantType.Nf4, 64));
         Assert.Throws<ArgumentException>(() => BlockwiseQuantizer.Quantize(new float[65], new byte[33], new float[1], QuantType.Nf4, 64));
         Assert.Throws<ArgumentException>(() => BlockwiseDequantizer.Dequantize(new byte[32], new float[2], QuantType.Nf4, 64, new float[65]));
+    }
+}
+
+/// <summary>bf16/f16/f32 inputs of the same values must give the same codes and absmax as the float64-free reference.</summary>
+internal static class BlockwiseQuantizerTestsBf16
+{
+    public static void Check(int width, float[] raw, int blockSize, QuantType type, Func<int, Func<int>, int> withWidth)
+    {
+        BFloat16[] bf16 = TestSupport.ToBf16(raw);
+        float[] bf16AsFloat = bf16.Select(b => b.ToSingle()).ToArray();
+        Half[] f16 = raw.Select(x => (Half)x).ToArray();
+        float[] f16AsFloat = f16.Select(h => (float)h).ToArray();
+        int n = raw.Length;
+        withWidth(width, () =>
+        {
+            foreach ((float[] exact, Action<byte[], float[]> quantize) in new (float[], Action<byte[], float[]>)[]
+            {
+                (bf16AsFloat, (p, a) => BlockwiseQuantizer.Quantize(bf16, p, a, type, blockSize)),
+                (f16AsFloat, (p, a) => BlockwiseQuantizer.Quantize(f16, p, a, type, blockSize)),
+                (raw, (p, a) => BlockwiseQuantizer.Quantize(raw, p, a, type, blockSize)),
+            })
+            {
+                var packed = new byte[(n + 1) / 2];
+                var absmax = new float[(n + blockSize - 1) / blockSize];
+                Array.Fill(packed, (byte)0xA5); // poison: every byte must be written
+                quantize(packed, absmax);
+                (int[] codes, float[] refAbsmax) = Reference.QuantizeCodes(exact, blockSize, type);
+                Assert.Equal(refAbsmax, absmax);
+                Assert.Equal(Reference.Pack(codes, type), packed);
+            }
+
+            return 0;
+        });
     }
 }
