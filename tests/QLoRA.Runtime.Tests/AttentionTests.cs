@@ -5,7 +5,8 @@ using QLoRA.Runtime.Tensors;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>Packed causal GQA attention against a float64 softmax(QKᵀ)V and finite differences of it.</summary>
-public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class AttentionTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private const int Heads = 4, KvHeads = 2, D = 8;
     private static readonly int[] Boundaries = [0, 5, 5, 8]; // sequences of 5, 0 and 3 tokens
@@ -207,3 +208,12 @@ public class AttentionTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceF
         Assert.Contains("must not decrease", Assert.Throws<ArgumentException>(() => Attention.Forward(q, k1, k1, [0, 3, 2, 4], o, lse)).Message);
     }
 }
+
+/// <summary><see cref="AttentionTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class AttentionTestsOnCpu(CpuDeviceFixture fixture) : AttentionTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="AttentionTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class AttentionTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : AttentionTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="AttentionTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class AttentionTestsOnCuda(CudaDeviceFixture fixture) : AttentionTests<CudaDeviceFixture>(fixture);

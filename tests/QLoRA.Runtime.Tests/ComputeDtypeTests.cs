@@ -15,7 +15,8 @@ namespace QLoRA.Runtime.Tests;
 /// gradient, LoRA's rank-r product) are checked against float64 with a bound of a few unit roundoffs of Σ|terms|.
 /// Outputs start poisoned with NaN so an unwritten element fails.
 /// </summary>
-public class ComputeDtypeTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class ComputeDtypeTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private Device Device => fixture.Device;
 
@@ -337,3 +338,12 @@ public class ComputeDtypeTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         Assert.Contains("QLORA_COMPUTE_DTYPE='fp8'", Assert.Throws<QLoRA.Runtime.Devices.DeviceNotAvailableException>(() => Device.ParseComputeDtype("fp8")).Message);
     }
 }
+
+/// <summary><see cref="ComputeDtypeTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class ComputeDtypeTestsOnCpu(CpuDeviceFixture fixture) : ComputeDtypeTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="ComputeDtypeTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class ComputeDtypeTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : ComputeDtypeTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="ComputeDtypeTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class ComputeDtypeTestsOnCuda(CudaDeviceFixture fixture) : ComputeDtypeTests<CudaDeviceFixture>(fixture);

@@ -1,11 +1,75 @@
+using ILGPU.Runtime.Cuda;
 using QLoRA.Runtime.Devices;
 
 namespace QLoRA.Runtime.Tests;
 
-/// <summary>One CPU accelerator shared by a test class (creating one compiles kernels anew).</summary>
-public sealed class CpuDeviceFixture : IDisposable
+/// <summary>
+/// An accelerator shared by a test class (creating one compiles kernels anew). Kernel tests are written once, as an
+/// abstract class generic in its fixture, and run on every accelerator below: the CPU accelerator with 2-lane warps
+/// (the default CPU device), with 32-lane warps (a GPU's warp width: reductions, shuffles and tiles at full width), and
+/// CUDA where the test executable runs on a GPU machine — there the kernels themselves are tested, not a CPU emulation.
+/// Where an accelerator is absent, its tests are reported as skipped with the reason.
+/// </summary>
+public abstract class DeviceFixture : IDisposable
 {
-    public Device Device { get; } = Device.Cpu();
+    private readonly Device? _device;
+    private readonly string _missing;
 
-    public void Dispose() => Device.Dispose();
+    protected DeviceFixture(Func<Device?> create, string missing)
+    {
+        _missing = missing;
+        _device = create();
+    }
+
+    /// <summary>The accelerator; skips the calling test when this machine has none of this kind.</summary>
+    public Device Device => _device ?? throw SkipNow();
+
+    /// <summary>Skips the test (from a test class constructor: all of its tests) when the accelerator is absent.</summary>
+    public DeviceFixture RequireDevice()
+    {
+        if (_device is null)
+        {
+            Assert.Skip(_missing);
+        }
+
+        return this;
+    }
+
+    public void Dispose()
+    {
+        _device?.Dispose();
+        GC.SuppressFinalize(this);
+    }
+
+    private Exception SkipNow()
+    {
+        Assert.Skip(_missing);
+        return new InvalidOperationException(); // not reached: Assert.Skip throws
+    }
+}
+
+/// <summary>The default CPU device: 2-lane warps, one group per core.</summary>
+public sealed class CpuDeviceFixture() : DeviceFixture(Device.Cpu, "");
+
+/// <summary>
+/// The CPU accelerator with a GPU's 32-lane warps, one warp per group and one group at a time (32 OS threads, so tests
+/// keep shapes small and leave the other test assemblies their cores).
+/// </summary>
+public sealed class CpuWarp32DeviceFixture() : DeviceFixture(() => Device.Cpu(32, 1, multiprocessors: 1), "");
+
+/// <summary>CUDA device 0 when the machine has one (run the packed test executable on a GPU machine).</summary>
+public sealed class CudaDeviceFixture() : DeviceFixture(CreateCuda, "no CUDA device here: these kernel tests run on CUDA when the test executable runs on a GPU machine")
+{
+    private static Device? CreateCuda()
+    {
+        using (var probe = ILGPU.Context.Create(b => b.Cuda()))
+        {
+            if (probe.GetCudaDevices().Count == 0)
+            {
+                return null;
+            }
+        }
+
+        return Device.Cuda();
+    }
 }

@@ -7,7 +7,8 @@ using QLoRA.Runtime.Tensors;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>Fused, chunked LM loss against a float64 log-softmax and finite differences.</summary>
-public class CrossEntropyTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class CrossEntropyTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private const int Tokens = 9, Dim = 12, Vocab = 37;
 
@@ -93,3 +94,12 @@ public class CrossEntropyTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         Assert.Contains("Label 1 is 37", e.Message);
     }
 }
+
+/// <summary><see cref="CrossEntropyTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class CrossEntropyTestsOnCpu(CpuDeviceFixture fixture) : CrossEntropyTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="CrossEntropyTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class CrossEntropyTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : CrossEntropyTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="CrossEntropyTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class CrossEntropyTestsOnCuda(CudaDeviceFixture fixture) : CrossEntropyTests<CudaDeviceFixture>(fixture);

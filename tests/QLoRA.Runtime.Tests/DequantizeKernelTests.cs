@@ -7,7 +7,8 @@ using QLoRA.Runtime.Tensors;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>The device dequantizer against QLoRA.Core's CPU dequantizer (itself tested against bitsandbytes' rules): identical bits.</summary>
-public class DequantizeKernelTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class DequantizeKernelTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private static float[] Normal(int count, int seed, double scale)
     {
@@ -72,3 +73,12 @@ public class DequantizeKernelTests(CpuDeviceFixture fixture) : IClassFixture<Cpu
         Assert.Throws<ArgumentException>(() => onDevice.DequantizeToF32(output.View));
     }
 }
+
+/// <summary><see cref="DequantizeKernelTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class DequantizeKernelTestsOnCpu(CpuDeviceFixture fixture) : DequantizeKernelTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="DequantizeKernelTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class DequantizeKernelTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : DequantizeKernelTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="DequantizeKernelTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class DequantizeKernelTestsOnCuda(CudaDeviceFixture fixture) : DequantizeKernelTests<CudaDeviceFixture>(fixture);

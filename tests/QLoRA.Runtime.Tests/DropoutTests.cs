@@ -7,7 +7,8 @@ using QLoRA.Runtime.Tensors;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>Seeded inverted dropout, and LoRA's input dropout in training: gradients by finite differences through the same mask.</summary>
-public class DropoutTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class DropoutTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private static float[] Random(int count, int seed, double scale = 1) => Narrow.Random(count, seed, DType.F32, scale);
 
@@ -142,3 +143,12 @@ public class DropoutTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFix
         Check("dB", b, gotDb, Bs => Loss(x, a, Bs));
     }
 }
+
+/// <summary><see cref="DropoutTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class DropoutTestsOnCpu(CpuDeviceFixture fixture) : DropoutTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="DropoutTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class DropoutTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : DropoutTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="DropoutTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class DropoutTestsOnCuda(CudaDeviceFixture fixture) : DropoutTests<CudaDeviceFixture>(fixture);

@@ -6,7 +6,8 @@ using QLoRA.Runtime.Tensors;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>The kernels' bf16/f16 load and store, bit for bit against System.Half and a float64 rounding reference.</summary>
-public class ElementCodecTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class ElementCodecTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     [Fact]
     public void F16LoadIsExactForEveryBitPattern()
@@ -117,3 +118,12 @@ public class ElementCodecTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         Assert.Throws<ArgumentException>(() => fixture.Device.ComputeDtype = DType.U8);
     }
 }
+
+/// <summary><see cref="ElementCodecTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class ElementCodecTestsOnCpu(CpuDeviceFixture fixture) : ElementCodecTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="ElementCodecTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class ElementCodecTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : ElementCodecTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="ElementCodecTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class ElementCodecTestsOnCuda(CudaDeviceFixture fixture) : ElementCodecTests<CudaDeviceFixture>(fixture);

@@ -5,7 +5,8 @@ using QLoRA.Runtime.Tensors;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>The portable GEMM against a float64 product; errors bounded relative to Σ|a·b| of each dot product.</summary>
-public class GemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class GemmTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private static float[] Random(int count, int seed)
     {
@@ -60,3 +61,12 @@ public class GemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixtur
         Assert.Contains("op(A) is [3, 4] and op(B) is [5, 2]", e.Message);
     }
 }
+
+/// <summary><see cref="GemmTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class GemmTestsOnCpu(CpuDeviceFixture fixture) : GemmTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="GemmTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class GemmTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : GemmTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="GemmTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class GemmTestsOnCuda(CudaDeviceFixture fixture) : GemmTests<CudaDeviceFixture>(fixture);

@@ -5,7 +5,8 @@ using QLoRA.Runtime.Tensors;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>Fused 4-bit GEMV against float64 products of the host-dequantized weight.</summary>
-public class GemvTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class GemvTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private static float[] Random(int count, int seed, double scale = 1)
     {
@@ -89,3 +90,12 @@ public class GemvTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixtur
         Assert.Contains("[1…8, 40]", Assert.Throws<ArgumentException>(() => onDevice.Gemv(x9, y)).Message);
     }
 }
+
+/// <summary><see cref="GemvTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class GemvTestsOnCpu(CpuDeviceFixture fixture) : GemvTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="GemvTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class GemvTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : GemvTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="GemvTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class GemvTestsOnCuda(CudaDeviceFixture fixture) : GemvTests<CudaDeviceFixture>(fixture);

@@ -11,7 +11,8 @@ using QLoRA.Runtime.Tensors;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>Layers built from a checkpoint by name: dense bf16, bitsandbytes 4-bit, quantize-on-load, shape errors.</summary>
-public class LayerLoadingTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class LayerLoadingTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private static float[] Random(int count, int seed, double scale = 1)
     {
@@ -88,3 +89,12 @@ public class LayerLoadingTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         Assert.Contains("is stored nf4 (block 64) but the model declares fp4 (block 128)", e.Message);
     }
 }
+
+/// <summary><see cref="LayerLoadingTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class LayerLoadingTestsOnCpu(CpuDeviceFixture fixture) : LayerLoadingTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="LayerLoadingTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class LayerLoadingTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : LayerLoadingTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="LayerLoadingTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class LayerLoadingTestsOnCuda(CudaDeviceFixture fixture) : LayerLoadingTests<CudaDeviceFixture>(fixture);

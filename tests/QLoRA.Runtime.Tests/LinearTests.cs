@@ -8,7 +8,8 @@ using QLoRA.Runtime.Tensors;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>The frozen dense layer: forward with bias and the input gradient against float64, bounded by γₙ·Σ|terms|.</summary>
-public class LinearTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class LinearTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private const int Tokens = 7, In = 37, Out = 23;
 
@@ -69,3 +70,12 @@ public class LinearTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixt
         }
     }
 }
+
+/// <summary><see cref="LinearTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class LinearTestsOnCpu(CpuDeviceFixture fixture) : LinearTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="LinearTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class LinearTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : LinearTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="LinearTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class LinearTestsOnCuda(CudaDeviceFixture fixture) : LinearTests<CudaDeviceFixture>(fixture);

@@ -10,7 +10,8 @@ using QLoRA.Runtime.Ops;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>The built-in Llama (generated from its attributes) against a float64 forward written plainly here.</summary>
-public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class LlamaForwardTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private const int Hidden = 64, Inter = 96, LayerCount = 2, Heads = 4, KvHeads = 2, HeadDim = 16, Vocab = 50;
 
@@ -345,3 +346,12 @@ public class LlamaForwardTests(CpuDeviceFixture fixture) : IClassFixture<CpuDevi
         Assert.Contains("has shape [96, 64] but the model expects [128, 64]", e.Message);
     }
 }
+
+/// <summary><see cref="LlamaForwardTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class LlamaForwardTestsOnCpu(CpuDeviceFixture fixture) : LlamaForwardTests<CpuDeviceFixture>(fixture);
+
+// Not on 32-lane CPU warps: a whole forward there takes two minutes (32 OS threads per group, ~100 launches), and every
+// kernel it calls is tested at that width by its own class.
+
+/// <summary><see cref="LlamaForwardTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class LlamaForwardTestsOnCuda(CudaDeviceFixture fixture) : LlamaForwardTests<CudaDeviceFixture>(fixture);

@@ -6,7 +6,8 @@ using QLoRA.Runtime.Tensors;
 
 namespace QLoRA.Runtime.Tests;
 
-public class MemoryTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class MemoryTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     [Theory]
     [InlineData(1, 512)]
@@ -78,7 +79,8 @@ public class MemoryTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixt
     }
 }
 
-public class PinnedHostBufferTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class PinnedHostBufferTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     [Fact]
     public void RoundTripsThroughADeviceBufferOnAStream()
@@ -102,3 +104,21 @@ public class PinnedHostBufferTests(CpuDeviceFixture fixture) : IClassFixture<Cpu
         Assert.Equal(expected, pinned.Array);
     }
 }
+
+/// <summary><see cref="MemoryTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class MemoryTestsOnCpu(CpuDeviceFixture fixture) : MemoryTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="MemoryTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class MemoryTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : MemoryTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="MemoryTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class MemoryTestsOnCuda(CudaDeviceFixture fixture) : MemoryTests<CudaDeviceFixture>(fixture);
+
+/// <summary><see cref="PinnedHostBufferTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class PinnedHostBufferTestsOnCpu(CpuDeviceFixture fixture) : PinnedHostBufferTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="PinnedHostBufferTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class PinnedHostBufferTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : PinnedHostBufferTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="PinnedHostBufferTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class PinnedHostBufferTestsOnCuda(CudaDeviceFixture fixture) : PinnedHostBufferTests<CudaDeviceFixture>(fixture);

@@ -7,7 +7,8 @@ using QLoRA.Runtime.Tensors;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>Elementwise and row ops on the CPU accelerator against float64 references and finite differences.</summary>
-public class OpsTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class OpsTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private static float[] Random(int count, int seed, double scale = 1)
     {
@@ -197,3 +198,12 @@ public class OpsTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture
         Assert.Contains("weight has shape [7]; [8] is required", e.Message);
     }
 }
+
+/// <summary><see cref="OpsTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class OpsTestsOnCpu(CpuDeviceFixture fixture) : OpsTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="OpsTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class OpsTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : OpsTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="OpsTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class OpsTestsOnCuda(CudaDeviceFixture fixture) : OpsTests<CudaDeviceFixture>(fixture);

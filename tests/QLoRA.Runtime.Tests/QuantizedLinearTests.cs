@@ -6,7 +6,8 @@ using QLoRA.Runtime.Tensors;
 namespace QLoRA.Runtime.Tests;
 
 /// <summary>NF4 base + LoRA linear layer: forward and gradients against float64 math and finite differences.</summary>
-public class QuantizedLinearTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class QuantizedLinearTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private const int Tokens = 5, In = 48, Out = 20, Rank = 4;
     private const float Scaling = 2f;
@@ -114,3 +115,12 @@ public class QuantizedLinearTests(CpuDeviceFixture fixture) : IClassFixture<CpuD
         Assert.Contains($"[tokens, {In}]", e.Message);
     }
 }
+
+/// <summary><see cref="QuantizedLinearTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class QuantizedLinearTestsOnCpu(CpuDeviceFixture fixture) : QuantizedLinearTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="QuantizedLinearTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class QuantizedLinearTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : QuantizedLinearTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="QuantizedLinearTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class QuantizedLinearTestsOnCuda(CudaDeviceFixture fixture) : QuantizedLinearTests<CudaDeviceFixture>(fixture);

@@ -7,7 +7,8 @@ using QLoRA.Runtime.Tensors;
 
 namespace QLoRA.Runtime.Tests;
 
-public class RopeAndElementwiseTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFixture>
+public abstract class RopeAndElementwiseTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
 {
     private static float[] Random(int count, int seed)
     {
@@ -142,3 +143,12 @@ public class RopeAndElementwiseTests(CpuDeviceFixture fixture) : IClassFixture<C
         Assert.Equal(got.Select(BitConverter.SingleToUInt32Bits), Run().Select(BitConverter.SingleToUInt32Bits));
     }
 }
+
+/// <summary><see cref="RopeAndElementwiseTests{TDevice}"/> on the CPU accelerator with 2-lane warps.</summary>
+public sealed class RopeAndElementwiseTestsOnCpu(CpuDeviceFixture fixture) : RopeAndElementwiseTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="RopeAndElementwiseTests{TDevice}"/> on the CPU accelerator with 32-lane warps.</summary>
+public sealed class RopeAndElementwiseTestsOnCpuWarp32(CpuWarp32DeviceFixture fixture) : RopeAndElementwiseTests<CpuWarp32DeviceFixture>(fixture);
+
+/// <summary><see cref="RopeAndElementwiseTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class RopeAndElementwiseTestsOnCuda(CudaDeviceFixture fixture) : RopeAndElementwiseTests<CudaDeviceFixture>(fixture);
