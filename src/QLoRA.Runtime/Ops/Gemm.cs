@@ -23,7 +23,8 @@ public static class Gemm
     /// <param name="transposeB">Use Bᵀ.</param>
     /// <param name="alpha">Scale of the product.</param>
     /// <param name="beta">Scale of the existing C.</param>
-    /// <param name="path">Which kernel: <see cref="GemmPath.Auto"/> takes cuBLAS, else tensor cores, where they apply.</param>
+    /// <param name="path">Which kernel: <see cref="GemmPath.Auto"/> takes cuBLAS, else tensor cores, where they apply, and the
+    /// blocked SIMD kernel on the CPU accelerator.</param>
     /// <exception cref="ArgumentException">Inner dimensions or C's shape disagree (both shapes are named), or the dtypes do,
     /// or a forced path cannot run these operands here.</exception>
     public static void Multiply(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeA = false, bool transposeB = false, float alpha = 1f, float beta = 0f, GemmPath path = GemmPath.Auto)
@@ -63,6 +64,17 @@ public static class Gemm
             {
                 throw new ArgumentException("cuBLAS is not loaded on this device (the CPU accelerator, or no libcublas).", nameof(path));
             }
+        }
+
+        if (path == GemmPath.Cpu || (path == GemmPath.Auto && Cpu.CpuOps.Runs(a)))
+        {
+            if (!Cpu.CpuOps.Runs(a))
+            {
+                throw new ArgumentException("The blocked SIMD GEMM runs on the CPU accelerator only.", nameof(path));
+            }
+
+            Cpu.CpuOps.Gemm(a, b, c, transposeA, transposeB, m, n, k, alpha, beta);
+            return;
         }
 
         bool tensorCoreShape = a.Dtype is DType.BF16 or DType.F16;
