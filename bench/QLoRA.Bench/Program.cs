@@ -7,9 +7,15 @@ using QLoRA.Bench;
 // dotnet run -c Release --project bench/QLoRA.Bench -- --filter '*'     BenchmarkDotNet: NF4 kernels vs a read pass
 // dotnet run -c Release --project bench/QLoRA.Bench -- weights [layers]  build-time quantization and no-op rebuilds
 // dotnet run -c Release --project bench/QLoRA.Bench -- --filter '*Tokenizer*' '*ChatTemplate*'   tokenizer vs the Rust library, templates
+// dotnet run -c Release --project bench/QLoRA.Bench -- cpu-gemm [reps]   the CPU accelerator's GEMM next to PyTorch's matmul
 if (args.Length > 0 && args[0] == "weights")
 {
     return WeightsBuildBenchmark.Run(args);
+}
+
+if (args.Length > 0 && args[0] == "cpu-gemm")
+{
+    return CpuGemmBenchmark.Run(args);
 }
 
 IConfig config = DefaultConfig.Instance

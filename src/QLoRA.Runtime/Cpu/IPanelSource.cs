@@ -16,6 +16,21 @@ internal readonly unsafe struct DensePanelSource(CpuMatrix b) : IPanelSource
 {
     public void Pack(int j0, int width, int k, int nr, float* dst)
     {
+        if (b.Transposed && b.Element == CpuElement.F32)
+        {
+            // op(B) = Bᵀ (the forward x·Wᵀ): column j of the panel is row j0 + j of B, read once, front to back.
+            for (int j = 0; j < nr; j++)
+            {
+                float* src = (float*)b.Data + ((long)(j0 + j) * b.Ld);
+                for (int p = 0; p < k; p++)
+                {
+                    dst[((long)p * nr) + j] = j < width ? src[p] : 0f;
+                }
+            }
+
+            return;
+        }
+
         for (int p = 0; p < k; p++)
         {
             float* row = dst + ((long)p * nr);
