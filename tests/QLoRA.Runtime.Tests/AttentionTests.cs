@@ -108,14 +108,17 @@ public abstract class AttentionTests<TDevice>(TDevice fixture) : IClassFixture<T
     // Tiles of 8 rows (a CPU accelerator with 8-thread groups): blocks and key tiles straddle sequence boundaries and
     // the window; each row's output and gradients must still match float64 (gradients via the float64 output's finite
     // differences along a random direction).
+    // The same checks run on the CPU schedule (whole rows per task, no tiles) of the same accelerator.
     [Theory]
-    [InlineData(0)]
-    [InlineData(5)]
-    public void EightRowTilesAcrossSequenceBoundariesMatchFloat64(int window)
+    [InlineData(0, false)]
+    [InlineData(5, false)]
+    [InlineData(0, true)]
+    [InlineData(5, true)]
+    public void EightRowTilesAcrossSequenceBoundariesMatchFloat64(int window, bool cpuSchedule)
     {
         const int tokens = 27, heads = 6, kvHeads = 3, d = 5;
         int[] boundaries = [0, 11, 12, 27];
-        using Devices.Device device = Devices.Device.Cpu(4, 2);
+        using Devices.Device device = Devices.Device.Cpu(4, 2, cpuSchedules: cpuSchedule);
         Assert.Equal(8, Attention.Tile(device, d));
         float[] q = Random(tokens * heads * d, 11), k = Random(tokens * kvHeads * d, 12), v = Random(tokens * kvHeads * d, 13), c = Random(tokens * heads * d, 14);
         int StartOf(int t)

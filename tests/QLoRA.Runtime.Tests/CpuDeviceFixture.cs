@@ -5,10 +5,11 @@ namespace QLoRA.Runtime.Tests;
 
 /// <summary>
 /// An accelerator shared by a test class (creating one compiles kernels anew). Kernel tests are written once, as an
-/// abstract class generic in its fixture, and run on every accelerator below: the CPU accelerator with 2-lane warps
-/// (the default CPU device), with 32-lane warps (a GPU's warp width: reductions, shuffles and tiles at full width), and
-/// CUDA where the test executable runs on a GPU machine — there the kernels themselves are tested, not a CPU emulation.
-/// Where an accelerator is absent, its tests are reported as skipped with the reason.
+/// abstract class generic in its fixture, and run on every accelerator below: the default CPU device (2-lane warps, the
+/// Ops' CPU schedules: SIMD GEMM, barrier-free attention), the CPU accelerator emulating a GPU's 32-lane warps and
+/// running the GPU schedules' kernels (reductions, shuffles and tiles at full width), and CUDA where the test executable
+/// runs on a GPU machine — there the kernels themselves are tested, not an emulation. Where an accelerator is absent,
+/// its tests are reported as skipped with the reason.
 /// </summary>
 public abstract class DeviceFixture : IDisposable
 {
@@ -48,14 +49,14 @@ public abstract class DeviceFixture : IDisposable
     }
 }
 
-/// <summary>The default CPU device: 2-lane warps, one group per core.</summary>
+/// <summary>The default CPU device: 2-lane warps, one group per core, the Ops' CPU schedules.</summary>
 public sealed class CpuDeviceFixture() : DeviceFixture(Device.Cpu, "");
 
 /// <summary>
 /// The CPU accelerator with a GPU's 32-lane warps, one warp per group and one group at a time (32 OS threads, so tests
-/// keep shapes small and leave the other test assemblies their cores).
+/// keep shapes small and leave the other test assemblies their cores), running the GPU schedules' kernels.
 /// </summary>
-public sealed class CpuWarp32DeviceFixture() : DeviceFixture(() => Device.Cpu(32, 1, multiprocessors: 1), "");
+public sealed class CpuWarp32DeviceFixture() : DeviceFixture(() => Device.Cpu(32, 1, multiprocessors: 1, cpuSchedules: false), "");
 
 /// <summary>CUDA device 0 when the machine has one (run the packed test executable on a GPU machine).</summary>
 public sealed class CudaDeviceFixture() : DeviceFixture(CreateCuda, "no CUDA device here: these kernel tests run on CUDA when the test executable runs on a GPU machine")

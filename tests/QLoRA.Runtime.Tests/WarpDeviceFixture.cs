@@ -8,7 +8,7 @@ namespace QLoRA.Runtime.Tests;
 /// </summary>
 public sealed class WarpDeviceFixture : IDisposable
 {
-    public Device Device { get; } = Device.Cpu(32, 4, multiprocessors: 1);
+    public Device Device { get; } = Device.Cpu(32, 4, multiprocessors: 1, cpuSchedules: false);
 
     public void Dispose() => Device.Dispose();
 }

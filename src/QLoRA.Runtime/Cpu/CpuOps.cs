@@ -6,8 +6,9 @@ namespace QLoRA.Runtime.Cpu;
 /// <summary>The Ops entry points' CPU schedules: run in place on the CPU accelerator's host-memory buffers.</summary>
 internal static unsafe class CpuOps
 {
-    /// <summary>True when <paramref name="tensor"/> lives on the CPU accelerator (its buffers are host memory).</summary>
-    public static bool Runs(DeviceTensor tensor) => tensor.Device.Kind == DeviceKind.Cpu;
+    /// <summary>True when <paramref name="tensor"/> lives on the CPU accelerator (its buffers are host memory) and its Ops
+    /// take their CPU schedules.</summary>
+    public static bool Runs(DeviceTensor tensor) => tensor.Device.Kind == DeviceKind.Cpu && tensor.Device.CpuSchedules;
 
     /// <summary>C = α·op(A)·op(B) + β·C (shapes already checked by the caller).</summary>
     public static void Gemm(DeviceTensor a, DeviceTensor b, DeviceTensor c, bool transposeA, bool transposeB, int m, int n, int k, float alpha, float beta)
@@ -19,4 +20,26 @@ internal static unsafe class CpuOps
         var output = new CpuOutput((void*)c.NativePointer, CpuMatrix.ElementOf(c.Dtype), n);
         CpuGemm.Multiply(left, new DensePanelSource(right), output, m, n, k, alpha, beta);
     }
+
+    /// <summary>Attention forward (shapes already checked by the caller).</summary>
+    public static void AttentionForward(DeviceTensor q, DeviceTensor k, DeviceTensor v, ReadOnlySpan<int> boundaries, DeviceTensor o, DeviceTensor lse, int slidingWindow)
+    {
+        q.Device.Stream.Synchronize();
+        (int tokens, int heads, int kvHeads, int d) = Dimensions(q, k);
+        CpuAttention.Forward(Operands(q, k, v, o, lse), boundaries, tokens, heads, kvHeads, d, 1f / MathF.Sqrt(d), slidingWindow);
+    }
+
+    /// <summary>Attention backward (shapes already checked by the caller); <paramref name="delta"/> is F32 [tokens, heads] scratch.</summary>
+    public static void AttentionBackward(DeviceTensor q, DeviceTensor k, DeviceTensor v, ReadOnlySpan<int> boundaries, DeviceTensor o, DeviceTensor lse, DeviceTensor dO, DeviceTensor dQ, DeviceTensor dK, DeviceTensor dV, DeviceTensor delta, int slidingWindow)
+    {
+        q.Device.Stream.Synchronize();
+        (int tokens, int heads, int kvHeads, int d) = Dimensions(q, k);
+        CpuAttention.Backward(Operands(q, k, v, o, lse), (void*)dO.NativePointer, (void*)dQ.NativePointer, (void*)dK.NativePointer, (void*)dV.NativePointer, (float*)delta.NativePointer, boundaries, tokens, heads, kvHeads, d, 1f / MathF.Sqrt(d), slidingWindow);
+    }
+
+    private static (int Tokens, int Heads, int KvHeads, int D) Dimensions(DeviceTensor q, DeviceTensor k) =>
+        (checked((int)q.Shape[0]), checked((int)q.Shape[1]), checked((int)k.Shape[1]), checked((int)q.Shape[2]));
+
+    private static CpuAttentionOperands Operands(DeviceTensor q, DeviceTensor k, DeviceTensor v, DeviceTensor o, DeviceTensor lse) =>
+        new((void*)q.NativePointer, (void*)k.NativePointer, (void*)v.NativePointer, (void*)o.NativePointer, (float*)lse.NativePointer, CpuMatrix.ElementOf(q.Dtype));
 }

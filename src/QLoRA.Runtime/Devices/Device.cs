@@ -124,12 +124,25 @@ public sealed class Device : IDisposable
     public static Device Cpu() => Cpu(CpuWarpSize, 1);
 
     /// <summary>A CPU accelerator with wider groups (tests of tiled kernels at tile sizes above the default 2).</summary>
-    internal static Device Cpu(int threadsPerWarp, int warpsPerGroup, int? multiprocessors = null)
+    /// <param name="threadsPerWarp">Lanes per warp (OS threads).</param>
+    /// <param name="warpsPerGroup">Warps per group.</param>
+    /// <param name="multiprocessors">Groups run at once (default: one per core).</param>
+    /// <param name="cpuSchedules">Run the Ops through their CPU schedules (SIMD GEMM, barrier-free attention); false runs
+    /// the GPU schedules' kernels on the emulated warps instead, which is how those kernels are tested without a GPU.</param>
+    internal static Device Cpu(int threadsPerWarp, int warpsPerGroup, int? multiprocessors = null, bool cpuSchedules = true)
     {
         var cpu = new CPUDevice(numThreadsPerWarp: threadsPerWarp, numWarpsPerMultiprocessor: warpsPerGroup, numMultiprocessors: multiprocessors ?? Environment.ProcessorCount);
         Context context = Context.Create(builder => builder.CPU(cpu).EnableAlgorithms());
-        return Create(context, context.GetCPUDevice(0), DeviceKind.Cpu);
+        Device device = Create(context, context.GetCPUDevice(0), DeviceKind.Cpu);
+        device.CpuSchedules = cpuSchedules;
+        return device;
     }
+
+    /// <summary>
+    /// True on the CPU accelerator (unless a test asked for the GPU schedules): Ops take their CPU schedules, which work
+    /// on the accelerator's host-memory buffers in place instead of emulating GPU groups with OS threads.
+    /// </summary>
+    internal bool CpuSchedules { get; private set; }
 
     // The smallest warp ILGPU's CPU accelerator accepts; each lane is an OS thread, so fewer is faster for grid-stride loops.
     private const int CpuWarpSize = 2;

@@ -27,6 +27,12 @@ public static class Attention
     {
         AttentionShape s = Check(q, k, v, o, lse, slidingWindow);
         using DeviceTensor starts = Boundaries(q.Device, sequenceBoundaries, s.Tokens, end: false);
+        if (Cpu.CpuOps.Runs(q))
+        {
+            Cpu.CpuOps.AttentionForward(q, k, v, sequenceBoundaries, o, lse, slidingWindow);
+            return;
+        }
+
         ComputeDispatch.Run(q, new ForwardLaunch(q, k, v, starts, o, lse, s), nameof(q));
     }
 
@@ -43,6 +49,12 @@ public static class Attention
         using DeviceTensor starts = Boundaries(device, sequenceBoundaries, s.Tokens, end: false);
         using DeviceTensor ends = Boundaries(device, sequenceBoundaries, s.Tokens, end: true);
         using DeviceTensor delta = DeviceTensor.Allocate(device, DType.F32, s.Tokens, s.Heads);
+        if (Cpu.CpuOps.Runs(q))
+        {
+            Cpu.CpuOps.AttentionBackward(q, k, v, sequenceBoundaries, o, lse, dO, dQ, dK, dV, delta, slidingWindow);
+            return;
+        }
+
         ComputeDispatch.Run(q, new BackwardLaunch(q, k, v, starts, ends, o, lse, dO, delta, dQ, dK, dV, s), nameof(q));
     }
 
