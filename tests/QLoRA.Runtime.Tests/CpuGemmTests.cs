@@ -1,5 +1,6 @@
 using System.Runtime.Intrinsics.X86;
 using QLoRA.Core;
+using QLoRA.Core.Quantization;
 using QLoRA.Runtime.Cpu;
 using QLoRA.Runtime.Ops;
 using QLoRA.Runtime.Tensors;
@@ -177,6 +178,59 @@ public class CpuGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFix
         for (int i = 0; i < p.Length; i++)
         {
             Assert.True(Math.Abs(p[i] - c[i]) <= 2 * 300 * Math.Pow(2, -24) * 300, $"{i}: {p[i]} vs {c[i]}");
+        }
+    }
+
+    [Theory]
+    [InlineData(true, QuantType.Nf4, true, DType.F32)]
+    [InlineData(false, QuantType.Nf4, true, DType.F32)]
+    [InlineData(true, QuantType.Fp4, false, DType.BF16)]
+    [InlineData(false, QuantType.Fp4, true, DType.F16)]
+    public void FourBitWeightsDecodeInsideThePanelsAsCoreDequantizesThem(bool transposeWeight, QuantType type, bool doubleQuant, DType dtype)
+    {
+        const int m = 50, outFeatures = 70, inFeatures = 97; // odd: codes straddle bytes and blocks straddle rows
+        var tensor = QuantizedTensor.Quantize(Random(outFeatures * inFeatures, 21), [outFeatures, inFeatures], new QuantizationOptions(type, 64, doubleQuant));
+        float[] w = tensor.DequantizeToSingle(); // QLoRA.Core's decode, checked against bitsandbytes' rules
+        int inner = transposeWeight ? inFeatures : outFeatures, n = transposeWeight ? outFeatures : inFeatures;
+        float[] x = Stored(Random(m * inner, 22), dtype, m, inner), c0 = Stored(Random(m * n, 23), dtype, m, n);
+        float[]? first = null;
+        foreach (int width in new[] { 0, 256, 512 })
+        {
+            if ((width == 256 && !(Avx2.IsSupported && Fma.IsSupported)) || (width == 512 && !Avx512F.IsSupported))
+            {
+                continue;
+            }
+
+            float[] got = WithWidth(width, () =>
+            {
+                using DeviceQuantizedTensor onDevice = DeviceQuantizedTensor.Upload(fixture.Device, tensor);
+                using DeviceTensor tx = DeviceTensor.FromSingle(fixture.Device, x, dtype, m, inner);
+                using DeviceTensor tc = DeviceTensor.FromSingle(fixture.Device, c0, dtype, m, n);
+                onDevice.Multiply(tx, tc, transposeWeight, alpha: 0.5f, beta: 1f, path: GemmPath.Cpu);
+                return tc.ToSingle();
+            });
+            first ??= got;
+            Assert.Equal(first.Select(BitConverter.SingleToInt32Bits), got.Select(BitConverter.SingleToInt32Bits));
+        }
+
+        Assert.NotNull(first);
+        double gamma = inner * Math.Pow(2, -24) / (1 - (inner * Math.Pow(2, -24)));
+        for (int i = 0; i < m; i++)
+        {
+            for (int j = 0; j < n; j++)
+            {
+                double sum = 0, magnitude = 0;
+                for (int k = 0; k < inner; k++)
+                {
+                    double wv = transposeWeight ? w[(j * inFeatures) + k] : w[(k * inFeatures) + j];
+                    sum += x[(i * inner) + k] * wv;
+                    magnitude += Math.Abs(x[(i * inner) + k] * wv);
+                }
+
+                double old = c0[(i * n) + j], expected = (0.5 * sum) + old;
+                double bound = (gamma * 0.5 * magnitude) + (3 * Math.Pow(2, -24) * ((0.5 * magnitude) + Math.Abs(old))) + (Unit(dtype) * Math.Abs(expected)) + 1e-30;
+                Assert.True(Math.Abs(first[(i * n) + j] - expected) <= bound * 1.0001, $"C[{i},{j}] {first[(i * n) + j]} vs {expected} (bound {bound})");
+            }
         }
     }
 }

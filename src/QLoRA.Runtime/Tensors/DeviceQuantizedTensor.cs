@@ -198,6 +198,17 @@ public sealed class DeviceQuantizedTensor : IDisposable
 
         int m = checked((int)x.Shape[0]);
         Ops.Shapes.Require(c, x.Dtype, [m, n], nameof(c));
+        if (path == Ops.GemmPath.Cpu || (path == Ops.GemmPath.Auto && Cpu.CpuOps.Runs(x)))
+        {
+            if (_device.Kind != DeviceKind.Cpu)
+            {
+                throw new ArgumentException("The blocked SIMD GEMM runs on the CPU accelerator only.", nameof(path));
+            }
+
+            MultiplyOnCpu(x, c, transposeWeight, m, n, inner, alpha, beta);
+            return;
+        }
+
         if (path == Ops.GemmPath.Cublas || (path == Ops.GemmPath.Auto && !_device.Deterministic))
         {
             if (_device.Blas is Native.Cublas blas && x.Dtype == DType.BF16)
@@ -241,6 +252,19 @@ public sealed class DeviceQuantizedTensor : IDisposable
 
         var shape = new Nf4GemmShape(m, outFeatures, inFeatures, State.BlockSize, transposeWeight ? 1 : 0, alpha, beta);
         Ops.ComputeDispatch.Run(x, new GemmLaunch(this, x, c, shape), nameof(x));
+    }
+
+    private float[]? _hostAbsmax;
+
+    // The CPU accelerator's buffers are host memory: the GEMM decodes the packed codes in place while packing panels.
+    private unsafe void MultiplyOnCpu(DeviceTensor x, DeviceTensor c, bool transposeWeight, int m, int n, int inner, float alpha, float beta)
+    {
+        _device.Stream.Synchronize();
+        float[] absmax = _hostAbsmax ??= State.Absmax.Decode(); // bit-identical to the device's decode (see DequantizeKernelTests)
+        var weight = new Cpu.FourBitPanelSource((byte*)_packed.NativePtr, FourBitCodes.Values(State.Type).ToArray(), absmax, checked((int)State.Shape[1]), State.BlockSize, transposeWeight);
+        var left = new Cpu.CpuMatrix((void*)x.NativePointer, Cpu.CpuMatrix.ElementOf(x.Dtype), inner, transposed: false);
+        var output = new Cpu.CpuOutput((void*)c.NativePointer, Cpu.CpuMatrix.ElementOf(c.Dtype), n);
+        Cpu.CpuGemm.Multiply(left, weight, output, m, n, inner, alpha, beta);
     }
 
     private readonly record struct GemmLaunch(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor C, Nf4GemmShape Shape) : Ops.IComputeLaunch
