@@ -18,6 +18,12 @@ if (args.Length > 0 && args[0] == "cpu-gemm")
     return CpuGemmBenchmark.Run(args);
 }
 
+// dotnet run -c Release --project bench/QLoRA.Bench -- cpu-forward [reps]  forward of 256 tokens, CPU schedules vs before
+if (args.Length > 0 && args[0] == "cpu-forward")
+{
+    return CpuForwardBenchmark.Run(args);
+}
+
 IConfig config = DefaultConfig.Instance
     .AddJob(Job.Default.WithWarmupCount(3).WithIterationCount(20).WithToolchain(InProcessEmitToolchain.Instance))
     .AddColumn(new ThroughputColumn(relative: false), new ThroughputColumn(relative: true))
