@@ -34,6 +34,12 @@ internal static class CpuForwardBenchmark
                 (after, logitsAfter) = Time(reps, () => model.Forward(ids));
             }
 
+            if (args.Contains("--after-only"))
+            {
+                Console.WriteLine($"CPU schedules: {after:F3} s");
+                return 0;
+            }
+
             using (Device device = Device.Cpu(2, 1, cpuSchedules: false))
             using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(device, folder))
             {

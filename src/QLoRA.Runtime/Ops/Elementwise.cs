@@ -19,6 +19,12 @@ public static class Elementwise
     {
         Shapes.Require(b, a.Dtype, a.Shape, nameof(b));
         Shapes.Require(y, a.Dtype, a.Shape, nameof(y));
+        if (Cpu.CpuOps.Runs(a))
+        {
+            Cpu.CpuRowOps.Add(a, b, y);
+            return;
+        }
+
         ComputeDispatch.Run(a, new AddLaunch(a, b, y), nameof(a));
     }
 

@@ -20,6 +20,12 @@ public static class RmsNorm
     public static void Forward(DeviceTensor x, DeviceTensor weight, DeviceTensor y, DeviceTensor inverseRms, float eps)
     {
         (int rows, int dim) = Check(x, weight, y, inverseRms);
+        if (Cpu.CpuOps.Runs(x))
+        {
+            Cpu.CpuRowOps.RmsNormForward(x, weight, y, inverseRms, rows, dim, eps);
+            return;
+        }
+
         ComputeDispatch.Run(x, new ForwardLaunch(x, weight, y, inverseRms, rows, dim, eps), nameof(x));
     }
 
@@ -30,6 +36,12 @@ public static class RmsNorm
         (int rows, int dim) = Check(x, weight, dy, inverseRms);
         Shapes.Require(dx, x.Dtype, x.Shape, nameof(dx));
         Shapes.Require(dWeight, DType.F32, weight.Shape, nameof(dWeight));
+        if (Cpu.CpuOps.Runs(x))
+        {
+            Cpu.CpuRowOps.RmsNormBackward(x, weight, dy, inverseRms, dx, dWeight, rows, dim);
+            return;
+        }
+
         ComputeDispatch.Run(x, new BackwardLaunch(x, weight, dy, inverseRms, dx, dWeight, rows, dim), nameof(x));
     }
 

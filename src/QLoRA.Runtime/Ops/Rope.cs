@@ -30,6 +30,12 @@ public static class Rope
         int tokens = checked((int)x.Shape[0]), heads = checked((int)x.Shape[1]), headDim = checked((int)x.Shape[2]);
         Shapes.Require(positions, DType.I32, [tokens], nameof(positions));
         Shapes.Require(invFreq, DType.F32, [headDim / 2], nameof(invFreq));
+        if (Cpu.CpuOps.Runs(x))
+        {
+            Cpu.CpuRowOps.Rope(x, positions, invFreq, tokens, heads, headDim, direction);
+            return;
+        }
+
         ComputeDispatch.Run(x, new RotateLaunch(x, positions, invFreq, tokens, heads, headDim, direction), nameof(x));
     }
 

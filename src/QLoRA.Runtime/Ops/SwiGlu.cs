@@ -16,6 +16,12 @@ public static class SwiGlu
     {
         Shapes.Require(up, gate.Dtype, gate.Shape, nameof(up));
         Shapes.Require(y, gate.Dtype, gate.Shape, nameof(y));
+        if (Cpu.CpuOps.Runs(gate))
+        {
+            Cpu.CpuRowOps.SwiGluForward(gate, up, y);
+            return;
+        }
+
         ComputeDispatch.Run(gate, new ForwardLaunch(gate, up, y), nameof(gate));
     }
 
@@ -26,6 +32,12 @@ public static class SwiGlu
         foreach ((DeviceTensor t, string name) in new[] { (up, nameof(up)), (dy, nameof(dy)), (dGate, nameof(dGate)), (dUp, nameof(dUp)) })
         {
             Shapes.Require(t, gate.Dtype, gate.Shape, name);
+        }
+
+        if (Cpu.CpuOps.Runs(gate))
+        {
+            Cpu.CpuRowOps.SwiGluBackward(gate, up, dy, dGate, dUp);
+            return;
         }
 
         ComputeDispatch.Run(gate, new BackwardLaunch(gate, up, dy, dGate, dUp), nameof(gate));

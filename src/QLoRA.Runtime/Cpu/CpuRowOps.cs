@@ -1,0 +1,245 @@
+using System.Buffers;
+using QLoRA.Runtime.Tensors;
+
+namespace QLoRA.Runtime.Cpu;
+
+/// <summary>
+/// CPU schedules of the row and elementwise ops (RMSNorm, RoPE, SwiGLU, add): each task owns whole rows, or a range of
+/// elements, and works on the accelerator's host buffers in place — no kernel launch, no emulated warps. The per-element
+/// arithmetic is the kernels' own, in float32 with one rounding on store; reductions (RMSNorm's sum of squares, its
+/// weight gradient) run in a fixed order, so results repeat bit for bit.
+/// </summary>
+internal static unsafe class CpuRowOps
+{
+    // Elements per task for elementwise ops: enough that scheduling is noise.
+    private const int ElementsPerTask = 1 << 15;
+
+    /// <summary>y = w ⊙ x / sqrt(mean(x²) + ε) per row; 1/rms saved per row.</summary>
+    public static void RmsNormForward(DeviceTensor x, DeviceTensor weight, DeviceTensor y, DeviceTensor inverseRms, int rows, int dim, float eps)
+    {
+        x.Device.Stream.Synchronize();
+        void* xs = (void*)x.NativePointer, ys = (void*)y.NativePointer;
+        float* w = (float*)weight.NativePointer, inv = (float*)inverseRms.NativePointer;
+        CpuElement element = CpuMatrix.ElementOf(x.Dtype);
+        ForRows(rows, dim, (first, end, row) =>
+        {
+            for (int r = first; r < end; r++)
+            {
+                CpuElements.Load(xs, element, (long)r * dim, dim, row);
+                float sum = 0f;
+                foreach (float v in row)
+                {
+                    sum += v * v;
+                }
+
+                float scale = 1f / MathF.Sqrt((sum / dim) + eps);
+                inv[r] = scale;
+                for (int j = 0; j < dim; j++)
+                {
+                    row[j] = w[j] * (row[j] * scale);
+                }
+
+                CpuElements.Store(row, ys, element, (long)r * dim);
+            }
+        });
+    }
+
+    /// <summary>dx = inv·(w⊙dy) − x·inv³·mean(w⊙dy⊙x) per row; dw[j] = Σ_r dy·x·inv over rows in order.</summary>
+    public static void RmsNormBackward(DeviceTensor x, DeviceTensor weight, DeviceTensor dy, DeviceTensor inverseRms, DeviceTensor dx, DeviceTensor dWeight, int rows, int dim)
+    {
+        x.Device.Stream.Synchronize();
+        void* xs = (void*)x.NativePointer, dys = (void*)dy.NativePointer, dxs = (void*)dx.NativePointer;
+        float* w = (float*)weight.NativePointer, inv = (float*)inverseRms.NativePointer, dw = (float*)dWeight.NativePointer;
+        CpuElement element = CpuMatrix.ElementOf(x.Dtype);
+
+        // The weight gradient first: dx may alias dy.
+        int columnTasks = Math.Max(1, Math.Min(Environment.ProcessorCount * 4, dim / 64));
+        Parallel.For(0, columnTasks, task =>
+        {
+            int j0 = (int)((long)dim * task / columnTasks), j1 = (int)((long)dim * (task + 1) / columnTasks);
+            float[] a = ArrayPool<float>.Shared.Rent(dim), b = ArrayPool<float>.Shared.Rent(dim);
+            try
+            {
+                new Span<float>(dw + j0, j1 - j0).Clear();
+                for (int r = 0; r < rows; r++)
+                {
+                    CpuElements.Load(dys, element, ((long)r * dim) + j0, j1 - j0, a);
+                    CpuElements.Load(xs, element, ((long)r * dim) + j0, j1 - j0, b);
+                    for (int j = 0; j < j1 - j0; j++)
+                    {
+                        dw[j0 + j] += a[j] * b[j] * inv[r];
+                    }
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(a);
+                ArrayPool<float>.Shared.Return(b);
+            }
+        });
+
+        ForRows(rows, 2 * dim, (first, end, scratch) =>
+        {
+            Span<float> xr = scratch[..dim], dyr = scratch.Slice(dim, dim);
+            for (int r = first; r < end; r++)
+            {
+                CpuElements.Load(xs, element, (long)r * dim, dim, xr);
+                CpuElements.Load(dys, element, (long)r * dim, dim, dyr);
+                float scale = inv[r], dot = 0f;
+                for (int j = 0; j < dim; j++)
+                {
+                    dot += w[j] * dyr[j] * xr[j];
+                }
+
+                float k = dot / dim * scale * scale * scale;
+                for (int j = 0; j < dim; j++)
+                {
+                    dyr[j] = (scale * w[j] * dyr[j]) - (xr[j] * k);
+                }
+
+                CpuElements.Store(dyr, dxs, element, (long)r * dim);
+            }
+        });
+    }
+
+    /// <summary>Rotate-half RoPE in place over [tokens, heads, headDim]; direction +1 forward, −1 backward.</summary>
+    public static void Rope(DeviceTensor x, DeviceTensor positions, DeviceTensor invFreq, int tokens, int heads, int headDim, float direction)
+    {
+        x.Device.Stream.Synchronize();
+        void* xs = (void*)x.NativePointer;
+        int* pos = (int*)positions.NativePointer;
+        float* freq = (float*)invFreq.NativePointer;
+        CpuElement element = CpuMatrix.ElementOf(x.Dtype);
+        int half = headDim / 2;
+        ForRows(tokens, 2 * half + (heads * headDim), (first, end, scratch) =>
+        {
+            Span<float> cos = scratch[..half], sin = scratch.Slice(half, half), row = scratch.Slice(2 * half, heads * headDim);
+            for (int t = first; t < end; t++)
+            {
+                for (int i = 0; i < half; i++)
+                {
+                    float angle = pos[t] * freq[i];
+                    cos[i] = MathF.Cos(angle);
+                    sin[i] = MathF.Sin(angle) * direction;
+                }
+
+                CpuElements.Load(xs, element, (long)t * heads * headDim, heads * headDim, row);
+                for (int h = 0; h < heads; h++)
+                {
+                    Span<float> head = row.Slice(h * headDim, headDim);
+                    for (int i = 0; i < half; i++)
+                    {
+                        float a = head[i], b = head[i + half];
+                        head[i] = (a * cos[i]) - (b * sin[i]);
+                        head[i + half] = (b * cos[i]) + (a * sin[i]);
+                    }
+                }
+
+                CpuElements.Store(row, xs, element, (long)t * heads * headDim);
+            }
+        });
+    }
+
+    /// <summary>y = silu(g) ⊙ u.</summary>
+    public static void SwiGluForward(DeviceTensor gate, DeviceTensor up, DeviceTensor y)
+    {
+        gate.Device.Stream.Synchronize();
+        void* gs = (void*)gate.NativePointer, us = (void*)up.NativePointer, ys = (void*)y.NativePointer;
+        CpuElement element = CpuMatrix.ElementOf(gate.Dtype);
+        ForElements(gate.ElementCount, 2, (start, count, scratch) =>
+        {
+            Span<float> g = scratch[..count], u = scratch.Slice(count, count);
+            CpuElements.Load(gs, element, start, count, g);
+            CpuElements.Load(us, element, start, count, u);
+            for (int i = 0; i < count; i++)
+            {
+                u[i] = g[i] / (1f + MathF.Exp(-g[i])) * u[i];
+            }
+
+            CpuElements.Store(u, ys, element, start);
+        });
+    }
+
+    /// <summary>dg = dy·u·σ(g)·(1 + g·(1 − σ(g))), du = dy·silu(g) (dUp may alias up).</summary>
+    public static void SwiGluBackward(DeviceTensor gate, DeviceTensor up, DeviceTensor dy, DeviceTensor dGate, DeviceTensor dUp)
+    {
+        gate.Device.Stream.Synchronize();
+        void* gs = (void*)gate.NativePointer, us = (void*)up.NativePointer, dys = (void*)dy.NativePointer, dgs = (void*)dGate.NativePointer, dus = (void*)dUp.NativePointer;
+        CpuElement element = CpuMatrix.ElementOf(gate.Dtype);
+        ForElements(gate.ElementCount, 3, (start, count, scratch) =>
+        {
+            Span<float> g = scratch[..count], u = scratch.Slice(count, count), d = scratch.Slice(2 * count, count);
+            CpuElements.Load(gs, element, start, count, g);
+            CpuElements.Load(us, element, start, count, u);
+            CpuElements.Load(dys, element, start, count, d);
+            for (int i = 0; i < count; i++)
+            {
+                float sigmoid = 1f / (1f + MathF.Exp(-g[i]));
+                float du = d[i] * g[i] * sigmoid;
+                g[i] = d[i] * u[i] * sigmoid * (1f + (g[i] * (1f - sigmoid)));
+                u[i] = du;
+            }
+
+            CpuElements.Store(u, dus, element, start);
+            CpuElements.Store(g, dgs, element, start);
+        });
+    }
+
+    /// <summary>y = a + b (y may alias a or b).</summary>
+    public static void Add(DeviceTensor a, DeviceTensor b, DeviceTensor y)
+    {
+        a.Device.Stream.Synchronize();
+        void* xs = (void*)a.NativePointer, bs = (void*)b.NativePointer, ys = (void*)y.NativePointer;
+        CpuElement element = CpuMatrix.ElementOf(a.Dtype);
+        ForElements(a.ElementCount, 2, (start, count, scratch) =>
+        {
+            Span<float> left = scratch[..count], right = scratch.Slice(count, count);
+            CpuElements.Load(xs, element, start, count, left);
+            CpuElements.Load(bs, element, start, count, right);
+            System.Numerics.Tensors.TensorPrimitives.Add(left, right, left);
+            CpuElements.Store(left, ys, element, start);
+        });
+    }
+
+    private delegate void RowsBody(int first, int end, Span<float> scratch);
+
+    private delegate void ElementsBody(long start, int count, Span<float> scratch);
+
+    // Rows in contiguous ranges, a few per core; each task gets float32 scratch of scratchFloats.
+    private static void ForRows(int rows, int scratchFloats, RowsBody body)
+    {
+        int tasks = Math.Max(1, Math.Min(rows, Environment.ProcessorCount * 4));
+        Parallel.For(0, tasks, task =>
+        {
+            int first = (int)((long)rows * task / tasks), end = (int)((long)rows * (task + 1) / tasks);
+            float[] scratch = ArrayPool<float>.Shared.Rent(Math.Max(1, scratchFloats));
+            try
+            {
+                body(first, end, scratch.AsSpan(0, scratchFloats));
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(scratch);
+            }
+        });
+    }
+
+    private static void ForElements(long count, int operands, ElementsBody body)
+    {
+        long tasks = (count + ElementsPerTask - 1) / ElementsPerTask;
+        Parallel.For(0L, tasks, task =>
+        {
+            long start = task * ElementsPerTask;
+            int length = (int)Math.Min(ElementsPerTask, count - start);
+            float[] scratch = ArrayPool<float>.Shared.Rent(operands * ElementsPerTask);
+            try
+            {
+                body(start, length, scratch.AsSpan(0, operands * length));
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(scratch);
+            }
+        });
+    }
+}
