@@ -34,6 +34,7 @@ internal static class CpuForwardBenchmark
                 (after, logitsAfter) = Time(reps, () => model.Forward(ids));
             }
 
+            double? torch = TorchPeer(folder, Math.Max(reps, 10));
             if (args.Contains("--after-only"))
             {
                 Console.WriteLine($"CPU schedules: {after:F3} s");
@@ -53,6 +54,9 @@ internal static class CpuForwardBenchmark
             Console.WriteLine("| --- | ---: | ---: |");
             Console.WriteLine($"| GPU schedules on emulated warps (before) | {before:F3} s | {Tokens / before:F0} |");
             Console.WriteLine($"| CPU schedules (SIMD GEMM, barrier-free attention) | {after:F3} s | {Tokens / after:F0} |");
+            Console.WriteLine(torch is double p
+                ? $"| PyTorch, dense float32 weights (bench/cpu/torch_forward.py) | {p:F3} s | {Tokens / p:F0} |"
+                : "| PyTorch | not run: apt-get install python3-torch libopenblas0-pthread | |");
             Console.WriteLine($"speed-up {before / after:F1}×; largest logit difference between the two {maxDiff:E2}");
             Console.WriteLine(new JsonObject
             {
@@ -61,6 +65,8 @@ internal static class CpuForwardBenchmark
                 ["before_s"] = before,
                 ["after_s"] = after,
                 ["speedup"] = before / after,
+                ["torch_s"] = torch,
+                ["ours_over_torch"] = torch is double q ? after / q : null,
                 ["max_logit_difference"] = maxDiff,
                 ["processors"] = Environment.ProcessorCount,
             }.ToJsonString());
@@ -69,6 +75,33 @@ internal static class CpuForwardBenchmark
         finally
         {
             Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    private static double? TorchPeer(string folder, int reps)
+    {
+        string script = Path.Combine(CpuGemmBenchmark.FindRepo(), "bench", "cpu", "torch_forward.py");
+        try
+        {
+            using var process = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("/usr/bin/python3", [script, folder, Environment.ProcessorCount.ToString(System.Globalization.CultureInfo.InvariantCulture), reps.ToString(System.Globalization.CultureInfo.InvariantCulture)])
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+            })!;
+            string output = process.StandardOutput.ReadToEnd();
+            string errors = process.StandardError.ReadToEnd();
+            process.WaitForExit();
+            if (process.ExitCode != 0)
+            {
+                Console.WriteLine($"PyTorch peer failed: {errors.Trim().Split('\n').LastOrDefault()}");
+                return null;
+            }
+
+            return JsonNode.Parse(output)!["seconds"]!.GetValue<double>();
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return null;
         }
     }
 

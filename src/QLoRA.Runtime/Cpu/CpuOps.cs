@@ -1,3 +1,4 @@
+using QLoRA.Core;
 using QLoRA.Runtime.Devices;
 using QLoRA.Runtime.Tensors;
 
@@ -19,6 +20,18 @@ internal static unsafe class CpuOps
         var right = new CpuMatrix((void*)b.NativePointer, CpuMatrix.ElementOf(b.Dtype), checked((int)b.Shape[1]), transposeB);
         var output = new CpuOutput((void*)c.NativePointer, CpuMatrix.ElementOf(c.Dtype), n);
         CpuGemm.Multiply(left, new DensePanelSource(right), output, m, n, k, alpha, beta);
+    }
+
+    /// <summary>y[t] = table[ids[t]] (ids already checked): row copies, the dtype unchanged.</summary>
+    public static void Gather(DeviceTensor table, ReadOnlySpan<int> ids, DeviceTensor y, int dim)
+    {
+        table.Device.Stream.Synchronize();
+        long rowBytes = (long)dim * table.Dtype.SizeInBytes();
+        byte* source = (byte*)table.NativePointer, destination = (byte*)y.NativePointer;
+        for (int t = 0; t < ids.Length; t++)
+        {
+            Buffer.MemoryCopy(source + (ids[t] * rowBytes), destination + (t * rowBytes), rowBytes, rowBytes);
+        }
     }
 
     /// <summary>Attention forward (shapes already checked by the caller).</summary>

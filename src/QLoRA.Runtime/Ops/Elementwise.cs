@@ -82,6 +82,12 @@ public static class Elementwise
         }
 
         Shapes.Require(y, table.Dtype, [ids.Length, dim], nameof(y));
+        if (Cpu.CpuOps.Runs(table))
+        {
+            Cpu.CpuOps.Gather(table, ids, y, dim);
+            return;
+        }
+
         using DeviceTensor idTensor = DeviceTensor.FromHost(table.Device, ids, DType.I32, ids.Length);
         ComputeDispatch.Run(table, new GatherLaunch(table, idTensor, y, ids.Length, dim), nameof(table));
         // Freed blocks are reused only by later work on the same (default) stream, so no synchronization is needed.
