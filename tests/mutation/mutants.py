@@ -4,6 +4,7 @@ CORE = "tests/QLoRA.Core.Tests"
 RT = "tests/QLoRA.Runtime.Tests"
 Q = "src/QLoRA.Core/Quantization/"
 K = "src/QLoRA.Runtime/Kernels/"
+C = "src/QLoRA.Runtime/Cpu/"
 MUTANTS = [
     ("core-nf4-tie", Q + "FourBitCodes.cs", "int code = Bit(scaled > Unsafe.Add(ref t, 7)) << 3;", "int code = Bit(scaled >= Unsafe.Add(ref t, 7)) << 3;", CORE, "*"),
     ("core-nf4-step", Q + "FourBitCodes.cs", "code |= Bit(scaled > Unsafe.Add(ref t, code + 1)) << 1;", "code |= Bit(scaled > Unsafe.Add(ref t, code + 2)) << 1;", CORE, "*"),
@@ -27,4 +28,14 @@ MUTANTS = [
     ("rt-attn-window", K + "AttentionKernels.cs", "if (j < first || j > t)", "if (j < first - 1 || j > t)", RT, "*AttentionTestsOn*"),
     ("rt-rmsnorm-eps", K + "RmsNormKernels.cs", "float inv = 1f / MathF.Sqrt((WarpReduce.Sum(sum) / dim) + eps);", "float inv = 1f / (MathF.Sqrt(WarpReduce.Sum(sum) / dim) + eps);", RT, "*OpsTestsOn*"),
     ("rt-rope-sign", K + "RopeKernels.cs", "x[first] = e.Store((a * c) - (b * s));", "x[first] = e.Store((a * c) + (b * s));", RT, "*RopeAndElementwiseTestsOn*"),
+    ("core-avx2-fused-reciprocal", Q + "FourBitKernels.Avx2Fused.cs", "Vector256<float> scale = Vector256.Create(1f / BitConverter.UInt32BitsToSingle(maxBits));", "Vector256<float> scale = Vector256.Create(1.0000001f / BitConverter.UInt32BitsToSingle(maxBits));", CORE, "*"),
+    ("cpu-gemm-pack-a-index", C + "CpuGemm.cs", "dst[(p * MR) + r] = src[p];", "dst[(p * MR) + r] = src[Math.Max(0, p - 1)];", RT, "*CpuGemmTests"),
+    ("cpu-gemm-beta", C + "CpuGemm.cs", "dst[j] = beta == 0f ? alpha * sums[j] : (alpha * sums[j]) + (beta * dst[j]);", "dst[j] = beta == 0f ? alpha * sums[j] : (alpha * sums[j]) + dst[j];", RT, "*CpuGemmTests"),
+    ("cpu-gemm-panel-edge", C + "IPanelSource.cs", "dst[((long)p * nr) + j] = j < width ? src[p] : 0f;", "dst[((long)p * nr) + j] = j <= width ? src[Math.Min(p, k - 1)] : 0f;", RT, "*CpuGemmTests"),
+    ("cpu-fourbit-nibble", C + "FourBitPanelSource.cs", "int code = (packed[e >> 1] >> ((~(int)e & 1) << 2)) & 15;", "int code = (packed[e >> 1] >> (((int)e & 1) << 2)) & 15;", RT, "*CpuGemmTests"),
+    ("cpu-attn-window", C + "CpuAttention.cs", "private static int First(int i, int window) => window > 0 ? Math.Max(0, i - window + 1) : 0;", "private static int First(int i, int window) => window > 0 ? Math.Max(0, i - window) : 0;", RT, "*AttentionTestsOnCpu"),
+    ("cpu-attn-dv", C + "CpuAttention.cs", "TensorPrimitives.MultiplyAdd(gradOut, p, dValues.AsSpan(j * d, d), dValues.AsSpan(j * d, d));", "TensorPrimitives.MultiplyAdd(gradOut, ds, dValues.AsSpan(j * d, d), dValues.AsSpan(j * d, d));", RT, "*AttentionTestsOnCpu"),
+    ("cpu-rmsnorm-eps", C + "CpuRowOps.cs", "float scale = 1f / MathF.Sqrt((sum / dim) + eps);", "float scale = 1f / (MathF.Sqrt(sum / dim) + eps);", RT, "*OpsTestsOnCpu"),
+    ("cpu-rope-sign", C + "CpuRowOps.cs", "head[i] = (a * cos[i]) - (b * sin[i]);", "head[i] = (a * cos[i]) + (b * sin[i]);", RT, "*RopeAndElementwiseTestsOnCpu"),
+    ("cpu-swiglu-backward", C + "CpuRowOps.cs", "g[i] = d[i] * u[i] * sigmoid * (1f + (g[i] * (1f - sigmoid)));", "g[i] = d[i] * u[i] * sigmoid * (1f + (g[i] * sigmoid));", RT, "*OpsTestsOnCpu"),
 ]
