@@ -18,6 +18,12 @@ if (args.Length > 0 && args[0] == "cpu-gemm")
     return CpuGemmBenchmark.Run(args);
 }
 
+// dotnet run -c Release --project bench/QLoRA.Bench -- cpu-train-step [reps]  one LoRA step of the small Llama vs PyTorch's
+if (args.Length > 0 && args[0] == "cpu-train-step")
+{
+    return CpuTrainStepBenchmark.Run(args);
+}
+
 // dotnet run -c Release --project bench/QLoRA.Bench -- cpu-forward [reps]  forward of 256 tokens, CPU schedules vs before
 if (args.Length > 0 && args[0] == "cpu-forward")
 {

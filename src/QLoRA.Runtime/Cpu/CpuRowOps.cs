@@ -1,4 +1,5 @@
 using System.Buffers;
+using QLoRA.Runtime.Kernels;
 using QLoRA.Runtime.Tensors;
 
 namespace QLoRA.Runtime.Cpu;
@@ -198,6 +199,28 @@ internal static unsafe class CpuRowOps
             CpuElements.Load(bs, element, start, count, right);
             System.Numerics.Tensors.TensorPrimitives.Add(left, right, left);
             CpuElements.Store(left, ys, element, start);
+        });
+    }
+
+    /// <summary>One AdamW step in place, the kernel's arithmetic element by element (float32 state).</summary>
+    public static void AdamW(DeviceTensor parameter, DeviceTensor gradient, DeviceTensor m, DeviceTensor v, AdamWHyper h)
+    {
+        parameter.Device.Stream.Synchronize();
+        float* ps = (float*)parameter.NativePointer, gs = (float*)gradient.NativePointer, ms = (float*)m.NativePointer, vs = (float*)v.NativePointer;
+        ForElements(parameter.ElementCount, 0, (start, count, _) =>
+        {
+            for (long i = start; i < start + count; i++)
+            {
+                float g = gs[i] * h.GradientScale;
+                float p = ps[i] * (1f - (h.LearningRate * h.WeightDecay));
+                float mi = (h.Beta1 * ms[i]) + ((1f - h.Beta1) * g);
+                float vi = (h.Beta2 * vs[i]) + ((1f - h.Beta2) * g * g);
+                ms[i] = mi;
+                vs[i] = vi;
+                float mHat = mi / h.BiasCorrection1;
+                float denominator = (MathF.Sqrt(vi) / h.BiasCorrection2Sqrt) + h.Epsilon;
+                ps[i] = p - (h.LearningRate * mHat / denominator);
+            }
         });
     }
 

@@ -33,6 +33,12 @@ public static class AdamW
         var hyper = new AdamWHyper(
             (float)options.LearningRate, (float)options.Beta1, (float)options.Beta2, (float)options.Epsilon, (float)options.WeightDecay,
             (float)(1 - Math.Pow(options.Beta1, step)), (float)Math.Sqrt(1 - Math.Pow(options.Beta2, step)), gradientScale);
+        if (Cpu.CpuOps.Runs(parameter))
+        {
+            Cpu.CpuRowOps.AdamW(parameter, gradient, m, v, hyper);
+            return;
+        }
+
         Device device = parameter.Device;
         var kernel = device.Kernel("adamw.step", a => a.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWHyper>(AdamWKernels.Step));
         kernel(device.Stream, device.GridStride, parameter.View<float>(), gradient.View<float>(), m.View<float>(), v.View<float>(), parameter.ElementCount, hyper);
