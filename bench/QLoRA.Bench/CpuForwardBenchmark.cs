@@ -78,32 +78,8 @@ internal static class CpuForwardBenchmark
         }
     }
 
-    private static double? TorchPeer(string folder, int reps)
-    {
-        string script = Path.Combine(CpuGemmBenchmark.FindRepo(), "bench", "cpu", "torch_forward.py");
-        try
-        {
-            using var process = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("/usr/bin/python3", [script, folder, Environment.ProcessorCount.ToString(System.Globalization.CultureInfo.InvariantCulture), reps.ToString(System.Globalization.CultureInfo.InvariantCulture)])
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-            })!;
-            string output = process.StandardOutput.ReadToEnd();
-            string errors = process.StandardError.ReadToEnd();
-            process.WaitForExit();
-            if (process.ExitCode != 0)
-            {
-                Console.WriteLine($"PyTorch peer failed: {errors.Trim().Split('\n').LastOrDefault()}");
-                return null;
-            }
-
-            return JsonNode.Parse(output)!["seconds"]!.GetValue<double>();
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            return null;
-        }
-    }
+    private static double? TorchPeer(string folder, int reps) =>
+        PythonPeer.Run("torch_forward.py", null, folder, Environment.ProcessorCount, reps)?[0]!["seconds"]!.GetValue<double>();
 
     private static (double Seconds, float[] Result) Time(int reps, Func<float[]> run)
     {

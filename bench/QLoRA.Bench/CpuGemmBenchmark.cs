@@ -84,40 +84,17 @@ internal static class CpuGemmBenchmark
 
     private static Dictionary<string, double> RunTorchPeer(int reps)
     {
-        string script = Path.Combine(FindRepo(), "bench", "cpu", "torch_gemm.py");
         var cases = new JsonArray([.. Shapes.Select(s => (JsonNode)new JsonObject { ["name"] = s.Name, ["m"] = s.M, ["n"] = s.N, ["k"] = s.K, ["transpose_a"] = s.TransposeA, ["transpose_b"] = s.TransposeB, ["reps"] = reps })]);
         var result = new Dictionary<string, double>(StringComparer.Ordinal);
-        try
+        if (PythonPeer.Run("torch_gemm.py", cases.ToJsonString(), Environment.ProcessorCount) is JsonArray rows)
         {
-            using var process = Process.Start(new ProcessStartInfo("/usr/bin/python3", [script, Environment.ProcessorCount.ToString(System.Globalization.CultureInfo.InvariantCulture)])
+            foreach (JsonNode? row in rows)
             {
-                RedirectStandardInput = true,
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-            })!;
-            process.StandardInput.Write(cases.ToJsonString());
-            process.StandardInput.Close();
-            string output = process.StandardOutput.ReadToEnd();
-            string errors = process.StandardError.ReadToEnd();
-            process.WaitForExit();
-            if (process.ExitCode != 0)
-            {
-                Console.WriteLine($"PyTorch peer failed (apt-get install python3-torch libopenblas0-pthread): {errors.Trim().Split('\n').LastOrDefault()}");
-                return result;
-            }
-
-            foreach (string line in output.Split('\n', StringSplitOptions.RemoveEmptyEntries))
-            {
-                JsonNode node = JsonNode.Parse(line)!;
-                result[node["name"]!.GetValue<string>()] = node["seconds"]!.GetValue<double>();
+                result[row!["name"]!.GetValue<string>()] = row["seconds"]!.GetValue<double>();
             }
 
             bool openBlas = File.Exists("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3");
             Console.WriteLine($"PyTorch peer: {result.Count} shapes, BLAS: {(openBlas ? "OpenBLAS (libopenblas0-pthread)" : "reference BLAS — install libopenblas0-pthread for a fair peer")}");
-        }
-        catch (System.ComponentModel.Win32Exception e)
-        {
-            Console.WriteLine($"PyTorch peer not run ({e.Message}): apt-get install python3-torch libopenblas0-pthread");
         }
 
         return result;

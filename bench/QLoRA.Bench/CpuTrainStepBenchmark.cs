@@ -251,31 +251,8 @@ internal static class CpuTrainStepBenchmark
         }
     }
 
-    private static (double? Seconds, double? Loss) TorchPeer(string folder, int reps)
-    {
-        string script = Path.Combine(CpuGemmBenchmark.FindRepo(), "bench", "cpu", "torch_train_step.py");
-        try
-        {
-            using var process = Process.Start(new ProcessStartInfo("/usr/bin/python3", [script, folder, Environment.ProcessorCount.ToString(System.Globalization.CultureInfo.InvariantCulture), reps.ToString(System.Globalization.CultureInfo.InvariantCulture)])
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-            })!;
-            string output = process.StandardOutput.ReadToEnd();
-            string errors = process.StandardError.ReadToEnd();
-            process.WaitForExit();
-            if (process.ExitCode != 0)
-            {
-                Console.WriteLine($"PyTorch peer failed: {errors.Trim().Split('\n').LastOrDefault()}");
-                return (null, null);
-            }
-
-            JsonNode node = JsonNode.Parse(output)!;
-            return (node["seconds"]!.GetValue<double>(), node["first_loss"]!.GetValue<double>());
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            return (null, null);
-        }
-    }
+    private static (double? Seconds, double? Loss) TorchPeer(string folder, int reps) =>
+        PythonPeer.Run("torch_train_step.py", null, folder, Environment.ProcessorCount, reps) is JsonNode node
+            ? (node[0]!["seconds"]!.GetValue<double>(), node[0]!["first_loss"]!.GetValue<double>())
+            : (null, null);
 }

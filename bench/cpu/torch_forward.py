@@ -6,28 +6,18 @@ usage: torch_forward.py CHECKPOINT_DIR THREADS REPS
 """
 import json
 import statistics
-import struct
 import sys
 import time
 
 import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import checkpoint  # noqa: E402
 import torch.nn.functional as F
 
 folder, threads, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
-config = json.load(open(f"{folder}/config.json"))
-with open(f"{folder}/model.safetensors", "rb") as f:
-    (n,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(n))
-    data = f.read()
-weights = {}
-for name, info in header.items():
-    if name == "__metadata__":
-        continue
-    start, end = info["data_offsets"]
-    raw = torch.frombuffer(bytearray(data[start:end]), dtype=torch.int16)
-    # bf16 -> f32: the 16 bits are the high half of the float32.
-    weights[name] = (raw.to(torch.int32) << 16).view(torch.float32).reshape(info["shape"])
+config, weights = checkpoint.load(folder)
 
 hidden, heads, kv = config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"]
 d, eps, theta = hidden // heads, config["rms_norm_eps"], config["rope_theta"]

@@ -38,4 +38,6 @@ MUTANTS = [
     ("cpu-rmsnorm-eps", C + "CpuRowOps.cs", "float scale = 1f / MathF.Sqrt((sum / dim) + eps);", "float scale = 1f / (MathF.Sqrt(sum / dim) + eps);", RT, "*OpsTestsOnCpu"),
     ("cpu-rope-sign", C + "CpuRowOps.cs", "head[i] = (a * cos[i]) - (b * sin[i]);", "head[i] = (a * cos[i]) + (b * sin[i]);", RT, "*RopeAndElementwiseTestsOnCpu"),
     ("cpu-swiglu-backward", C + "CpuRowOps.cs", "g[i] = d[i] * u[i] * sigmoid * (1f + (g[i] * (1f - sigmoid)));", "g[i] = d[i] * u[i] * sigmoid * (1f + (g[i] * sigmoid));", RT, "*OpsTestsOnCpu"),
+    ("cpu-gemm-rows-stride", C + "GemmMicroKernels.cs", "a3 = a2 + lda,", "a3 = a2,", RT, "*CpuGemmTests"),
+    ("cpu-gemm-pack-at-index", C + "CpuGemm.cs", "dst[(p * MR) + r] = src[r];", "dst[(p * MR) + r] = src[MR - 1 - r];", RT, "*CpuGemmTests"),
 ]

@@ -75,11 +75,16 @@ internal static unsafe class CpuGemm
         long aPanelFloats = (long)Math.Max(k, 1) * MR;
         float* packedA = (float*)NativeMemory.AlignedAlloc(checked((nuint)(aPanels * aPanelFloats * sizeof(float))), 64);
         float* tile = stackalloc float[MR * GemmMicroKernels.NRWide];
+        // Full panels of a float32, untransposed A are read in place by the AVX2 tile; the rest is packed.
+        bool inPlace = width == 256 && !a.Transposed && a.Element == CpuElement.F32;
         try
         {
             for (int ip = 0; ip < aPanels; ip++)
             {
-                PackA(a, i0 + (ip * MR), Math.Min(MR, rows - (ip * MR)), k, packedA + (ip * aPanelFloats));
+                if (!inPlace || rows - (ip * MR) < MR)
+                {
+                    PackA(a, i0 + (ip * MR), Math.Min(MR, rows - (ip * MR)), k, packedA + (ip * aPanelFloats));
+                }
             }
 
             long panelFloats = (long)Math.Max(k, 1) * nr;
@@ -95,6 +100,9 @@ internal static unsafe class CpuGemm
                     {
                         case 512:
                             GemmMicroKernels.Avx512(pa, panel, k, tile);
+                            break;
+                        case 256 when inPlace && rows - (ip * MR) >= MR:
+                            GemmMicroKernels.Avx2Rows((float*)a.Data + ((long)(i0 + (ip * MR)) * a.Ld), a.Ld, panel, k, tile);
                             break;
                         case 256:
                             GemmMicroKernels.Avx2(pa, panel, k, tile);
@@ -118,6 +126,21 @@ internal static unsafe class CpuGemm
     private static void PackA(CpuMatrix a, int i0, int rows, int k, float* dst)
     {
         const int MR = GemmMicroKernels.MR;
+        if (a.Transposed && a.Element == CpuElement.F32 && rows == MR)
+        {
+            // op(A) = Aᵀ (the weight gradient dyᵀ·x): the panel's k-th column is six contiguous floats of row k of A.
+            for (int p = 0; p < k; p++)
+            {
+                float* src = (float*)a.Data + ((long)p * a.Ld) + i0;
+                for (int r = 0; r < MR; r++)
+                {
+                    dst[(p * MR) + r] = src[r];
+                }
+            }
+
+            return;
+        }
+
         for (int r = 0; r < MR; r++)
         {
             if (r >= rows)
