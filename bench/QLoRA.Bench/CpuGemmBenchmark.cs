@@ -78,8 +78,51 @@ internal static class CpuGemmBenchmark
                 ["portable_gflops"] = Gflops(x.Shape, x.Portable!.Value),
             })]),
         };
+        record["gemv"] = GemvTable(reps, device);
         Console.WriteLine(record.ToJsonString());
         return 0;
+    }
+
+    // The decode step's 4-bit GEMV: GB/s of packed weight next to a parallel read pass over as many bytes, same run.
+    private static JsonArray GemvTable(int reps, Device device)
+    {
+        const int outFeatures = 4096, inFeatures = 4096;
+        var rng = new Random(2);
+        float[] w = [.. Enumerable.Range(0, outFeatures * inFeatures).Select(_ => (float)((rng.NextDouble() * 2) - 1))];
+        QLoRA.Core.Quantization.QuantizedTensor q = QLoRA.Core.Quantization.QuantizedTensor.Quantize(w, [outFeatures, inFeatures]);
+        using var weight = DeviceQuantizedTensor.Upload(device, q);
+        byte[] packed = q.Packed.ToArray();
+        double read = Median(reps, () =>
+        {
+            var partial = new long[Environment.ProcessorCount];
+            Parallel.For(0, partial.Length, t =>
+            {
+                ReadOnlySpan<long> words = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, long>(packed.AsSpan(packed.Length / partial.Length * t, packed.Length / partial.Length));
+                long sum = 0;
+                foreach (long word in words)
+                {
+                    sum += word;
+                }
+
+                partial[t] = sum;
+            });
+        });
+        var rows = new JsonArray();
+        Console.WriteLine();
+        Console.WriteLine($"4-bit GEMV (NF4 + double quantization, {outFeatures}×{inFeatures}, {packed.Length / 1e6:F1} MB packed), float32 x");
+        Console.WriteLine("| batch | time | GB/s of packed weight | share of a read pass |");
+        Console.WriteLine("| ---: | ---: | ---: | ---: |");
+        foreach (int batch in new[] { 1, 4, 8 })
+        {
+            using DeviceTensor x = DeviceTensor.FromHost<float>(device, [.. Enumerable.Range(0, batch * inFeatures).Select(_ => (float)rng.NextDouble())], DType.F32, batch, inFeatures);
+            using DeviceTensor y = DeviceTensor.Allocate(device, DType.F32, batch, outFeatures);
+            double t = Median(reps, () => weight.Gemv(x, y));
+            Console.WriteLine($"| {batch} | {t * 1e3:F2} ms | {packed.Length / t / 1e9:F2} | {100 * read / t:F0}% |");
+            rows.Add(new JsonObject { ["batch"] = batch, ["gbps"] = packed.Length / t / 1e9, ["share_of_read"] = read / t });
+        }
+
+        Console.WriteLine($"read pass: {packed.Length / read / 1e9:F2} GB/s");
+        return rows;
     }
 
     private static Dictionary<string, double> RunTorchPeer(int reps)

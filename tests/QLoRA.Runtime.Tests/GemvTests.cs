@@ -18,9 +18,11 @@ public abstract class GemvTests<TDevice>(TDevice fixture) : IClassFixture<TDevic
     [InlineData(1, 37, 64, QuantType.Nf4, true)]
     [InlineData(3, 20, 96, QuantType.Nf4, false)]
     [InlineData(8, 5, 128, QuantType.Fp4, true)]
-    public void MatchesFloat64OfTheDequantizedWeight(int batch, int outFeatures, int inFeatures, QuantType type, bool doubleQuant)
+    [InlineData(4, 9, 96, QuantType.Nf4, true, 64)]     // blocks straddle rows (96 % 64 = 32)
+    [InlineData(2, 33, 160, QuantType.Fp4, false, 128)]
+    public void MatchesFloat64OfTheDequantizedWeight(int batch, int outFeatures, int inFeatures, QuantType type, bool doubleQuant, int blockSize = 32)
     {
-        var tensor = QuantizedTensor.Quantize(Random(outFeatures * inFeatures, 1, 0.1), [outFeatures, inFeatures], new QuantizationOptions(type, 32, doubleQuant));
+        var tensor = QuantizedTensor.Quantize(Random(outFeatures * inFeatures, 1, 0.1), [outFeatures, inFeatures], new QuantizationOptions(type, blockSize, doubleQuant));
         float[] w = tensor.DequantizeToSingle();
         float[] x = Random(batch * inFeatures, 2);
         using DeviceQuantizedTensor onDevice = DeviceQuantizedTensor.Upload(fixture.Device, tensor);

@@ -40,4 +40,7 @@ MUTANTS = [
     ("cpu-swiglu-backward", C + "CpuRowOps.cs", "g[i] = d[i] * u[i] * sigmoid * (1f + (g[i] * (1f - sigmoid)));", "g[i] = d[i] * u[i] * sigmoid * (1f + (g[i] * sigmoid));", RT, "*OpsTestsOnCpu"),
     ("cpu-gemm-rows-stride", C + "GemmMicroKernels.cs", "a3 = a2 + lda,", "a3 = a2,", RT, "*CpuGemmTests"),
     ("cpu-gemm-pack-at-index", C + "CpuGemm.cs", "dst[(p * MR) + r] = src[r];", "dst[(p * MR) + r] = src[MR - 1 - r];", RT, "*CpuGemmTests"),
+    ("cpu-gemv-nibble-order", C + "CpuGemv.cs", "pairs[2 * b] = table[b >> 4];", "pairs[2 * b] = table[b & 15];", RT, "*GemvTestsOnCpu"),
+    ("cpu-gemv-block-edge", C + "CpuGemv.cs", "((block + 1) * blockSize) - (e0 + i));", "(block + 1) * blockSize);", RT, "*GemvTestsOnCpu"),
+    ("cpu-dropout-keep", C + "CpuRowOps.cs", "scratch[i] = DropoutKernels.Hash(seed, start + i) >= threshold ? scratch[i] * scale : 0f;", "scratch[i] = DropoutKernels.Hash(seed, start + i) >= threshold ? scratch[i] : 0f;", RT, "*DropoutTestsOnCpu"),
 ]

@@ -202,6 +202,24 @@ internal static unsafe class CpuRowOps
         });
     }
 
+    /// <summary>Inverted dropout with the kernels' counter-based mask (the same hash of (seed, index)): y may alias x.</summary>
+    public static void Dropout(DeviceTensor x, DeviceTensor y, uint threshold, float scale, uint seed)
+    {
+        x.Device.Stream.Synchronize();
+        void* xs = (void*)x.NativePointer, ys = (void*)y.NativePointer;
+        CpuElement element = CpuMatrix.ElementOf(x.Dtype);
+        ForElements(x.ElementCount, 1, (start, count, scratch) =>
+        {
+            CpuElements.Load(xs, element, start, count, scratch);
+            for (int i = 0; i < count; i++)
+            {
+                scratch[i] = DropoutKernels.Hash(seed, start + i) >= threshold ? scratch[i] * scale : 0f;
+            }
+
+            CpuElements.Store(scratch, ys, element, start);
+        });
+    }
+
     /// <summary>One AdamW step in place, the kernel's arithmetic element by element (float32 state).</summary>
     public static void AdamW(DeviceTensor parameter, DeviceTensor gradient, DeviceTensor m, DeviceTensor v, AdamWHyper h)
     {

@@ -28,6 +28,12 @@ public static class Dropout
 
         Shapes.Require(y, x.Dtype, x.Shape, nameof(y));
         uint threshold = (uint)Math.Min(uint.MaxValue, Math.Round(probability * 4294967296.0));
+        if (Cpu.CpuOps.Runs(x))
+        {
+            Cpu.CpuRowOps.Dropout(x, y, threshold, (float)(1 / (1 - probability)), seed);
+            return;
+        }
+
         ComputeDispatch.Run(x, new ApplyLaunch(x, y, threshold, (float)(1 / (1 - probability)), seed), nameof(x));
     }
 

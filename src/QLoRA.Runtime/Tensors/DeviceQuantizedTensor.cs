@@ -143,6 +143,17 @@ public sealed class DeviceQuantizedTensor : IDisposable
 
         int batch = checked((int)x.Shape[0]);
         Ops.Shapes.Require(y, x.Dtype, [batch, outFeatures], nameof(y));
+        if (Cpu.CpuOps.Runs(x))
+        {
+            unsafe
+            {
+                _device.Stream.Synchronize();
+                Cpu.CpuGemv.Multiply((byte*)_packed.NativePtr, FourBitCodes.Values(State.Type), _hostAbsmax ??= State.Absmax.Decode(), State.BlockSize, outFeatures, inFeatures, (void*)x.NativePointer, (void*)y.NativePointer, Cpu.CpuMatrix.ElementOf(x.Dtype), batch);
+            }
+
+            return;
+        }
+
         Ops.ComputeDispatch.Run(x, new GemvLaunch(this, x, y, new GemvShape(batch, outFeatures, inFeatures, State.BlockSize)), nameof(x));
     }
 
