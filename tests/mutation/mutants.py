@@ -41,6 +41,8 @@ MUTANTS = [
     ("cpu-gemm-rows-stride", C + "GemmMicroKernels.cs", "a3 = a2 + lda,", "a3 = a2,", RT, "*CpuGemmTests"),
     ("cpu-gemm-pack-at-index", C + "CpuGemm.cs", "dst[(p * MR) + r] = src[r];", "dst[(p * MR) + r] = src[MR - 1 - r];", RT, "*CpuGemmTests"),
     ("cpu-gemv-nibble-order", C + "CpuGemv.cs", "pairs[2 * b] = table[b >> 4];", "pairs[2 * b] = table[b & 15];", RT, "*GemvTestsOnCpu"),
-    ("cpu-gemv-block-edge", C + "CpuGemv.cs", "((block + 1) * blockSize) - (e0 + i));", "(block + 1) * blockSize);", RT, "*GemvTestsOnCpu"),
+    ("cpu-gemv-block-scale", C + "CpuGemv.cs", "float scale = absmax[block];", "float scale = absmax[Math.Max(0, block - 1)];", RT, "*GemvTestsOnCpu"),
     ("cpu-dropout-keep", C + "CpuRowOps.cs", "scratch[i] = DropoutKernels.Hash(seed, start + i) >= threshold ? scratch[i] * scale : 0f;", "scratch[i] = DropoutKernels.Hash(seed, start + i) >= threshold ? scratch[i] : 0f;", RT, "*DropoutTestsOnCpu"),
+    ("cpu-ce-one-hot", C + "CpuRowOps.cs", "row[j] = (MathF.Exp(row[j] - logSumExp) - (j == label[r] ? 1f : 0f)) * gradScale;", "row[j] = (MathF.Exp(row[j] - logSumExp) - (j == label[r] ? 0.999f : 0f)) * gradScale;", RT, "*CrossEntropyTestsOnCpu"),
+    ("cpu-embedding-scatter", C + "CpuOps.cs", "for (int k = segmentStarts[segment]; k < segmentStarts[segment + 1]; k++)", "for (int k = segmentStarts[segment] + 1; k < segmentStarts[segment + 1]; k++)", RT, "*RopeAndElementwiseTestsOnCpu"),
 ]

@@ -34,6 +34,33 @@ internal static unsafe class CpuOps
         }
     }
 
+    /// <summary>
+    /// dTable[id] += Σ dy[t] over the tokens of each id, in token order (tokens already grouped by id: order, segment
+    /// starts, the segments' ids); one task per range of segments, so no row is written by two tasks.
+    /// </summary>
+    public static void ScatterAddSorted(DeviceTensor dy, int[] order, List<int> starts, List<int> ids, DeviceTensor dTable, int dim)
+    {
+        dy.Device.Stream.Synchronize();
+        void* source = (void*)dy.NativePointer;
+        float* table = (float*)dTable.NativePointer;
+        CpuElement element = CpuMatrix.ElementOf(dy.Dtype);
+        int[] segmentStarts = [.. starts], segmentIds = [.. ids];
+        Parallel.For(0, segmentIds.Length, () => new float[2 * dim], (segment, _, scratch) =>
+        {
+            Span<float> sum = scratch.AsSpan(0, dim), row = scratch.AsSpan(dim, dim);
+            sum.Clear();
+            for (int k = segmentStarts[segment]; k < segmentStarts[segment + 1]; k++)
+            {
+                CpuElements.Load(source, element, (long)order[k] * dim, dim, row);
+                System.Numerics.Tensors.TensorPrimitives.Add(sum, row, sum);
+            }
+
+            var target = new Span<float>(table + ((long)segmentIds[segment] * dim), dim);
+            System.Numerics.Tensors.TensorPrimitives.Add(target, sum, target);
+            return scratch;
+        }, _ => { });
+    }
+
     /// <summary>Attention forward (shapes already checked by the caller).</summary>
     public static void AttentionForward(DeviceTensor q, DeviceTensor k, DeviceTensor v, ReadOnlySpan<int> boundaries, DeviceTensor o, DeviceTensor lse, int slidingWindow)
     {

@@ -202,6 +202,44 @@ internal static unsafe class CpuRowOps
         });
     }
 
+    /// <summary>
+    /// Softmax cross-entropy on a chunk of float32 logit rows in place (the fused LM loss's inner step): each row's loss
+    /// (log-sum-exp − logit[label]) and the row replaced by (softmax − one-hot)·gradScale; ignored rows give 0.
+    /// </summary>
+    public static void CrossEntropyChunk(DeviceTensor logits, DeviceTensor labels, DeviceTensor losses, int rows, int vocab, int ignoreIndex, float gradScale)
+    {
+        logits.Device.Stream.Synchronize();
+        float* z = (float*)logits.NativePointer, loss = (float*)losses.NativePointer;
+        int* label = (int*)labels.NativePointer;
+        ForRows(rows, 0, (first, end, _) =>
+        {
+            for (int r = first; r < end; r++)
+            {
+                var row = new Span<float>(z + ((long)r * vocab), vocab);
+                if (label[r] == ignoreIndex)
+                {
+                    loss[r] = 0f;
+                    row.Clear();
+                    continue;
+                }
+
+                float max = System.Numerics.Tensors.TensorPrimitives.Max(row);
+                float sum = 0f;
+                foreach (float v in row)
+                {
+                    sum += MathF.Exp(v - max);
+                }
+
+                float logSumExp = max + MathF.Log(sum);
+                loss[r] = logSumExp - row[label[r]];
+                for (int j = 0; j < vocab; j++)
+                {
+                    row[j] = (MathF.Exp(row[j] - logSumExp) - (j == label[r] ? 1f : 0f)) * gradScale;
+                }
+            }
+        });
+    }
+
     /// <summary>Inverted dropout with the kernels' counter-based mask (the same hash of (seed, index)): y may alias x.</summary>
     public static void Dropout(DeviceTensor x, DeviceTensor y, uint threshold, float scale, uint seed)
     {

@@ -73,7 +73,14 @@ public static class CrossEntropy
             DeviceTensor h = hidden.Rows(start, rows);
             DeviceTensor z = logits.Rows(0, rows);
             Gemm.Multiply(h, weight, z, transposeB: true);
-            kernel(device.Stream, device.GridStride, z.View<float>(), labelTensor.Rows(start, rows).View<int>(), losses.Rows(start, rows).View<float>(), rows, vocab, ignoreIndex, scale);
+            if (Cpu.CpuOps.Runs(hidden))
+            {
+                Cpu.CpuRowOps.CrossEntropyChunk(z, labelTensor.Rows(start, rows), losses.Rows(start, rows), rows, vocab, ignoreIndex, scale);
+            }
+            else
+            {
+                kernel(device.Stream, device.GridStride, z.View<float>(), labelTensor.Rows(start, rows).View<int>(), losses.Rows(start, rows).View<float>(), rows, vocab, ignoreIndex, scale);
+            }
             DeviceTensor dz = z;
             if (rounded is not null)
             {

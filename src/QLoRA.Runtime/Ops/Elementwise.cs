@@ -149,6 +149,12 @@ public static class Elementwise
             return;
         }
 
+        if (Cpu.CpuOps.Runs(dy))
+        {
+            Cpu.CpuOps.ScatterAddSorted(dy, order, starts, uniqueIds, dTable, dim);
+            return;
+        }
+
         Device device = dy.Device;
         using DeviceTensor orderTensor = DeviceTensor.FromHost<int>(device, order, DType.I32, order.Length);
         using DeviceTensor startTensor = DeviceTensor.FromHost<int>(device, starts.ToArray(), DType.I32, starts.Count);
