@@ -42,6 +42,18 @@ internal static class CpuTrainStepBenchmark
             Array.Sort(times);
             double ours = times[reps / 2];
             (double? torch, double? torchLoss) = TorchPeer(folder, reps);
+            double? before = null;
+            if (args.Contains("--before"))
+            {
+                // The same step with the GPU schedules' kernels on emulated warps: what the CPU ran before its schedules.
+                using Device gpuSchedules = Device.Cpu(2, 1, cpuSchedules: false);
+                using LlamaForCausalLM slow = LlamaForCausalLM.LoadModel(gpuSchedules, folder);
+                using var slowStep = new Step(gpuSchedules, slow);
+                var sw = Stopwatch.StartNew();
+                slowStep.Run(1);
+                before = sw.Elapsed.TotalSeconds;
+            }
+
             Console.WriteLine();
             Console.WriteLine($"LoRA training step, small Llama (hidden 256, 4 layers, {Sequences}×{SeqLen} tokens, r{Rank} on all projections, f32), {Environment.ProcessorCount} cores, median of {reps}");
             Console.WriteLine("| implementation | step | loss at step 1 |");
@@ -50,6 +62,11 @@ internal static class CpuTrainStepBenchmark
             Console.WriteLine(torch is double t
                 ? $"| PyTorch (dense float32 base) | {t:F3} s | {torchLoss:F4} |"
                 : "| PyTorch | not run: apt-get install python3-torch libopenblas0-pthread | |");
+            if (before is double b)
+            {
+                Console.WriteLine($"| the same step, GPU schedules on emulated warps (before) | {b:F3} s | |");
+            }
+
             Console.WriteLine($"losses over the steps: {string.Join(", ", losses.Select(l => l.ToString("F4", System.Globalization.CultureInfo.InvariantCulture)))}");
             if (torch is double peer)
             {
@@ -62,6 +79,7 @@ internal static class CpuTrainStepBenchmark
                 ["step_s"] = ours,
                 ["torch_step_s"] = torch,
                 ["ours_over_torch"] = torch is double q ? ours / q : null,
+                ["before_s"] = before,
                 ["first_loss"] = losses[0],
                 ["last_loss"] = losses[^1],
                 ["processors"] = Environment.ProcessorCount,
