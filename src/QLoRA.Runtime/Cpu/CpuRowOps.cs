@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Numerics.Tensors;
 using QLoRA.Runtime.Kernels;
 using QLoRA.Runtime.Tensors;
 
@@ -27,18 +28,11 @@ internal static unsafe class CpuRowOps
             for (int r = first; r < end; r++)
             {
                 CpuElements.Load(xs, element, (long)r * dim, dim, row);
-                float sum = 0f;
-                foreach (float v in row)
-                {
-                    sum += v * v;
-                }
-
+                float sum = TensorPrimitives.SumOfSquares(row);
                 float scale = 1f / MathF.Sqrt((sum / dim) + eps);
                 inv[r] = scale;
-                for (int j = 0; j < dim; j++)
-                {
-                    row[j] = w[j] * (row[j] * scale);
-                }
+                TensorPrimitives.Multiply(row, scale, row);
+                TensorPrimitives.Multiply(row, new ReadOnlySpan<float>(w, dim), row);
 
                 CpuElements.Store(row, ys, element, (long)r * dim);
             }
@@ -86,17 +80,12 @@ internal static unsafe class CpuRowOps
             {
                 CpuElements.Load(xs, element, (long)r * dim, dim, xr);
                 CpuElements.Load(dys, element, (long)r * dim, dim, dyr);
-                float scale = inv[r], dot = 0f;
-                for (int j = 0; j < dim; j++)
-                {
-                    dot += w[j] * dyr[j] * xr[j];
-                }
-
-                float k = dot / dim * scale * scale * scale;
-                for (int j = 0; j < dim; j++)
-                {
-                    dyr[j] = (scale * w[j] * dyr[j]) - (xr[j] * k);
-                }
+                float scale = inv[r];
+                var weights = new ReadOnlySpan<float>(w, dim);
+                TensorPrimitives.Multiply(dyr, weights, dyr);                    // w⊙dy
+                float k = TensorPrimitives.Dot(dyr, xr) / dim * scale * scale * scale;
+                TensorPrimitives.Multiply(dyr, scale, dyr);
+                TensorPrimitives.MultiplyAdd(xr, -k, dyr, dyr);                   // inv·(w⊙dy) − x·k
 
                 CpuElements.Store(dyr, dxs, element, (long)r * dim);
             }
@@ -152,11 +141,9 @@ internal static unsafe class CpuRowOps
             Span<float> g = scratch[..count], u = scratch.Slice(count, count);
             CpuElements.Load(gs, element, start, count, g);
             CpuElements.Load(us, element, start, count, u);
-            for (int i = 0; i < count; i++)
-            {
-                u[i] = g[i] / (1f + MathF.Exp(-g[i])) * u[i];
-            }
-
+            TensorPrimitives.Multiply(u, g, u);
+            TensorPrimitives.Sigmoid(g, g);
+            TensorPrimitives.Multiply(u, g, u); // silu(g)·u = g·σ(g)·u
             CpuElements.Store(u, ys, element, start);
         });
     }
@@ -197,7 +184,7 @@ internal static unsafe class CpuRowOps
             Span<float> left = scratch[..count], right = scratch.Slice(count, count);
             CpuElements.Load(xs, element, start, count, left);
             CpuElements.Load(bs, element, start, count, right);
-            System.Numerics.Tensors.TensorPrimitives.Add(left, right, left);
+            TensorPrimitives.Add(left, right, left);
             CpuElements.Store(left, ys, element, start);
         });
     }
@@ -223,7 +210,7 @@ internal static unsafe class CpuRowOps
                     continue;
                 }
 
-                float max = System.Numerics.Tensors.TensorPrimitives.Max(row);
+                float max = TensorPrimitives.Max(row);
                 float sum = 0f;
                 foreach (float v in row)
                 {
