@@ -45,4 +45,5 @@ MUTANTS = [
     ("cpu-dropout-keep", C + "CpuRowOps.cs", "scratch[i] = DropoutKernels.Hash(seed, start + i) >= threshold ? scratch[i] * scale : 0f;", "scratch[i] = DropoutKernels.Hash(seed, start + i) >= threshold ? scratch[i] : 0f;", RT, "*DropoutTestsOnCpu"),
     ("cpu-ce-one-hot", C + "CpuRowOps.cs", "row[j] = (MathF.Exp(row[j] - logSumExp) - (j == label[r] ? 1f : 0f)) * gradScale;", "row[j] = (MathF.Exp(row[j] - logSumExp) - (j == label[r] ? 0.999f : 0f)) * gradScale;", RT, "*CrossEntropyTestsOnCpu"),
     ("cpu-embedding-scatter", C + "CpuOps.cs", "for (int k = segmentStarts[segment]; k < segmentStarts[segment + 1]; k++)", "for (int k = segmentStarts[segment] + 1; k < segmentStarts[segment + 1]; k++)", RT, "*RopeAndElementwiseTestsOnCpu"),
+    ("cpu-gemv-simd-nibble", C + "CpuGemv.cs", "Vector256<float> even = Lookup16(low, high, codes >>> 4);", "Vector256<float> even = Lookup16(low, high, codes >>> 3);", RT, "*CpuGemmTests"),
 ]

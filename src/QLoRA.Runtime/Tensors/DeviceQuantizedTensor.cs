@@ -148,7 +148,7 @@ public sealed class DeviceQuantizedTensor : IDisposable
             unsafe
             {
                 _device.Stream.Synchronize();
-                Cpu.CpuGemv.Multiply((byte*)_packed.NativePtr, FourBitCodes.Values(State.Type), _hostAbsmax ??= State.Absmax.Decode(), State.BlockSize, outFeatures, inFeatures, (void*)x.NativePointer, (void*)y.NativePointer, Cpu.CpuMatrix.ElementOf(x.Dtype), batch);
+                Cpu.CpuGemv.Multiply((byte*)_packed.NativePtr, FourBitCodes.Values(State.Type).ToArray(), _hostAbsmax ??= State.Absmax.Decode(), State.BlockSize, outFeatures, inFeatures, (void*)x.NativePointer, (void*)y.NativePointer, Cpu.CpuMatrix.ElementOf(x.Dtype), batch);
             }
 
             return;
