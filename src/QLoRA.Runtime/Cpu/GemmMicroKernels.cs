@@ -21,80 +21,59 @@ internal static unsafe class GemmMicroKernels
     public const int NRWide = 32;
 
     /// <summary>6×16 tile with AVX2 FMA: 12 accumulators, two B vectors and one broadcast A value in 15 of 16 registers.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Avx2(float* a, float* b, int k, float* tile)
-    {
-        Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
-        Vector256<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
-        for (int p = 0; p < k; p++, a += MR, b += NR)
-        {
-            Vector256<float> b0 = Avx.LoadVector256(b);
-            Vector256<float> b1 = Avx.LoadVector256(b + 8);
-            Vector256<float> x = Vector256.Create(a[0]);
-            c00 = Fma.MultiplyAdd(x, b0, c00);
-            c01 = Fma.MultiplyAdd(x, b1, c01);
-            x = Vector256.Create(a[1]);
-            c10 = Fma.MultiplyAdd(x, b0, c10);
-            c11 = Fma.MultiplyAdd(x, b1, c11);
-            x = Vector256.Create(a[2]);
-            c20 = Fma.MultiplyAdd(x, b0, c20);
-            c21 = Fma.MultiplyAdd(x, b1, c21);
-            x = Vector256.Create(a[3]);
-            c30 = Fma.MultiplyAdd(x, b0, c30);
-            c31 = Fma.MultiplyAdd(x, b1, c31);
-            x = Vector256.Create(a[4]);
-            c40 = Fma.MultiplyAdd(x, b0, c40);
-            c41 = Fma.MultiplyAdd(x, b1, c41);
-            x = Vector256.Create(a[5]);
-            c50 = Fma.MultiplyAdd(x, b0, c50);
-            c51 = Fma.MultiplyAdd(x, b1, c51);
-        }
-
-        c00.Store(tile);
-        c01.Store(tile + 8);
-        c10.Store(tile + 16);
-        c11.Store(tile + 24);
-        c20.Store(tile + 32);
-        c21.Store(tile + 40);
-        c30.Store(tile + 48);
-        c31.Store(tile + 56);
-        c40.Store(tile + 64);
-        c41.Store(tile + 72);
-        c50.Store(tile + 80);
-        c51.Store(tile + 88);
-    }
+    public static void Avx2(float* a, float* b, int k, float* tile) => Avx2Tile(new PackedRows(a), b, k, tile);
 
     /// <summary>
     /// The 6×16 AVX2 tile reading A's six rows where they lie (float32, row stride <paramref name="lda"/>): for op(A) = A
     /// in float32 no packing pass over A is needed — its six rows stream through the cache side by side. Same products,
     /// same order, same bits as <see cref="Avx2"/> on packed A.
     /// </summary>
+    public static void Avx2Rows(float* a, long lda, float* b, int k, float* tile) => Avx2Tile(new StridedRows(a, lda), b, k, tile);
+
+    /// <summary>Where a tile reads A's value for row r at step p: a packed panel, or the rows in place.</summary>
+    private interface IRows
+    {
+        float At(int r, int p);
+    }
+
+    private readonly struct PackedRows(float* a) : IRows
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public float At(int r, int p) => a[(p * MR) + r];
+    }
+
+    private readonly struct StridedRows(float* a, long lda) : IRows
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public float At(int r, int p) => a[(r * lda) + p];
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Avx2Rows(float* a, long lda, float* b, int k, float* tile)
+    private static void Avx2Tile<TRows>(TRows a, float* b, int k, float* tile)
+        where TRows : struct, IRows
     {
         Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
         Vector256<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
-        float* a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda, a4 = a3 + lda, a5 = a4 + lda;
         for (int p = 0; p < k; p++, b += NR)
         {
             Vector256<float> b0 = Avx.LoadVector256(b);
             Vector256<float> b1 = Avx.LoadVector256(b + 8);
-            Vector256<float> x = Vector256.Create(a[p]);
+            Vector256<float> x = Vector256.Create(a.At(0, p));
             c00 = Fma.MultiplyAdd(x, b0, c00);
             c01 = Fma.MultiplyAdd(x, b1, c01);
-            x = Vector256.Create(a1[p]);
+            x = Vector256.Create(a.At(1, p));
             c10 = Fma.MultiplyAdd(x, b0, c10);
             c11 = Fma.MultiplyAdd(x, b1, c11);
-            x = Vector256.Create(a2[p]);
+            x = Vector256.Create(a.At(2, p));
             c20 = Fma.MultiplyAdd(x, b0, c20);
             c21 = Fma.MultiplyAdd(x, b1, c21);
-            x = Vector256.Create(a3[p]);
+            x = Vector256.Create(a.At(3, p));
             c30 = Fma.MultiplyAdd(x, b0, c30);
             c31 = Fma.MultiplyAdd(x, b1, c31);
-            x = Vector256.Create(a4[p]);
+            x = Vector256.Create(a.At(4, p));
             c40 = Fma.MultiplyAdd(x, b0, c40);
             c41 = Fma.MultiplyAdd(x, b1, c41);
-            x = Vector256.Create(a5[p]);
+            x = Vector256.Create(a.At(5, p));
             c50 = Fma.MultiplyAdd(x, b0, c50);
             c51 = Fma.MultiplyAdd(x, b1, c51);
         }
