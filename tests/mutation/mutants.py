@@ -40,7 +40,7 @@ MUTANTS = [
     ("cpu-swiglu-backward", C + "CpuRowOps.cs", "g[i] = d[i] * u[i] * sigmoid * (1f + (g[i] * (1f - sigmoid)));", "g[i] = d[i] * u[i] * sigmoid * (1f + (g[i] * sigmoid));", RT, "*OpsTestsOnCpu"),
     ("cpu-gemm-rows-stride", C + "GemmMicroKernels.cs", "public float At(int r, int p) => a[(r * lda) + p];", "public float At(int r, int p) => a[(r * (lda - 1)) + p];", RT, "*CpuGemmTests"),
     ("cpu-gemm-pack-at-index", C + "CpuGemm.cs", "dst[(p * MR) + r] = src[r];", "dst[(p * MR) + r] = src[MR - 1 - r];", RT, "*CpuGemmTests"),
-    ("cpu-gemv-nibble-order", C + "CpuGemv.cs", "pairs[2 * b] = table[b >> 4];", "pairs[2 * b] = table[b & 15];", RT, "*GemvTestsOnCpu"),
+    ("cpu-gemv-nibble-order", C + "CpuGemv.cs", "pairs[2 * b] = table[b >> 4];", "pairs[2 * b] = table[b & 15];", RT, "*CpuGemmTests"),
     ("cpu-gemv-block-scale", C + "CpuGemv.cs", "float scale = absmax[block];", "float scale = absmax[Math.Max(0, block - 1)];", RT, "*GemvTestsOnCpu"),
     ("cpu-dropout-keep", C + "CpuRowOps.cs", "scratch[i] = DropoutKernels.Hash(seed, start + i) >= threshold ? scratch[i] * scale : 0f;", "scratch[i] = DropoutKernels.Hash(seed, start + i) >= threshold ? scratch[i] : 0f;", RT, "*DropoutTestsOnCpu"),
     ("cpu-ce-one-hot", C + "CpuRowOps.cs", "row[j] = (MathF.Exp(row[j] - logSumExp) - (j == label[r] ? 1f : 0f)) * gradScale;", "row[j] = (MathF.Exp(row[j] - logSumExp) - (j == label[r] ? 0.999f : 0f)) * gradScale;", RT, "*CrossEntropyTestsOnCpu"),

@@ -33,16 +33,8 @@ internal static unsafe class CpuAttention
     /// <summary>o and lse for every row.</summary>
     public static void Forward(CpuAttentionOperands x, ReadOnlySpan<int> boundaries, int tokens, int heads, int kvHeads, int d, float scale, int window)
     {
-        int[] bounds = boundaries.ToArray();
-        int sequences = bounds.Length - 1;
-        Parallel.For(0, sequences * kvHeads, task =>
+        ForEachSequenceHead(boundaries, kvHeads, (start, length, kvh) =>
         {
-            int sequence = task / kvHeads, kvh = task % kvHeads;
-            int start = bounds[sequence], length = bounds[sequence + 1] - start;
-            if (length == 0)
-            {
-                return;
-            }
 
             float[] keys = ArrayPool<float>.Shared.Rent(length * d), values = ArrayPool<float>.Shared.Rent(length * d);
             float[] scores = ArrayPool<float>.Shared.Rent(length), row = ArrayPool<float>.Shared.Rent(2 * d);
@@ -93,16 +85,8 @@ internal static unsafe class CpuAttention
     /// <summary>dQ, dK, dV from dO; <paramref name="delta"/> [tokens, heads] receives dO·O per row.</summary>
     public static void Backward(CpuAttentionOperands x, void* dO, void* dQ, void* dK, void* dV, float* delta, ReadOnlySpan<int> boundaries, int tokens, int heads, int kvHeads, int d, float scale, int window)
     {
-        int[] bounds = boundaries.ToArray();
-        int sequences = bounds.Length - 1;
-        Parallel.For(0, sequences * kvHeads, task =>
+        ForEachSequenceHead(boundaries, kvHeads, (start, length, kvh) =>
         {
-            int sequence = task / kvHeads, kvh = task % kvHeads;
-            int start = bounds[sequence], length = bounds[sequence + 1] - start;
-            if (length == 0)
-            {
-                return;
-            }
 
             float[] keys = ArrayPool<float>.Shared.Rent(length * d), values = ArrayPool<float>.Shared.Rent(length * d);
             float[] dKeys = ArrayPool<float>.Shared.Rent(length * d), dValues = ArrayPool<float>.Shared.Rent(length * d);
@@ -155,6 +139,20 @@ internal static unsafe class CpuAttention
                 ArrayPool<float>.Shared.Return(dValues);
                 ArrayPool<float>.Shared.Return(scores);
                 ArrayPool<float>.Shared.Return(row);
+            }
+        });
+    }
+
+    // One task per (sequence, kv head) with tokens; the task owns every row of its keys and values.
+    private static void ForEachSequenceHead(ReadOnlySpan<int> boundaries, int kvHeads, Action<int, int, int> body)
+    {
+        int[] bounds = boundaries.ToArray();
+        Parallel.For(0, (bounds.Length - 1) * kvHeads, task =>
+        {
+            int sequence = task / kvHeads, start = bounds[sequence], length = bounds[sequence + 1] - start;
+            if (length > 0)
+            {
+                body(start, length, task % kvHeads);
             }
         });
     }

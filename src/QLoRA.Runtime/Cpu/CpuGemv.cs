@@ -166,14 +166,6 @@ internal static unsafe class CpuGemv
     /// <summary>y = x·Wᵀ with x [batch, in] and y [batch, out] in host memory.</summary>
     public static void Multiply(byte* packed, float[] table, float[] absmax, int blockSize, int outFeatures, int inFeatures, void* x, void* y, CpuElement element, int batch)
     {
-        // Pair table: byte b decodes to (table[b >> 4], table[b & 15]), the first value in the high nibble.
-        var pairs = new float[512];
-        for (int b = 0; b < 256; b++)
-        {
-            pairs[2 * b] = table[b >> 4];
-            pairs[(2 * b) + 1] = table[b & 15];
-        }
-
         var xs = new float[batch * inFeatures];
         for (int r = 0; r < batch; r++)
         {
@@ -184,12 +176,21 @@ internal static unsafe class CpuGemv
         // low nibbles of 8 packed bytes (in is a multiple of 32, so groups never straddle a row).
         bool simd = CpuGemm.VectorWidth >= 256 && Avx2.IsSupported && Fma.IsSupported;
         float[] permuted = simd ? Permute(xs, batch * inFeatures) : xs;
+
+        // For the scalar path, a pair table: byte b decodes to (table[b >> 4], table[b & 15]), the first value in the high nibble.
+        float[] pairs = simd ? [] : new float[512];
+        for (int b = 0; b < pairs.Length / 2; b++)
+        {
+            pairs[2 * b] = table[b >> 4];
+            pairs[(2 * b) + 1] = table[b & 15];
+        }
+
         int tasks = Math.Max(1, Math.Min(outFeatures, Environment.ProcessorCount * 4));
         nint packedBase = (nint)packed, yBase = (nint)y;
         Parallel.For(0, tasks, task =>
         {
             int first = (int)((long)outFeatures * task / tasks), end = (int)((long)outFeatures * (task + 1) / tasks);
-            float[] decoded = ArrayPool<float>.Shared.Rent(blockSize);
+            float[] decoded = ArrayPool<float>.Shared.Rent(simd ? 1 : blockSize);
             float[] sums = ArrayPool<float>.Shared.Rent(batch * (end - first));
             try
             {

@@ -26,13 +26,14 @@ public static class Attention
     public static void Forward(DeviceTensor q, DeviceTensor k, DeviceTensor v, ReadOnlySpan<int> sequenceBoundaries, DeviceTensor o, DeviceTensor lse, int slidingWindow = 0)
     {
         AttentionShape s = Check(q, k, v, o, lse, slidingWindow);
-        using DeviceTensor starts = Boundaries(q.Device, sequenceBoundaries, s.Tokens, end: false);
+        CheckBoundaries(sequenceBoundaries, s.Tokens);
         if (Cpu.CpuOps.Runs(q))
         {
             Cpu.CpuOps.AttentionForward(q, k, v, sequenceBoundaries, o, lse, slidingWindow);
             return;
         }
 
+        using DeviceTensor starts = Boundaries(q.Device, sequenceBoundaries, s.Tokens, end: false);
         ComputeDispatch.Run(q, new ForwardLaunch(q, k, v, starts, o, lse, s), nameof(q));
     }
 
@@ -46,14 +47,16 @@ public static class Attention
         Shapes.Require(dK, q.Dtype, k.Shape, nameof(dK));
         Shapes.Require(dV, q.Dtype, v.Shape, nameof(dV));
         Device device = q.Device;
-        using DeviceTensor starts = Boundaries(device, sequenceBoundaries, s.Tokens, end: false);
-        using DeviceTensor ends = Boundaries(device, sequenceBoundaries, s.Tokens, end: true);
+        CheckBoundaries(sequenceBoundaries, s.Tokens);
         using DeviceTensor delta = DeviceTensor.Allocate(device, DType.F32, s.Tokens, s.Heads);
         if (Cpu.CpuOps.Runs(q))
         {
             Cpu.CpuOps.AttentionBackward(q, k, v, sequenceBoundaries, o, lse, dO, dQ, dK, dV, delta, slidingWindow);
             return;
         }
+
+        using DeviceTensor starts = Boundaries(device, sequenceBoundaries, s.Tokens, end: false);
+        using DeviceTensor ends = Boundaries(device, sequenceBoundaries, s.Tokens, end: true);
 
         ComputeDispatch.Run(q, new BackwardLaunch(q, k, v, starts, ends, o, lse, dO, delta, dQ, dK, dV, s), nameof(q));
     }
@@ -120,23 +123,30 @@ public static class Attention
         return new AttentionShape(tokens, heads, kvHeads, d, 1f / MathF.Sqrt(d), slidingWindow);
     }
 
-    // Per token: the start (or end) of its sequence, from cumulative boundaries.
-    private static DeviceTensor Boundaries(Device device, ReadOnlySpan<int> boundaries, int tokens, bool end)
+    // Cumulative boundaries: from 0 to the token count, never decreasing.
+    private static void CheckBoundaries(ReadOnlySpan<int> boundaries, int tokens)
     {
         if (boundaries.Length < 2 || boundaries[0] != 0 || boundaries[^1] != tokens)
         {
             throw new ArgumentException($"Sequence boundaries must run from 0 to {tokens} (the token count).", nameof(boundaries));
         }
 
+        for (int sequence = 0; sequence + 1 < boundaries.Length; sequence++)
+        {
+            if (boundaries[sequence + 1] < boundaries[sequence])
+            {
+                throw new ArgumentException($"Sequence boundaries must not decrease ({boundaries[sequence]} then {boundaries[sequence + 1]}).", nameof(boundaries));
+            }
+        }
+    }
+
+    // Per token: the start (or end) of its sequence, from cumulative boundaries (already checked).
+    private static DeviceTensor Boundaries(Device device, ReadOnlySpan<int> boundaries, int tokens, bool end)
+    {
         var perToken = new int[tokens];
         for (int sequence = 0; sequence + 1 < boundaries.Length; sequence++)
         {
             int first = boundaries[sequence], last = boundaries[sequence + 1];
-            if (last < first)
-            {
-                throw new ArgumentException($"Sequence boundaries must not decrease ({first} then {last}).", nameof(boundaries));
-            }
-
             for (int t = first; t < last; t++)
             {
                 perToken[t] = end ? last : first;

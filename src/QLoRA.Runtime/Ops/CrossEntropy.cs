@@ -66,14 +66,15 @@ public static class CrossEntropy
         using DeviceTensor? rounded = hidden.Dtype == DType.F32 || (dHidden is null && dWeight is null) ? null : DeviceTensor.Allocate(device, hidden.Dtype, chunk, vocab);
         using DeviceTensor losses = DeviceTensor.Allocate(device, DType.F32, tokens);
         using DeviceTensor labelTensor = DeviceTensor.FromHost(device, labels, DType.I32, tokens);
-        var kernel = device.Kernel("crossentropy.chunk", a => a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>(CrossEntropyKernels.LossAndGradient));
+        // The CPU accelerator's schedule needs no kernel: load (and compile) it only where it runs.
+        var kernel = Cpu.CpuOps.Runs(hidden) ? null : device.Kernel("crossentropy.chunk", a => a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>(CrossEntropyKernels.LossAndGradient));
         for (int start = 0; start < tokens; start += chunk)
         {
             int rows = Math.Min(chunk, tokens - start);
             DeviceTensor h = hidden.Rows(start, rows);
             DeviceTensor z = logits.Rows(0, rows);
             Gemm.Multiply(h, weight, z, transposeB: true);
-            if (Cpu.CpuOps.Runs(hidden))
+            if (kernel is null)
             {
                 Cpu.CpuRowOps.CrossEntropyChunk(z, labelTensor.Rows(start, rows), losses.Rows(start, rows), rows, vocab, ignoreIndex, scale);
             }
