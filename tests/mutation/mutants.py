@@ -5,6 +5,8 @@ RT = "tests/QLoRA.Runtime.Tests"
 Q = "src/QLoRA.Core/Quantization/"
 K = "src/QLoRA.Runtime/Kernels/"
 C = "src/QLoRA.Runtime/Cpu/"
+E = "src/QLoRA.Runtime/Engine/"
+T = "src/QLoRA.Runtime/Training/"
 MUTANTS = [
     ("core-nf4-tie", Q + "FourBitCodes.cs", "int code = Bit(scaled > Unsafe.Add(ref t, 7)) << 3;", "int code = Bit(scaled >= Unsafe.Add(ref t, 7)) << 3;", CORE, "*"),
     ("core-nf4-step", Q + "FourBitCodes.cs", "code |= Bit(scaled > Unsafe.Add(ref t, code + 1)) << 1;", "code |= Bit(scaled > Unsafe.Add(ref t, code + 2)) << 1;", CORE, "*"),
@@ -46,4 +48,10 @@ MUTANTS = [
     ("cpu-ce-one-hot", C + "CpuRowOps.cs", "row[j] = (MathF.Exp(row[j] - logSumExp) - (j == label[r] ? 1f : 0f)) * gradScale;", "row[j] = (MathF.Exp(row[j] - logSumExp) - (j == label[r] ? 0.999f : 0f)) * gradScale;", RT, "*CrossEntropyTestsOnCpu"),
     ("cpu-embedding-scatter", C + "CpuOps.cs", "for (int k = segmentStarts[segment]; k < segmentStarts[segment + 1]; k++)", "for (int k = segmentStarts[segment] + 1; k < segmentStarts[segment + 1]; k++)", RT, "*RopeAndElementwiseTestsOnCpu"),
     ("cpu-gemv-simd-nibble", C + "CpuGemv.cs", "Vector256<float> even = Lookup16(low, high, codes >>> 4);", "Vector256<float> even = Lookup16(low, high, codes >>> 3);", RT, "*CpuGemmTests"),
+    ("engine-norm1-residual", E + "DecoderBlock.cs", "        w.InputNorm.Backward(x, dh, R(a.InverseRms, t), dxPart, dNorm);\n        Elementwise.Add(dResidual, dxPart, dResidual);", "        w.InputNorm.Backward(x, dh, R(a.InverseRms, t), dxPart, dNorm);", RT, "*TrainingEngineTestsOnCpu"),
+    ("engine-kv-grad", E + "DecoderBlock.cs", "        w.V.Backward(normed, R(g.DV, t), dhPart, b.Training);\n        Elementwise.Add(dh, dhPart, dh);", "        w.V.Backward(normed, R(g.DV, t), dhPart, b.Training);", RT, "*TrainingEngineTestsOnCpu"),
+    ("engine-rope-backward", E + "DecoderBlock.cs", "        Rope.Backward(dk3, b.Positions, b.InverseFrequencies);", "", RT, "*TrainingEngineTestsOnCpu"),
+    ("engine-checkpoint-seed", E + "TrainingEngine.cs", "            if (Options.GradientCheckpointing)\n            {", "            if (Options.GradientCheckpointing)\n            {\n                SetDropoutSeeds(dropoutSeed + 1);", RT, "*TrainingEngineTestsOnCpu"),
+    ("engine-positions-restart", E + "PackedBatch.cs", "positions[t] = t - Boundaries[s];", "positions[t] = t;", RT, "*PackedBatchTests"),
+    ("engine-paged-tail", T + "PagedAdamWOptimizer.cs", "int n = Math.Min(_page, count - start);", "int n = Math.Min(_page, Math.Max(1, count - start - 1));", RT, "*TrainingEngineTestsOnCpu"),
 ]

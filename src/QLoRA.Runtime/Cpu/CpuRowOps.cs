@@ -267,6 +267,34 @@ internal static unsafe class CpuRowOps
         });
     }
 
+    /// <summary>The kernel's partition (lane p sums elements p, p + lanes, … in order; lanes a multiple of 16), lanes split across cores.</summary>
+    public static void SumOfSquaresPartials(DeviceTensor x, DeviceTensor partials, int lanes)
+    {
+        x.Device.Stream.Synchronize();
+        float* xs = (float*)x.NativePointer, ps = (float*)partials.NativePointer;
+        long count = x.ElementCount;
+        // Sixteen neighbouring lanes at a time share each cache line read; every lane still sums in index order.
+        const int Width = 16;
+        ForRows(lanes / Width, Width, (first, end, sums) =>
+        {
+            for (int blockIndex = first; blockIndex < end; blockIndex++)
+            {
+                int lane0 = blockIndex * Width;
+                sums.Clear();
+                for (long row = lane0; row < count; row += lanes)
+                {
+                    int n = (int)Math.Min(Width, count - row);
+                    for (int j = 0; j < n; j++)
+                    {
+                        sums[j] += xs[row + j] * xs[row + j];
+                    }
+                }
+
+                sums.CopyTo(new Span<float>(ps + lane0, Width));
+            }
+        });
+    }
+
     private delegate void RowsBody(int first, int end, Span<float> scratch);
 
     private delegate void ElementsBody(long start, int count, Span<float> scratch);

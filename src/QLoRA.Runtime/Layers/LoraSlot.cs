@@ -36,6 +36,29 @@ public sealed class LoraSlot : IDisposable
         ZeroGradients();
     }
 
+    /// <summary>
+    /// A slot over views of an adapter's flat buffers (see <see cref="Engine.LoraParameters"/>): the masters, their
+    /// gradients and, when activations are narrower than float32, the copies rounded to the compute dtype once per step.
+    /// </summary>
+    internal LoraSlot(DeviceTensor a, DeviceTensor b, DeviceTensor gradA, DeviceTensor gradB, DeviceTensor? computeA, DeviceTensor? computeB, float scaling, double dropout)
+    {
+        Rank = checked((int)a.Shape[0]);
+        Scaling = scaling;
+        Dropout = dropout;
+        A = a;
+        B = b;
+        GradA = gradA;
+        GradB = gradB;
+        ComputeA = computeA;
+        ComputeB = computeB;
+    }
+
+    /// <summary>A rounded to the compute dtype (kept current by the owner of the flat buffers), or null.</summary>
+    internal DeviceTensor? ComputeA { get; }
+
+    /// <summary>B rounded to the compute dtype, or null.</summary>
+    internal DeviceTensor? ComputeB { get; }
+
     /// <summary>Rank r.</summary>
     public int Rank { get; }
 

@@ -158,15 +158,26 @@ public sealed class QuantizedLinear : IDisposable
                 Ops.Dropout.Apply(x, _dropped, lora.Dropout, lora.DropoutSeed);
             }
 
-            if (x.Dtype != DType.F32)
+            if (x.Dtype != DType.F32 && lora.ComputeA?.Dtype == x.Dtype && lora.ComputeB?.Dtype == x.Dtype)
+            {
+                // Rounded once per optimizer step by the flat buffers' owner, not per call.
+                A = lora.ComputeA;
+                B = lora.ComputeB;
+            }
+            else if (x.Dtype != DType.F32)
             {
                 _a = Elementwise.ConvertTo(lora.A, x.Dtype);
                 _b = Elementwise.ConvertTo(lora.B, x.Dtype);
+                A = _a;
+                B = _b;
+            }
+            else
+            {
+                A = lora.A;
+                B = lora.B;
             }
 
             Input = _dropped ?? x;
-            A = _a ?? lora.A;
-            B = _b ?? lora.B;
         }
 
         public DeviceTensor Input { get; }

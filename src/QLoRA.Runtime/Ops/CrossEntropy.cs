@@ -61,11 +61,26 @@ public static class CrossEntropy
 
         Device device = hidden.Device;
         float scale = counted == 0 ? 0f : 1f / counted;
+        using DeviceTensor losses = DeviceTensor.Allocate(device, DType.F32, tokens);
+        using DeviceTensor labelTensor = DeviceTensor.FromHost(device, labels, DType.I32, tokens);
+        Accumulate(hidden, weight, labelTensor, losses, scale, dHidden, dWeight, chunkTokens, ignoreIndex);
+
+        // Summed on the host in double, in token order: deterministic.
+        return losses.ToHost<float>().Sum(l => (double)l) * scale;
+    }
+
+    /// <summary>
+    /// The loss kept on the device: per-token losses into <paramref name="losses"/> (0 for ignored labels) and gradients
+    /// scaled by <paramref name="scale"/> (1 / the target tokens of every micro-batch of an optimizer step), with no
+    /// host synchronization — the engine reads its step's losses once. Labels must already be validated.
+    /// </summary>
+    internal static void Accumulate(DeviceTensor hidden, DeviceTensor weight, DeviceTensor labels, DeviceTensor losses, float scale, DeviceTensor? dHidden, DeviceTensor? dWeight, int chunkTokens = 1024, int ignoreIndex = DefaultIgnoreIndex)
+    {
+        int tokens = checked((int)hidden.Shape[0]), vocab = checked((int)weight.Shape[0]);
+        Device device = hidden.Device;
         int chunk = Math.Max(1, Math.Min(chunkTokens, tokens));
         using DeviceTensor logits = DeviceTensor.Allocate(device, DType.F32, chunk, vocab);
         using DeviceTensor? rounded = hidden.Dtype == DType.F32 || (dHidden is null && dWeight is null) ? null : DeviceTensor.Allocate(device, hidden.Dtype, chunk, vocab);
-        using DeviceTensor losses = DeviceTensor.Allocate(device, DType.F32, tokens);
-        using DeviceTensor labelTensor = DeviceTensor.FromHost(device, labels, DType.I32, tokens);
         // The CPU accelerator's schedule needs no kernel: load (and compile) it only where it runs.
         var kernel = Cpu.CpuOps.Runs(hidden) ? null : device.Kernel("crossentropy.chunk", a => a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>(CrossEntropyKernels.LossAndGradient));
         for (int start = 0; start < tokens; start += chunk)
@@ -76,12 +91,13 @@ public static class CrossEntropy
             Gemm.Multiply(h, weight, z, transposeB: true);
             if (kernel is null)
             {
-                Cpu.CpuRowOps.CrossEntropyChunk(z, labelTensor.Rows(start, rows), losses.Rows(start, rows), rows, vocab, ignoreIndex, scale);
+                Cpu.CpuRowOps.CrossEntropyChunk(z, labels.Rows(start, rows), losses.Rows(start, rows), rows, vocab, ignoreIndex, scale);
             }
             else
             {
-                kernel(device.Stream, device.GridStride, z.View<float>(), labelTensor.Rows(start, rows).View<int>(), losses.Rows(start, rows).View<float>(), rows, vocab, ignoreIndex, scale);
+                kernel(device.Stream, device.GridStride, z.View<float>(), labels.Rows(start, rows).View<int>(), losses.Rows(start, rows).View<float>(), rows, vocab, ignoreIndex, scale);
             }
+
             DeviceTensor dz = z;
             if (rounded is not null)
             {
@@ -99,8 +115,5 @@ public static class CrossEntropy
                 Gemm.Multiply(dz, h, dWeight, transposeA: true, beta: 1f);
             }
         }
-
-        // Summed on the host in double, in token order: deterministic.
-        return losses.ToHost<float>().Sum(l => (double)l) * scale;
     }
 }

@@ -176,6 +176,51 @@ public sealed class DeviceTensor : IDisposable
         return new DeviceTensor(Device, Dtype, shape, _bytes.SubView(start * rowBytes, count * rowBytes), null, _root, _offset + (start * rowBytes));
     }
 
+    /// <summary>
+    /// A view of <paramref name="shape"/> elements of <paramref name="dtype"/> starting <paramref name="byteOffset"/>
+    /// bytes into this tensor's storage: how an arena or a flat parameter buffer hands out its tensors.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The view does not lie inside this tensor.</exception>
+    internal DeviceTensor Slice(long byteOffset, DType dtype, params long[] shape)
+    {
+        long bytes = checked(shape.Aggregate(1L, (a, d) => d >= 0 ? a * d : throw new ArgumentException($"Shape [{string.Join(", ", shape)}] has a negative dimension.", nameof(shape))) * dtype.SizeInBytes());
+        if (byteOffset < 0 || byteOffset > ByteLength || bytes > ByteLength - byteOffset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(byteOffset), $"Bytes [{byteOffset}, {byteOffset + bytes}) are outside a tensor of {ByteLength} bytes.");
+        }
+
+        return new DeviceTensor(Device, dtype, shape, _bytes.SubView(byteOffset, bytes), null, _root, _offset + byteOffset);
+    }
+
+    /// <summary>Copies this tensor's bytes into <paramref name="destination"/> (same byte length) on the device's current stream.</summary>
+    /// <exception cref="ArgumentException">The byte lengths differ.</exception>
+    internal void CopyTo(DeviceTensor destination)
+    {
+        if (destination.ByteLength != ByteLength)
+        {
+            throw new ArgumentException($"Cannot copy {ByteLength} bytes into a tensor of {destination.ByteLength}.", nameof(destination));
+        }
+
+        _bytes.CopyTo(Device.Stream, destination._bytes);
+    }
+
+    /// <summary>Overwrites the tensor with host elements (their byte count must equal the tensor's) on the device's current stream.</summary>
+    /// <exception cref="ArgumentException">The byte lengths differ.</exception>
+    internal void CopyFromHost<T>(ReadOnlySpan<T> data)
+        where T : unmanaged
+    {
+        ReadOnlySpan<byte> bytes = MemoryMarshal.AsBytes(data);
+        if (bytes.Length != ByteLength)
+        {
+            throw new ArgumentException($"{bytes.Length} bytes do not fill a tensor of {ByteLength} bytes.", nameof(data));
+        }
+
+        _bytes.CopyFromCPU(Device.Stream, bytes.ToArray());
+    }
+
+    /// <summary>Sets every byte to zero on the device's current stream.</summary>
+    internal void Clear() => _bytes.MemSetToZero(Device.Stream);
+
     private unsafe void CheckElement<T>()
         where T : unmanaged
     {

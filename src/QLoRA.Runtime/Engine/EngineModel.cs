@@ -1,0 +1,36 @@
+using QLoRA.Core.HuggingFace;
+using QLoRA.Runtime.Layers;
+using QLoRA.Runtime.Models;
+using QLoRA.Runtime.Tensors;
+
+namespace QLoRA.Runtime.Engine;
+
+/// <summary>
+/// A causal LM as the engine runs it: embeddings, decoder blocks of the Llama family, the final norm and lm_head —
+/// the built-in <see cref="LlamaForCausalLM"/> and typed models bound to the engine both reduce to this.
+/// </summary>
+/// <param name="Config">The checkpoint's config (widths, RoPE, norms' epsilon, sliding window).</param>
+/// <param name="Embed">Token embeddings [vocab, hidden] in the compute dtype.</param>
+/// <param name="Blocks">Decoder blocks, bottom to top.</param>
+/// <param name="Norm">Final RMSNorm.</param>
+/// <param name="LmHead">lm_head [vocab, hidden] in the compute dtype (the embeddings when tied).</param>
+public sealed record EngineModel(HfModelConfig Config, EmbeddingLayer Embed, IReadOnlyList<DecoderBlockWeights> Blocks, RmsNormLayer Norm, DeviceTensor LmHead)
+{
+    /// <summary>The built-in Llama's parts.</summary>
+    public static EngineModel Of(LlamaForCausalLM model) =>
+        new(model.Config, model.Embed, [.. model.Layers.Select(DecoderBlockWeights.Of)], model.Norm, model.LmHead.Weight);
+
+    /// <summary>Every projection with its PEFT module name (model.layers.{i}.self_attn.q_proj, …), bottom to top.</summary>
+    public IEnumerable<(string Name, QuantizedLinear Layer)> Projections()
+    {
+        string[] names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+        for (int l = 0; l < Blocks.Count; l++)
+        {
+            int j = 0;
+            foreach (QuantizedLinear projection in Blocks[l].Projections)
+            {
+                yield return ($"model.layers.{l}.{names[j++]}", projection);
+            }
+        }
+    }
+}
