@@ -105,8 +105,9 @@ internal static class Emitter
                 case LayerKind.Linear:
                     if (layer.TiedTo is string tied)
                     {
-                        // Tied (e.g. lm_head to the embeddings): the tied tensor stands in when this one is absent.
-                        name = $"(source.Describe({name}) is null ? {Quote(tied + ".weight")} : {name})";
+                        // Tied (e.g. lm_head to the embeddings) when config.json's tie_word_embeddings says so: the tied
+                        // tensor stands in when this one is absent. Untied, an absent tensor is an error naming it.
+                        name = $"(dims.Flag(\"tie_word_embeddings\", false) && source.Describe({name}) is null ? {Quote(tied + ".weight")} : {name})";
                     }
 
                     sb.Append("            ").Append(field).Append(" = global::QLoRA.Runtime.Layers.Linear.Load(device, source, ").Append(name).Append(", ").Append(layer.First!.Emit()).Append(", ").Append(layer.Second!.Emit()).AppendLine(");");
@@ -168,8 +169,22 @@ internal static class Emitter
         sb.AppendLine("    {");
         sb.AppendLine("        var config = global::QLoRA.Core.HuggingFace.HfModelConfig.Load(global::System.IO.Path.Combine(path, \"config.json\"));");
         sb.AppendLine("        using var source = global::QLoRA.Core.Weights.CheckpointWeightSource.Open(path);");
-        sb.Append("        return LoadFrom(device, source, new ").Append(Dims).AppendLine("(config), \"\");");
+        sb.Append("        var model = LoadFrom(device, source, new ").Append(Dims).AppendLine("(config), \"\");");
+        sb.AppendLine("        try");
+        sb.AppendLine("        {");
+        sb.AppendLine("            model.OnLoaded(device, config);");
+        sb.AppendLine("        }");
+        sb.AppendLine("        catch");
+        sb.AppendLine("        {");
+        sb.AppendLine("            model.Dispose();");
+        sb.AppendLine("            throw;");
+        sb.AppendLine("        }");
+        sb.AppendLine();
+        sb.AppendLine("        return model;");
         sb.AppendLine("    }");
+        sb.AppendLine();
+        sb.AppendLine("    /// <summary>Called by <c>Load</c> with the config the layers were built from: the model's own checks and set-up (optional).</summary>");
+        sb.Append("    partial void OnLoaded(").Append(Device).AppendLine(" device, global::QLoRA.Core.HuggingFace.HfModelConfig config);");
         sb.AppendLine();
     }
 

@@ -173,6 +173,16 @@ public abstract class LlamaForwardTests<TDevice>(TDevice fixture) : IClassFixtur
     }
 
     [Fact]
+    public void AnAbsentLmHeadIsAnErrorUnlessTheConfigTiesTheEmbeddings()
+    {
+        (string folder, _) = TinyLlama.WriteCheckpoint(tied: true);
+        string config = Path.Combine(folder, "config.json");
+        File.WriteAllText(config, File.ReadAllText(config).Replace(",\"tie_word_embeddings\":true", "", StringComparison.Ordinal));
+        var e = Assert.Throws<CheckpointFormatException>(() => LlamaForCausalLM.LoadModel(fixture.Device, folder));
+        Assert.Equal("lm_head.weight", e.ItemName);
+    }
+
+    [Fact]
     public void AWrongShapeNamesTheTensorAndBothShapes()
     {
         (string folder, _) = TinyLlama.WriteCheckpoint();

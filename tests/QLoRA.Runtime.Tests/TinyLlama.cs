@@ -30,7 +30,7 @@ public static class TinyLlama
     {
         string dir = Directory.CreateTempSubdirectory("qlora-llama-").FullName;
         string modelType = qwen ? "qwen2" : slidingWindow > 0 ? "mistral" : "llama";
-        string window = slidingWindow > 0 ? $",\"sliding_window\":{slidingWindow}" : "";
+        string window = (slidingWindow > 0 ? $",\"sliding_window\":{slidingWindow}" : "") + (tied ? ",\"tie_word_embeddings\":true" : "");
         File.WriteAllText(Path.Combine(dir, "config.json"), $$"""
             {"model_type":"{{modelType}}","hidden_size":{{Hidden}},"intermediate_size":{{Inter}},"num_hidden_layers":{{LayerCount}},"num_attention_heads":{{Heads}},
              "num_key_value_heads":{{KvHeads}},"vocab_size":{{Vocab}},"rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":128,"torch_dtype":"bfloat16"{{window}}}

@@ -48,4 +48,8 @@ public sealed class ModelDimensions(JsonObject config, string source)
     /// <summary>A float field with a default (e.g. rms_norm_eps).</summary>
     public double Get(string field, double fallback) =>
         config[field] is JsonValue value && value.GetValueKind() == JsonValueKind.Number ? value.GetValue<double>() : fallback;
+
+    /// <summary>A boolean field with a default (e.g. tie_word_embeddings).</summary>
+    public bool Flag(string field, bool fallback) =>
+        config[field] is JsonValue value && value.GetValueKind() is JsonValueKind.True or JsonValueKind.False ? value.GetValue<bool>() : fallback;
 }

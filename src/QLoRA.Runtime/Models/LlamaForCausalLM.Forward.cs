@@ -15,35 +15,33 @@ public partial class LlamaForCausalLM
     private Device? _device;
 
     /// <summary>The config the model was loaded with.</summary>
-    public HfModelConfig Config => _config ?? throw new InvalidOperationException("Load the model with LoadModel to run it.");
+    public HfModelConfig Config => _config ?? throw new InvalidOperationException("This model was built with LoadFrom; load it with Load(device, folder) to run it.");
 
     /// <summary>
-    /// Loads a Llama-family folder (llama, mistral, qwen2: config.json + safetensors, bf16 or bitsandbytes 4-bit) and keeps
-    /// its config for the forward pass. Projection biases (qwen2's q/k/v, llama's attention_bias/mlp_bias) load when present.
+    /// Loads a Llama-family folder (llama, mistral, qwen2: config.json + safetensors, bf16 or bitsandbytes 4-bit) ready to
+    /// run: the same as the generated <c>Load</c>. Projection biases (qwen2's q/k/v, llama's attention_bias/mlp_bias) load
+    /// when present; lm_head is the embeddings only when config.json's tie_word_embeddings says so.
     /// </summary>
     /// <exception cref="HfConfigException">config.json is invalid or not a Llama-family model.</exception>
     /// <exception cref="CheckpointFormatException">A tensor is missing or has the wrong shape (named).</exception>
-    public static LlamaForCausalLM LoadModel(Device device, string path)
-    {
-        HfModelConfig config = HfModelConfig.Load(Path.Combine(path, "config.json"));
+    public static LlamaForCausalLM LoadModel(Device device, string path) => Load(device, path);
 
-        using CheckpointWeightSource source = CheckpointWeightSource.Open(path);
-        LlamaForCausalLM model = LoadFrom(device, source, new ModelDimensions(config), "");
-        for (int i = 0; i < model.Layers.Length && config.QkvBias; i++)
+    // The generated Load hands over the config: keep it for Forward and check what the config promises.
+    partial void OnLoaded(Device device, HfModelConfig config)
+    {
+        for (int i = 0; i < Layers.Length && config.QkvBias; i++)
         {
-            foreach ((string name, Layers.QuantizedLinear layer) in new[] { ("q_proj", model.Layers[i].QProj), ("k_proj", model.Layers[i].KProj), ("v_proj", model.Layers[i].VProj) })
+            foreach ((string name, Layers.QuantizedLinear layer) in new[] { ("q_proj", Layers[i].QProj), ("k_proj", Layers[i].KProj), ("v_proj", Layers[i].VProj) })
             {
                 if (layer.Bias is null)
                 {
-                    model.Dispose();
-                    throw new CheckpointFormatException(source.Location, $"model.layers.{i}.self_attn.{name}.bias", $"missing: {config.ModelType} with these settings has q/k/v projection biases");
+                    throw new CheckpointFormatException(Path.GetDirectoryName(config.SourcePath) ?? config.SourcePath, $"model.layers.{i}.self_attn.{name}.bias", $"missing: {config.ModelType} with these settings has q/k/v projection biases");
                 }
             }
         }
 
-        model._config = config;
-        model._device = device;
-        return model;
+        _config = config;
+        _device = device;
     }
 
     /// <summary>Logits [tokens, vocab] of one sequence (positions 0…n−1), computed in float32 from the last hidden states and returned to the host.</summary>

@@ -47,8 +47,22 @@ partial class Qwen2 : global::System.IDisposable
     {
         var config = global::QLoRA.Core.HuggingFace.HfModelConfig.Load(global::System.IO.Path.Combine(path, "config.json"));
         using var source = global::QLoRA.Core.Weights.CheckpointWeightSource.Open(path);
-        return LoadFrom(device, source, new global::QLoRA.Modeling.ModelDimensions(config), "");
+        var model = LoadFrom(device, source, new global::QLoRA.Modeling.ModelDimensions(config), "");
+        try
+        {
+            model.OnLoaded(device, config);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+
+        return model;
     }
+
+    /// <summary>Called by <c>Load</c> with the config the layers were built from: the model's own checks and set-up (optional).</summary>
+    partial void OnLoaded(global::QLoRA.Runtime.Devices.Device device, global::QLoRA.Core.HuggingFace.HfModelConfig config);
 
     /// <summary>Every layer with its full checkpoint name (without the .weight suffix), blocks expanded.</summary>
     public global::System.Collections.Generic.IEnumerable<(string Name, object Layer)> EnumerateLayers(string prefix = "")
