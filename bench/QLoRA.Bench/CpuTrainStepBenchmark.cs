@@ -136,7 +136,7 @@ internal static class CpuTrainStepBenchmark
             }
 
             _engine = new TrainingEngine(device, EngineModel.Of(model), new EngineOptions(t, checkpointing, MaxMicroBatches: 1));
-            _optimizer = new AdamWOptimizer(device, _engine.Parameters, new AdamWOptions());
+            _optimizer = new AdamWOptimizer(device, _engine.Parameters.Count, new AdamWOptions());
         }
 
         public long ActivationBytes => _engine.Layout.Bytes;

@@ -15,9 +15,17 @@ namespace QLoRA.Core.Quantization;
 public static class DynamicMap
 {
     private static readonly float[] SignedMap = BuildSigned();
+    private static readonly float[] UnsignedMap = BuildUnsigned();
 
     /// <summary>The 256 ascending values of the signed dynamic map.</summary>
     public static ReadOnlySpan<float> Signed => SignedMap;
+
+    /// <summary>
+    /// The 256 ascending values of the unsigned dynamic map (<c>create_dynamic_map(signed=False)</c>): for i in 0..6 the
+    /// 2^(i+1) midpoints of <c>linspace(0.1, 1, 2^(i+1) + 1)</c> scaled by 10^(i−6), plus 0 and 1.0 — bitsandbytes'
+    /// map for the second moment of its 8-bit optimizers.
+    /// </summary>
+    public static ReadOnlySpan<float> Unsigned => UnsignedMap;
 
     /// <summary>The index of 0.0 in the signed map (127): the code of an all-equal nested block.</summary>
     public static byte SignedZeroCode { get; } = (byte)Array.IndexOf(SignedMap, 0f);
@@ -170,19 +178,26 @@ public static class DynamicMap
         }
     }
 
-    private static float[] BuildSigned()
+    private static float[] BuildSigned() => Build(signed: true);
+
+    private static float[] BuildUnsigned() => Build(signed: false);
+
+    private static float[] Build(bool signed)
     {
         var values = new List<float>(256);
         for (int i = 0; i < 7; i++)
         {
-            int steps = (1 << i) + 1;
+            int steps = (1 << (signed ? i : i + 1)) + 1;
             float[] boundaries = LinspaceFloat32(0.1f, 1f, steps);
             float scale = (float)Math.Pow(10, i - 6);
             for (int j = 0; j < steps - 1; j++)
             {
                 float mean = (boundaries[j] + boundaries[j + 1]) / 2f;
                 values.Add(scale * mean);
-                values.Add(-scale * mean);
+                if (signed)
+                {
+                    values.Add(-scale * mean);
+                }
             }
         }
 

@@ -255,9 +255,9 @@ internal static unsafe class CpuRowOps
             for (long i = start; i < start + count; i++)
             {
                 float g = gs[i] * h.GradientScale;
-                float p = ps[i] * (1f - (h.LearningRate * h.WeightDecay));
-                float mi = (h.Beta1 * ms[i]) + ((1f - h.Beta1) * g);
-                float vi = (h.Beta2 * vs[i]) + ((1f - h.Beta2) * g * g);
+                float p = ps[i] * h.Decay;
+                float mi = (h.Beta1 * ms[i]) + (h.OneMinusBeta1 * g);
+                float vi = (h.Beta2 * vs[i]) + (h.OneMinusBeta2 * g * g);
                 ms[i] = mi;
                 vs[i] = vi;
                 float mHat = mi / h.BiasCorrection1;

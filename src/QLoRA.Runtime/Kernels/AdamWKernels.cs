@@ -13,9 +13,9 @@ internal static class AdamWKernels
         for (long i = Grid.GlobalIndex.X; i < count; i += (long)Grid.DimX * Group.DimX)
         {
             float g = gradients[i] * h.GradientScale;
-            float p = parameters[i] * (1f - (h.LearningRate * h.WeightDecay));
-            float mi = (h.Beta1 * m[i]) + ((1f - h.Beta1) * g);
-            float vi = (h.Beta2 * v[i]) + ((1f - h.Beta2) * g * g);
+            float p = parameters[i] * h.Decay;
+            float mi = (h.Beta1 * m[i]) + (h.OneMinusBeta1 * g);
+            float vi = (h.Beta2 * v[i]) + (h.OneMinusBeta2 * g * g);
             m[i] = mi;
             v[i] = vi;
             float mHat = mi / h.BiasCorrection1;
@@ -25,5 +25,8 @@ internal static class AdamWKernels
     }
 }
 
-/// <summary>Scalars of one AdamW step (bias corrections precomputed on the host in double).</summary>
-internal readonly record struct AdamWHyper(float LearningRate, float Beta1, float Beta2, float Epsilon, float WeightDecay, float BiasCorrection1, float BiasCorrection2Sqrt, float GradientScale);
+/// <summary>
+/// Scalars of one AdamW step, precomputed on the host in double and rounded once (1 − β₂ rounded from double is exact to
+/// float32's precision; 1f − 0.999f would be 1.3e-5 off): as torch, whose Python scalars are doubles.
+/// </summary>
+internal readonly record struct AdamWHyper(float LearningRate, float Beta1, float Beta2, float OneMinusBeta1, float OneMinusBeta2, float Epsilon, float Decay, float BiasCorrection1, float BiasCorrection2Sqrt, float GradientScale);

@@ -31,8 +31,8 @@ public static class AdamW
         }
 
         var hyper = new AdamWHyper(
-            (float)options.LearningRate, (float)options.Beta1, (float)options.Beta2, (float)options.Epsilon, (float)options.WeightDecay,
-            (float)(1 - Math.Pow(options.Beta1, step)), (float)Math.Sqrt(1 - Math.Pow(options.Beta2, step)), gradientScale);
+            (float)options.LearningRate, (float)options.Beta1, (float)options.Beta2, (float)(1 - options.Beta1), (float)(1 - options.Beta2), (float)options.Epsilon,
+            (float)(1 - (options.LearningRate * options.WeightDecay)), (float)(1 - Math.Pow(options.Beta1, step)), (float)Math.Sqrt(1 - Math.Pow(options.Beta2, step)), gradientScale);
         if (Cpu.CpuOps.Runs(parameter))
         {
             Cpu.CpuRowOps.AdamW(parameter, gradient, m, v, hyper);

@@ -12,12 +12,12 @@ public sealed class AdamWOptimizer : AdapterOptimizer
     private readonly DeviceTensor _m, _v;
     private readonly AdamWOptions _options;
 
-    /// <summary>State for <paramref name="parameters"/>, zero-initialized.</summary>
-    public AdamWOptimizer(Device device, LoraParameters parameters, AdamWOptions options)
+    /// <summary>Zero state for <paramref name="count"/> flat parameters.</summary>
+    public AdamWOptimizer(Device device, long count, AdamWOptions options)
     {
         _options = options;
-        _m = DeviceTensor.Allocate(device, DType.F32, parameters.Count);
-        _v = DeviceTensor.Allocate(device, DType.F32, parameters.Count);
+        _m = DeviceTensor.Allocate(device, DType.F32, count);
+        _v = DeviceTensor.Allocate(device, DType.F32, count);
         _m.Clear();
         _v.Clear();
     }
@@ -29,17 +29,21 @@ public sealed class AdamWOptimizer : AdapterOptimizer
     public override long StateBytes => DeviceStateBytes;
 
     /// <inheritdoc />
-    public override void Step(LoraParameters parameters, int step, double learningRate, float gradientScale) =>
-        AdamW.Step(parameters.Values, parameters.Gradients, _m, _v, step, _options with { LearningRate = learningRate }, gradientScale);
+    public override void Step(DeviceTensor values, DeviceTensor gradients, int step, double learningRate, float gradientScale) =>
+        AdamW.Step(values, gradients, _m, _v, step, _options with { LearningRate = learningRate }, gradientScale);
 
     /// <inheritdoc />
-    public override (float[] M, float[] V) ReadState() => (_m.ToHost<float>(), _v.ToHost<float>());
-
-    /// <inheritdoc />
-    public override void WriteState(float[] m, float[] v)
+    public override IReadOnlyDictionary<string, TensorData> ReadState() => new Dictionary<string, TensorData>
     {
-        _m.CopyFromHost<float>(m);
-        _v.CopyFromHost<float>(v);
+        ["exp_avg"] = TensorData.FromSingle(_m.ToHost<float>(), _m.ElementCount),
+        ["exp_avg_sq"] = TensorData.FromSingle(_v.ToHost<float>(), _v.ElementCount),
+    };
+
+    /// <inheritdoc />
+    public override void WriteState(IReadOnlyDictionary<string, TensorData> state)
+    {
+        _m.CopyFromHost<byte>(Expect(state, "exp_avg", DType.F32, _m.ElementCount).Data);
+        _v.CopyFromHost<byte>(Expect(state, "exp_avg_sq", DType.F32, _v.ElementCount).Data);
     }
 
     /// <inheritdoc />

@@ -25,18 +25,18 @@ public sealed class PagedAdamWOptimizer : AdapterOptimizer
     private readonly DeviceTensor[] _pageM, _pageV;
     private readonly int _page;
 
-    /// <summary>Host state for <paramref name="parameters"/>, zero-initialized, paged in pages of <paramref name="pageElements"/>.</summary>
+    /// <summary>Zero host state for <paramref name="count"/> flat parameters, paged in pages of <paramref name="pageElements"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The page is not positive, or the state exceeds one host array.</exception>
-    public PagedAdamWOptimizer(Device device, LoraParameters parameters, AdamWOptions options, int pageElements = DefaultPageElements)
+    public PagedAdamWOptimizer(Device device, long count, AdamWOptions options, int pageElements = DefaultPageElements)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(pageElements, 1);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(parameters.Count, Array.MaxLength, nameof(parameters));
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(count, Array.MaxLength, nameof(count));
         _device = device;
         _options = options;
-        int count = (int)parameters.Count;
-        _page = (int)Math.Min(pageElements, count);
-        _m = new PinnedHostBuffer<float>(device.Accelerator, count);
-        _v = new PinnedHostBuffer<float>(device.Accelerator, count);
+        int elements = (int)count;
+        _page = Math.Min(pageElements, elements);
+        _m = new PinnedHostBuffer<float>(device.Accelerator, elements);
+        _v = new PinnedHostBuffer<float>(device.Accelerator, elements);
         _pageM = [DeviceTensor.Allocate(device, DType.F32, _page), DeviceTensor.Allocate(device, DType.F32, _page)];
         _pageV = [DeviceTensor.Allocate(device, DType.F32, _page), DeviceTensor.Allocate(device, DType.F32, _page)];
     }
@@ -51,7 +51,7 @@ public sealed class PagedAdamWOptimizer : AdapterOptimizer
     public int PageElements => _page;
 
     /// <inheritdoc />
-    public override void Step(LoraParameters parameters, int step, double learningRate, float gradientScale)
+    public override void Step(DeviceTensor values, DeviceTensor gradients, int step, double learningRate, float gradientScale)
     {
         AdamWOptions options = _options with { LearningRate = learningRate };
         AcceleratorStream stream = _device.Stream;
@@ -65,7 +65,7 @@ public sealed class PagedAdamWOptimizer : AdapterOptimizer
             // the host, and the next page's upload goes to the other buffer, so nothing waits on a finished page.
             m.View<float>().CopyFromCPUUnsafeAsync(stream, ref _m.Array[start], n);
             v.View<float>().CopyFromCPUUnsafeAsync(stream, ref _v.Array[start], n);
-            AdamW.Step(parameters.Values.Rows(start, n), parameters.Gradients.Rows(start, n), m, v, step, options, gradientScale);
+            AdamW.Step(values.Rows(start, n), gradients.Rows(start, n), m, v, step, options, gradientScale);
             m.View<float>().CopyToCPUUnsafeAsync(stream, ref _m.Array[start], n);
             v.View<float>().CopyToCPUUnsafeAsync(stream, ref _v.Array[start], n);
         }
@@ -74,18 +74,17 @@ public sealed class PagedAdamWOptimizer : AdapterOptimizer
     }
 
     /// <inheritdoc />
-    public override (float[] M, float[] V) ReadState() => ((float[])_m.Array.Clone(), (float[])_v.Array.Clone());
+    public override IReadOnlyDictionary<string, TensorData> ReadState() => new Dictionary<string, TensorData>
+    {
+        ["exp_avg"] = TensorData.FromSingle(_m.Array, _m.Array.Length),
+        ["exp_avg_sq"] = TensorData.FromSingle(_v.Array, _v.Array.Length),
+    };
 
     /// <inheritdoc />
-    public override void WriteState(float[] m, float[] v)
+    public override void WriteState(IReadOnlyDictionary<string, TensorData> state)
     {
-        if (m.Length != _m.Array.Length || v.Length != _v.Array.Length)
-        {
-            throw new ArgumentException($"Optimizer state of {m.Length} and {v.Length} elements for parameters of {_m.Array.Length}.");
-        }
-
-        m.CopyTo(_m.Array, 0);
-        v.CopyTo(_v.Array, 0);
+        Expect(state, "exp_avg", DType.F32, _m.Array.Length).Data.AsSpan().CopyTo(System.Runtime.InteropServices.MemoryMarshal.AsBytes(_m.Span));
+        Expect(state, "exp_avg_sq", DType.F32, _v.Array.Length).Data.AsSpan().CopyTo(System.Runtime.InteropServices.MemoryMarshal.AsBytes(_v.Span));
     }
 
     /// <inheritdoc />

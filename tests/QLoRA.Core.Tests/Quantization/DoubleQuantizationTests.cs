@@ -26,6 +26,36 @@ public class DoubleQuantizationTests
     }
 
     [Fact]
+    public void UnsignedDynamicMapFollowsBitsandbytesFormula()
+    {
+        // create_dynamic_map(signed=False): 2^(i+1) midpoints of linspace(0.1, 1, 2^(i+1) + 1) × 10^(i−6), i = 0..6, plus 0 and 1.
+        var expected = new List<double> { 0, 1 };
+        for (int i = 0; i < 7; i++)
+        {
+            int n = 1 << (i + 1);
+            for (int j = 0; j < n; j++)
+            {
+                double lo = 0.1 + (0.9 * j / n), hi = 0.1 + (0.9 * (j + 1) / n);
+                expected.Add((lo + hi) / 2 * Math.Pow(10, i - 6));
+            }
+        }
+
+        expected.Sort();
+        ReadOnlySpan<float> map = DynamicMap.Unsigned;
+        Assert.Equal(256, expected.Count);
+        Assert.Equal(256, map.Length);
+        for (int i = 0; i < 256; i++)
+        {
+            Assert.True(Math.Abs(map[i] - expected[i]) <= Math.Abs(expected[i]) * 1e-6, $"entry {i}: {map[i]} vs {expected[i]}");
+            Assert.True(i == 0 || map[i] > map[i - 1], $"map must be strictly ascending at {i}");
+        }
+
+        Assert.Equal(0f, map[0]);
+        Assert.Equal(3.25e-7f, map[1], 1e-13f);
+        Assert.Equal(1f, map[255]);
+    }
+
+    [Fact]
     public void EightBitSearchPicksANearestCode()
     {
         ReadOnlySpan<float> map = DynamicMap.Signed;
