@@ -95,6 +95,12 @@ public sealed partial class LoraConfig
         }
 
         (IReadOnlyList<string>? targets, string? targetRegex) = f.ListOrRegex("target_modules");
+        if (targetRegex == AllLinear)
+        {
+            // PEFT reads the string "all-linear" as the shorthand, not as a regex.
+            (targets, targetRegex) = ([AllLinear], null);
+        }
+
         if (targets is null && targetRegex is null)
         {
             f.Reject("target_modules", "missing: the adapter must say which modules it targets");

@@ -59,9 +59,13 @@ public class LoraConfigTests
     [Fact]
     public void AllLinearLeavesOutTheOutputLayer()
     {
-        LoraConfig c = LoraConfig.Parse("""{"r": 4, "target_modules": ["all-linear"]}""");
-        Assert.True(c.Targets("model.layers.0.mlp.up_proj"));
-        Assert.False(c.Targets("lm_head", isOutputLayer: true));
+        foreach (string targets in new[] { """["all-linear"]""", "\"all-linear\"" }) // the string is PEFT's shorthand, not a regex
+        {
+            LoraConfig c = LoraConfig.Parse($$"""{"r": 4, "target_modules": {{targets}}}""");
+            Assert.True(c.Targets("model.layers.0.mlp.up_proj"));
+            Assert.False(c.Targets("lm_head", isOutputLayer: true));
+            Assert.Null(c.TargetModulesRegex);
+        }
     }
 
     [Fact]

@@ -1,0 +1,176 @@
+using QLoRA.Core;
+using QLoRA.Core.Peft;
+using QLoRA.Runtime.Engine;
+using QLoRA.Runtime.Layers;
+using QLoRA.Runtime.Models;
+using QLoRA.Runtime.Training;
+
+namespace QLoRA.Runtime.Tests;
+
+/// <summary>
+/// The trainer on the tiny Llama: resume reproduces the loss trajectory bit for bit, NaN/Inf is skipped or stops by
+/// option naming the module, the memory estimate refuses a run before allocating, the adapter leaves in PEFT's format
+/// and comes back exactly, and the schedules follow transformers' formulas.
+/// </summary>
+public abstract class TrainerTests<TDevice>(TDevice fixture) : IClassFixture<TDevice>
+    where TDevice : DeviceFixture
+{
+    private static readonly LoraConfig Lora = LoraConfig.Parse("""{"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": "all-linear"}""");
+
+    private static readonly TrainerOptions Options = new()
+    {
+        MaxSteps = 6, LearningRate = 1e-2, WarmupRatio = 0.3, GradientAccumulation = 2, Seed = 3, Optimizer = OptimizerKind.PagedAdamW32Bit,
+    };
+
+    private static readonly PackedBatch[] MicroBatches =
+    [
+        PackedBatch.ForNextToken([[5, 12, 33, 7, 41, 2, 19, 28], [3, 46, 10, 37]]),
+        PackedBatch.ForNextToken([[22, 8, 15, 30, 1, 9]]),
+    ];
+
+    private LoraTrainer NewTrainer(LlamaForCausalLM model, TrainerOptions? options = null) =>
+        new(fixture.Device, EngineModel.Of(model), Lora, options ?? Options, new EngineOptions(16, GradientCheckpointing: true));
+
+    [Fact]
+    public void ResumingFromACheckpointReproducesTheLossTrajectoryBitForBit()
+    {
+        (string folder, _) = TinyLlama.WriteCheckpoint();
+        double[] straight;
+        float[] straightAdapters;
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        using (LoraTrainer trainer = NewTrainer(model))
+        {
+            straight = [.. Enumerable.Range(0, 6).Select(_ => trainer.TrainStep(MicroBatches).Loss)];
+            straightAdapters = trainer.Engine.Parameters.Values.ToHost<float>();
+        }
+
+        string checkpoint = Path.Combine(Directory.CreateTempSubdirectory("qlora-ckpt-").FullName, "checkpoint");
+        var resumed = new List<double>();
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        using (LoraTrainer trainer = NewTrainer(model))
+        {
+            resumed.AddRange(Enumerable.Range(0, 3).Select(_ => trainer.TrainStep(MicroBatches).Loss));
+            TrainingCheckpoint.Save(trainer, checkpoint, dataPosition: 6);
+            TrainingCheckpoint.Save(trainer, checkpoint, dataPosition: 6); // replacing a checkpoint leaves one whole folder
+        }
+
+        Assert.Single(Directory.GetDirectories(Path.GetDirectoryName(checkpoint)!));
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        using (LoraTrainer trainer = NewTrainer(model))
+        {
+            Assert.Equal(6, TrainingCheckpoint.Load(trainer, checkpoint));
+            Assert.Equal(3, trainer.Step);
+            resumed.AddRange(Enumerable.Range(0, 3).Select(_ => trainer.TrainStep(MicroBatches).Loss));
+            Assert.Equal(straight, resumed);
+            Assert.Equal(straightAdapters, trainer.Engine.Parameters.Values.ToHost<float>());
+        }
+
+        Assert.True(straight[^1] < straight[0], $"the loss must fall: {string.Join(", ", straight)}");
+        // The warmup's first step runs at learning rate 0 (transformers' schedule): the first update changes nothing yet.
+        Assert.Equal(0.0, new LearningRateSchedule(LearningRateScheduleKind.Constant, 2, 6).Factor(0));
+    }
+
+    [Theory]
+    [InlineData(NonFinitePolicy.SkipStep)]
+    [InlineData(NonFinitePolicy.Stop)]
+    public void ANonFiniteParameterIsSkippedOrStopsTheRunNamingItsModule(NonFinitePolicy policy)
+    {
+        (string folder, _) = TinyLlama.WriteCheckpoint();
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        using LoraTrainer trainer = NewTrainer(model, Options with { OnNonFinite = policy });
+        trainer.TrainStep(MicroBatches);
+        LoraParameters.Entry poisoned = trainer.Engine.Parameters.Entries.Single(e => e.Module == "model.layers.1.mlp.down_proj");
+        float[] values = trainer.Engine.Parameters.Values.ToHost<float>();
+        values[poisoned.A.Offset + 3] = float.NaN;
+        trainer.Engine.Parameters.Values.CopyFromHost<float>(values);
+        if (policy == NonFinitePolicy.Stop)
+        {
+            var e = Assert.Throws<TrainingDivergedException>(() => trainer.TrainStep(MicroBatches));
+            Assert.Equal(2, e.Step);
+            Assert.Equal("model.layers.1.mlp.down_proj", e.Module);
+            return;
+        }
+
+        StepReport report = trainer.TrainStep(MicroBatches);
+        Assert.True(report.Skipped);
+        Assert.True(double.IsNaN(report.Loss));
+        Assert.Equal(1, trainer.UpdatesApplied);
+        float[] after = trainer.Engine.Parameters.Values.ToHost<float>();
+        Assert.Equal(values.Select(BitConverter.SingleToInt32Bits), after.Select(BitConverter.SingleToInt32Bits)); // nothing was updated
+    }
+
+    [Fact]
+    public void ARunThatCannotFitIsRefusedBeforeAnythingIsAllocated()
+    {
+        (string folder, _) = TinyLlama.WriteCheckpoint();
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        long before = fixture.Device.Allocator.AllocatedBytes;
+        var e = Assert.Throws<TrainingMemoryException>(() => new LoraTrainer(fixture.Device, EngineModel.Of(model), Lora,
+            Options with { MemoryBudgetBytes = 4 << 20 }, new EngineOptions(MaxTokens: 4096, GradientCheckpointing: false)));
+        Assert.Contains("MaxTokens", e.Message);
+        Assert.Contains("activations", e.Message);
+        Assert.Equal(before, fixture.Device.Allocator.AllocatedBytes);
+        Assert.All(EngineModel.Of(model).Projections(), p => Assert.Null(p.Layer.Lora));
+
+        // The estimate's parts are the engine's own figures.
+        MemoryEstimate fits = MemoryEstimate.For(EngineModel.Of(model), Lora, new EngineOptions(16), Options);
+        using LoraTrainer trainer = NewTrainer(model);
+        Assert.Equal(trainer.Engine.Layout.Bytes, fits.ActivationBytes);
+        Assert.Equal(trainer.Engine.Parameters.Values.ByteLength + trainer.Engine.Parameters.Gradients.ByteLength + (trainer.Engine.Parameters.Compute?.ByteLength ?? 0), fits.AdapterBytes);
+        Assert.Equal(trainer.Optimizer.DeviceStateBytes, fits.OptimizerBytes);
+    }
+
+    [Fact]
+    public void TheAdapterLeavesInPeftsFormatAndComesBackExactly()
+    {
+        (string folder, _) = TinyLlama.WriteCheckpoint();
+        string adapterFolder = Directory.CreateTempSubdirectory("qlora-adapter-").FullName;
+        double trainedLoss;
+        float[] trained;
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        using (LoraTrainer trainer = NewTrainer(model))
+        {
+            trainer.TrainStep(MicroBatches);
+            trainer.TrainStep(MicroBatches);
+            trainer.ExportAdapter().Save(adapterFolder);
+            trainedLoss = trainer.Evaluate(MicroBatches).Loss;
+            trained = trainer.Engine.Parameters.Values.ToHost<float>();
+        }
+
+        LoraAdapter saved = LoraAdapter.Load(adapterFolder);
+        Assert.Equal(14, saved.Modules.Count);
+        Assert.Equal(4, saved.Config.R);
+        Assert.True(File.Exists(Path.Combine(adapterFolder, "adapter_model.safetensors")));
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        {
+            LoraAttachment.AttachSaved(fixture.Device, model.EnumerateLayers(), saved);
+            using var engine = new TrainingEngine(fixture.Device, EngineModel.Of(model), new EngineOptions(16));
+            Assert.Equal(trained, engine.Parameters.Values.ToHost<float>());
+            Assert.Equal(trainedLoss, MicroBatches.Sum(b => engine.EvaluateLoss(b) * b.TargetTokens) / MicroBatches.Sum(b => b.TargetTokens), 12);
+        }
+    }
+
+    [Fact]
+    public void SchedulesFollowTransformersFormulas()
+    {
+        var constant = LearningRateSchedule.WithWarmupRatio(LearningRateScheduleKind.Constant, 0.03, 100);
+        Assert.Equal(3, constant.WarmupSteps); // ceil(0.03 × 100)
+        Assert.Equal([0.0, 1 / 3.0, 2 / 3.0, 1.0, 1.0], Enumerable.Range(0, 5).Select(constant.Factor));
+        var linear = new LearningRateSchedule(LearningRateScheduleKind.Linear, 2, 10);
+        Assert.Equal(0.5, linear.Factor(1));
+        Assert.Equal(1.0, linear.Factor(2));
+        Assert.Equal(0.5, linear.Factor(6), 12);
+        Assert.Equal(0.0, linear.Factor(10));
+        var cosine = new LearningRateSchedule(LearningRateScheduleKind.Cosine, 0, 10);
+        Assert.Equal(1.0, cosine.Factor(0));
+        Assert.Equal(0.5, cosine.Factor(5), 12);
+        Assert.Equal(0.5 * (1 + Math.Cos(Math.PI * 0.7)), cosine.Factor(7), 12);
+        Assert.Throws<ArgumentOutOfRangeException>(() => LearningRateSchedule.WithWarmupRatio(LearningRateScheduleKind.Constant, 1.5, 10));
+    }
+}
+
+/// <summary><see cref="TrainerTests{TDevice}"/> on the CPU accelerator.</summary>
+public sealed class TrainerTestsOnCpu(CpuDeviceFixture fixture) : TrainerTests<CpuDeviceFixture>(fixture);
+
+/// <summary><see cref="TrainerTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
+public sealed class TrainerTestsOnCuda(CudaDeviceFixture fixture) : TrainerTests<CudaDeviceFixture>(fixture);
