@@ -150,6 +150,69 @@ public abstract class TrainerTests<TDevice>(TDevice fixture) : IClassFixture<TDe
         }
     }
 
+    // Prompt/completion examples: only the completion (and its closing token 49, standing for EOS) is trained.
+    private static List<QLoRA.Text.TrainingExample> Examples(int count, int seed)
+    {
+        var rng = new Random(seed);
+        return [.. Enumerable.Range(0, count).Select(_ =>
+        {
+            int prompt = rng.Next(2, 6), completion = rng.Next(2, 6);
+            int first = rng.Next(1, 40);
+            int[] ids = [.. Enumerable.Range(0, prompt).Select(_ => rng.Next(1, 40)), .. Enumerable.Range(0, completion).Select(i => (first + i) % 40 + 1), 49];
+            return new QLoRA.Text.TrainingExample(ids, [.. ids.Select((_, i) => i >= prompt)]);
+        })];
+    }
+
+    [Fact]
+    public void FitPacksLogsEvaluatesAndACancelledRunResumesWhereItStopped()
+    {
+        (string folder, _) = TinyLlama.WriteCheckpoint();
+        List<QLoRA.Text.TrainingExample> train = Examples(24, 1), eval = Examples(4, 2);
+        TrainerOptions options = Options with { MaxSteps = 8 };
+        var fit = new FitOptions { Epochs = 3, EvalEvery = 4 };
+        double[] straight;
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        using (LoraTrainer trainer = NewTrainer(model, options))
+        {
+            var losses = new List<double>();
+            trainer.StepCompleted += r => losses.Add(r.Loss);
+            FitResult result = trainer.Fit(train, eval, fit with { OutputDirectory = Directory.CreateTempSubdirectory("qlora-fit-").FullName }, TestContext.Current.CancellationToken);
+            Assert.Equal(8, result.Steps);
+            Assert.False(result.Cancelled);
+            Assert.NotNull(result.EvalLoss);
+            straight = [.. losses];
+        }
+
+        string output = Directory.CreateTempSubdirectory("qlora-fit-").FullName;
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        using (LoraTrainer trainer = NewTrainer(model, options))
+        using (var cts = new CancellationTokenSource())
+        {
+            trainer.StepCompleted += r => { if (r.Step == 3) { cts.Cancel(); } }; // Ctrl-C during step 3
+            FitResult result = trainer.Fit(train, eval, fit with { OutputDirectory = output }, cts.Token);
+            Assert.True(result.Cancelled);
+            Assert.Equal(3, result.Steps);
+            Assert.Equal(Path.Combine(output, "checkpoint-3"), result.LastCheckpoint);
+            Assert.False(Directory.Exists(Path.Combine(output, "adapter")));
+        }
+
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        using (LoraTrainer trainer = NewTrainer(model, options))
+        {
+            var losses = new List<double>();
+            trainer.StepCompleted += r => losses.Add(r.Loss);
+            FitResult result = trainer.Fit(train, eval, fit with { OutputDirectory = output, ResumeFrom = Path.Combine(output, "checkpoint-3") }, TestContext.Current.CancellationToken);
+            Assert.Equal(8, result.Steps);
+            Assert.Equal(straight[3..], losses); // the same micro-batches, masks and updates as the uninterrupted run
+        }
+
+        string[] lines = File.ReadAllLines(Path.Combine(output, "metrics.jsonl"));
+        Assert.Equal(8, lines.Count(l => l.Contains("\"loss\"", StringComparison.Ordinal)));
+        Assert.Equal(3, lines.Count(l => l.Contains("eval_loss", StringComparison.Ordinal))); // steps 4 and 8, and the end
+        Assert.True(File.Exists(Path.Combine(output, "adapter", "adapter_model.safetensors")));
+        Assert.True(straight[^1] < straight[0], $"the loss must fall: {string.Join(", ", straight)}");
+    }
+
     [Fact]
     public void SchedulesFollowTransformersFormulas()
     {

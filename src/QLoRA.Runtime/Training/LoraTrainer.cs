@@ -14,7 +14,7 @@ namespace QLoRA.Runtime.Training;
 /// accumulated with the loss normalized by all of the step's target tokens, global-norm clipping, the learning-rate
 /// schedule, NaN/Inf handling — with checkpoints that resume bit for bit and the adapter out in PEFT's format.
 /// </summary>
-public sealed class LoraTrainer : IDisposable
+public sealed partial class LoraTrainer : IDisposable
 {
     private readonly Device _device;
     private readonly LearningRateSchedule _schedule;

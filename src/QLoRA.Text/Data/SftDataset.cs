@@ -88,10 +88,11 @@ public sealed class SftDataset
 }
 
 /// <summary>SplitMix64: a small seeded generator whose sequence is the same on every platform and .NET version.</summary>
-internal struct SplitMix64(ulong seed)
+public struct SplitMix64(ulong seed)
 {
     private ulong _state = seed;
 
+    /// <summary>The next 64 random bits.</summary>
     public ulong Next()
     {
         ulong z = _state += 0x9E3779B97F4A7C15UL;
