@@ -28,11 +28,7 @@ public sealed record WeightsJob(IReadOnlyList<string> Sources, string ConfigPath
 public sealed class WeightsQuantizer(Action<string> progress)
 {
     /// <summary>Files copied from beside the config when present.</summary>
-    public static IReadOnlyList<string> CompanionFiles { get; } =
-    [
-        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
-        "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
-    ];
+    public static IReadOnlyList<string> CompanionFiles => HuggingFaceFolder.CompanionFiles;
 
     // Values per quantization chunk: bounds memory per tensor (a multiple of every block size).
     private const int ChunkValues = 1 << 24;
@@ -350,22 +346,7 @@ public sealed class WeightsQuantizer(Action<string> progress)
         var root = (JsonObject)config.Raw.DeepClone();
         if (job.Quantization is QuantizationOptions q)
         {
-            root["quantization_config"] = new JsonObject
-            {
-                ["_load_in_4bit"] = true,
-                ["_load_in_8bit"] = false,
-                ["bnb_4bit_compute_dtype"] = "bfloat16",
-                ["bnb_4bit_quant_storage"] = "uint8",
-                ["bnb_4bit_quant_type"] = q.Type.ToBnbName(),
-                ["bnb_4bit_use_double_quant"] = q.DoubleQuant,
-                ["llm_int8_enable_fp32_cpu_offload"] = false,
-                ["llm_int8_has_fp16_weight"] = false,
-                ["llm_int8_skip_modules"] = new JsonArray([.. job.Keep.Select(k => (JsonNode?)k)]),
-                ["llm_int8_threshold"] = 6.0,
-                ["load_in_4bit"] = true,
-                ["load_in_8bit"] = false,
-                ["quant_method"] = "bitsandbytes",
-            };
+            root["quantization_config"] = BnbQuantizationConfig.Create(q, job.Keep);
         }
 
         AtomicFile.WriteAllText(path, root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
@@ -403,19 +384,5 @@ public sealed class WeightsQuantizer(Action<string> progress)
         ["tie_word_embeddings"] = c.TieWordEmbeddings,
     };
 
-    private static void ReplaceDirectory(string source, string destination)
-    {
-        string? old = null;
-        if (Directory.Exists(destination))
-        {
-            old = destination + $".{Guid.NewGuid():N}.old";
-            Directory.Move(destination, old);
-        }
-
-        Directory.Move(source, destination);
-        if (old is not null)
-        {
-            Directory.Delete(old, recursive: true);
-        }
-    }
+    private static void ReplaceDirectory(string source, string destination) => HuggingFaceFolder.Replace(source, destination);
 }

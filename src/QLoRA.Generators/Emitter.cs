@@ -91,7 +91,7 @@ internal static class Emitter
     private static void EmitLoadFrom(StringBuilder sb, ClassModel model)
     {
         sb.AppendLine("    /// <summary>Builds the layers from <paramref name=\"source\"/>, checkpoint names prefixed with <paramref name=\"prefix\"/>; shapes are checked against the resolved dimensions.</summary>");
-        sb.Append("    public static ").Append(model.Name).Append(" LoadFrom(").Append(Device).Append(" device, ").Append(Source).Append(" source, ").Append(Dims).AppendLine(" dims, string prefix)");
+        sb.Append("    public static ").Append(model.Name).Append(" LoadFrom(").Append(Device).Append(" device, ").Append(Source).Append(" source, ").Append(Dims).AppendLine(" dims, string prefix, global::QLoRA.Modeling.LoadOptions? options = null)");
         sb.AppendLine("    {");
         sb.Append("        var model = new ").Append(model.Name).AppendLine("();");
         sb.AppendLine("        try");
@@ -115,7 +115,7 @@ internal static class Emitter
                 case LayerKind.QuantizedLinear:
                     sb.Append("            ").Append(field).Append(" = global::QLoRA.Runtime.Layers.QuantizedLinear.Load(device, source, ").Append(name).Append(", ").Append(layer.First!.Emit()).Append(", ").Append(layer.Second!.Emit())
                       .Append(", new global::QLoRA.Core.Quantization.QuantizationOptions(global::QLoRA.Core.Quantization.QuantType.").Append(layer.Storage == "fp4" ? "Fp4" : "Nf4").Append(", ")
-                      .Append(layer.BlockSize.ToString(CultureInfo.InvariantCulture)).Append(", ").Append(layer.DoubleQuant ? "true" : "false").AppendLine("));");
+                      .Append(layer.BlockSize.ToString(CultureInfo.InvariantCulture)).Append(", ").Append(layer.DoubleQuant ? "true" : "false").AppendLine("), options);");
                     break;
                 case LayerKind.Embedding:
                     sb.Append("            ").Append(field).Append(" = global::QLoRA.Runtime.Layers.EmbeddingLayer.Load(device, source, ").Append(name).Append(", ").Append(layer.First!.Emit()).Append(", ").Append(layer.Second!.Emit()).AppendLine(");");
@@ -129,7 +129,7 @@ internal static class Emitter
                     sb.Append("            ").Append(field).Append(" = __").Append(layer.Property).AppendLine(";");
                     sb.Append("            for (int i = 0; i < __").Append(layer.Property).AppendLine(".Length; i++)");
                     sb.AppendLine("            {");
-                    sb.Append("                __").Append(layer.Property).Append("[i] = ").Append(element).Append(".LoadFrom(device, source, dims, prefix + ").Append(Quote(layer.CheckpointName + ".")).AppendLine(" + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + \".\");");
+                    sb.Append("                __").Append(layer.Property).Append("[i] = ").Append(element).Append(".LoadFrom(device, source, dims, prefix + ").Append(Quote(layer.CheckpointName + ".")).AppendLine(" + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + \".\", options);");
                     sb.AppendLine("            }");
                     break;
             }
@@ -164,12 +164,12 @@ internal static class Emitter
 
     private static void EmitLoad(StringBuilder sb, ClassModel model)
     {
-        sb.AppendLine("    /// <summary>Loads the model from a Hugging Face folder (config.json + safetensors, dense or bitsandbytes 4-bit).</summary>");
-        sb.Append("    public static ").Append(model.Name).Append(" Load(").Append(Device).AppendLine(" device, string path)");
+        sb.AppendLine("    /// <summary>Loads the model from a Hugging Face folder (config.json + safetensors, dense or bitsandbytes 4-bit); <paramref name=\"options\"/> can keep projections dense.</summary>");
+        sb.Append("    public static ").Append(model.Name).Append(" Load(").Append(Device).AppendLine(" device, string path, global::QLoRA.Modeling.LoadOptions? options = null)");
         sb.AppendLine("    {");
         sb.AppendLine("        var config = global::QLoRA.Core.HuggingFace.HfModelConfig.Load(global::System.IO.Path.Combine(path, \"config.json\"));");
         sb.AppendLine("        using var source = global::QLoRA.Core.Weights.CheckpointWeightSource.Open(path);");
-        sb.Append("        var model = LoadFrom(device, source, new ").Append(Dims).AppendLine("(config), \"\");");
+        sb.Append("        var model = LoadFrom(device, source, new ").Append(Dims).AppendLine("(config), \"\", options);");
         sb.AppendLine("        try");
         sb.AppendLine("        {");
         sb.AppendLine("            model.OnLoaded(device, config);");

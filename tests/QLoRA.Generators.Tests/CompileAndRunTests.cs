@@ -57,7 +57,7 @@ public class CompileAndRunTests
         Assembly assembly = Build();
         Type model = assembly.GetType("Demo.TinyLlama")!;
         using Device device = Device.Cpu();
-        using var loaded = (IDisposable)model.GetMethod("Load")!.Invoke(null, [device, Checkpoint()])!;
+        using var loaded = (IDisposable)model.GetMethod("Load")!.Invoke(null, [device, Checkpoint(), null])!;
         var layers = ((IEnumerable<(string Name, object Layer)>)model.GetMethod("EnumerateLayers")!.Invoke(loaded, [""])!).ToList();
         Assert.Equal(
             ["model.embed_tokens",
@@ -67,7 +67,7 @@ public class CompileAndRunTests
             layers.Select(l => l.Name));
         var up = Assert.IsType<QuantizedLinear>(layers.Single(l => l.Name == "model.layers.1.mlp.up_proj").Layer);
         Assert.Equal((64, 128), (up.InFeatures, up.OutFeatures));
-        Assert.Equal(64, up.Weight.State.BlockSize);
+        Assert.Equal(64, up.Weight!.State.BlockSize);
         Assert.True(up.Weight.State.IsDoubleQuantized);
         var norm = Assert.IsType<RmsNormLayer>(layers.Single(l => l.Name == "model.norm").Layer);
         Assert.Equal(1e-5f, norm.Epsilon);
@@ -81,7 +81,7 @@ public class CompileAndRunTests
         using DeviceTensor ty = DeviceTensor.Allocate(device, DType.F32, 1, 64);
         q.Forward(tx, ty);
         using DeviceTensor w = DeviceTensor.Allocate(device, DType.F32, 64, 64);
-        q.Weight.DequantizeToF32(w.View<float>());
+        q.Weight!.DequantizeToF32(w.View<float>());
         float[] wv = w.ToHost<float>(), y = ty.ToHost<float>();
         for (int o = 0; o < 64; o++)
         {
@@ -131,7 +131,7 @@ public class CompileAndRunTests
     {
         Type model = Build().GetType("Demo.TinyLlama")!;
         using Device device = Device.Cpu();
-        var e = Assert.Throws<TargetInvocationException>(() => model.GetMethod("Load")!.Invoke(null, [device, Checkpoint(upProjRows: 96)]));
+        var e = Assert.Throws<TargetInvocationException>(() => model.GetMethod("Load")!.Invoke(null, [device, Checkpoint(upProjRows: 96), null]));
         var inner = Assert.IsType<CheckpointFormatException>(e.InnerException);
         Assert.Equal("model.layers.0.mlp.up_proj.weight", inner.ItemName);
         Assert.Contains("has shape [96, 64] but the model expects [128, 64]", inner.Message);

@@ -67,7 +67,7 @@ public abstract class LayerLoadingTests<TDevice>(TDevice fixture) : IClassFixtur
     private float[] DequantizedOnDevice(QuantizedLinear layer)
     {
         using DeviceTensor w = DeviceTensor.Allocate(fixture.Device, DType.F32, layer.OutFeatures, layer.InFeatures);
-        layer.Weight.DequantizeToF32(w.View<float>());
+        layer.Weight!.DequantizeToF32(w.View<float>());
         return w.ToHost<float>();
     }
 

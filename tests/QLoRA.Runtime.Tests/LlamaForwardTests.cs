@@ -173,6 +173,21 @@ public abstract class LlamaForwardTests<TDevice>(TDevice fixture) : IClassFixtur
     }
 
     [Fact]
+    public void ProjectionsKeptDenseMatchTheFloat64ForwardOfTheStoredWeights()
+    {
+        (string folder, TinyLlama.Weights weights) = TinyLlama.WriteCheckpoint();
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder, new QLoRA.Modeling.LoadOptions(KeepProjectionsDense: true));
+        Assert.Null(model.Layers[1].DownProj.Weight);
+        int[] ids = [3, 17, 42, 0, 9];
+        float[] logits = model.Forward(ids);
+        double[] expected = TinyLlama.Reference(weights.AsLoadedDense(), ids);
+        double[] quantized = TinyLlama.Reference(weights, ids);
+        double scale = expected.Max(Math.Abs);
+        Assert.All(logits.Zip(expected), p => Assert.True(Math.Abs(p.First - p.Second) <= 1e-4 * scale, $"{p.First} vs {p.Second}"));
+        Assert.True(logits.Zip(quantized).Any(p => Math.Abs(p.First - p.Second) > 1e-2 * scale), "dense weights must differ from their NF4 round trip");
+    }
+
+    [Fact]
     public void AnAbsentLmHeadIsAnErrorUnlessTheConfigTiesTheEmbeddings()
     {
         (string folder, _) = TinyLlama.WriteCheckpoint(tied: true);

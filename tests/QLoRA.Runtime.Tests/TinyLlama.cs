@@ -24,7 +24,12 @@ public static class TinyLlama
 
     public static byte[] AsBf16(float[] values) => MemoryMarshal.AsBytes(values.Select(BFloat16.FromSingle).ToArray().AsSpan()).ToArray();
 
-    public sealed record Weights(Dictionary<string, float[]> Dense, Dictionary<string, (float[] W, int Out, int In)> Linear);
+    /// <summary>Dense tensors, the projections as the model sees them quantized on load, and the projections as stored (bf16).</summary>
+    public sealed record Weights(Dictionary<string, float[]> Dense, Dictionary<string, (float[] W, int Out, int In)> Linear, Dictionary<string, (float[] W, int Out, int In)> Stored)
+    {
+        /// <summary>The model loaded with its projections kept dense: the stored weights.</summary>
+        public Weights AsLoadedDense() => this with { Linear = new(Stored) };
+    }
 
     public static (string Folder, Weights W) WriteCheckpoint(bool tied = false, bool qwen = false, int slidingWindow = 0)
     {
@@ -37,6 +42,7 @@ public static class TinyLlama
             """);
         var dense = new Dictionary<string, float[]>();
         var linear = new Dictionary<string, (float[], int, int)>();
+        var stored = new Dictionary<string, (float[], int, int)>();
         var entries = new List<(SafeTensorSpec, ReadOnlyMemory<byte>)>();
         int seed = 0;
         void Dense(string name, double scale, params long[] shape)
@@ -57,6 +63,7 @@ public static class TinyLlama
             // The model quantizes dense weights on load with QLoRA's defaults: the reference uses those exact values.
             float[] w = QuantizedTensor.Quantize(v.Select(BFloat16.FromSingle).ToArray(), [outFeatures, inFeatures]).DequantizeToSingle();
             linear[name] = (w, outFeatures, inFeatures);
+            stored[name] = (v, outFeatures, inFeatures);
             entries.Add((new SafeTensorSpec(name, DType.BF16, [outFeatures, inFeatures]), AsBf16(v)));
         }
 
@@ -93,7 +100,7 @@ public static class TinyLlama
         }
 
         SafeTensorsWriter.Save(Path.Combine(dir, "model.safetensors"), entries);
-        return (dir, new Weights(dense, linear));
+        return (dir, new Weights(dense, linear, stored));
     }
 
     // ---- float64 reference, written plainly ----

@@ -214,6 +214,79 @@ public abstract class TrainerTests<TDevice>(TDevice fixture) : IClassFixture<TDe
     }
 
     [Fact]
+    public void MergingIntoBf16AddsTheAdapterExactlyAndIntoFourBitRequantizesIt()
+    {
+        (string folder, TinyLlama.Weights weights) = TinyLlama.WriteCheckpoint();
+        File.WriteAllText(Path.Combine(folder, "generation_config.json"), """{"eos_token_id": 2}""");
+        int[] ids = [3, 17, 42, 0, 9, 9, 31];
+        LoraAdapter adapter;
+        float[] adapted;
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        {
+            using (LoraTrainer trainer = NewTrainer(model))
+            {
+                trainer.TrainStep(MicroBatches);
+                trainer.TrainStep(MicroBatches);
+                adapter = trainer.ExportAdapter();
+            }
+
+            adapted = model.Forward(ids); // the 4-bit base with the trained adapters (kept by the model)
+        }
+
+        string merged = Path.Combine(Directory.CreateTempSubdirectory("qlora-merge-").FullName, "merged");
+        LoraMerger.Merge(folder, adapter, merged);
+        using (var file = QLoRA.Core.SafeTensors.SafeTensorsFile.Open(Path.Combine(merged, "model.safetensors")))
+        {
+            // W = dequant(NF4(stored)) + s·B·A, rounded once to bf16 — written out here element by element.
+            string module = "model.layers.1.self_attn.v_proj";
+            (float[] w, int outF, int inF) = weights.Linear[module + ".weight"];
+            float[] a = adapter.Modules[module].A.ToSingle(), b = adapter.Modules[module].B.ToSingle();
+            ushort[] got = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(file.GetBytes(module + ".weight")).ToArray();
+            for (int o = 0; o < outF; o++)
+            {
+                for (int i = 0; i < inF; i++)
+                {
+                    double delta = Enumerable.Range(0, 4).Sum(r => (double)b[(o * 4) + r] * a[(r * inF) + i]);
+                    ushort expected = QLoRA.Core.Numerics.BFloat16.FromSingle((float)(w[(o * inF) + i] + (2.0 * delta))).Bits;
+                    Assert.Equal(expected, got[(o * inF) + i]);
+                }
+            }
+
+            Assert.Equal(DType.BF16, file.GetInfo("model.norm.weight").Dtype);
+        }
+
+        string config = File.ReadAllText(Path.Combine(merged, "config.json"));
+        Assert.DoesNotContain("quantization_config", config);
+        Assert.True(File.Exists(Path.Combine(merged, "generation_config.json")));
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, merged, new QLoRA.Modeling.LoadOptions(KeepProjectionsDense: true)))
+        {
+            // The merged model computes what base + adapter did, up to rounding the merged weights to bf16 (2⁻⁹ relative).
+            float[] logits = model.Forward(ids);
+            double rms = Math.Sqrt(adapted.Average(v => (double)v * v));
+            double error = Math.Sqrt(adapted.Zip(logits).Average(p => (double)(p.First - p.Second) * (p.First - p.Second)));
+            Assert.True(error <= 1e-2 * rms, $"error RMS {error} vs logit RMS {rms}");
+        }
+
+        string fourBit = Path.Combine(Path.GetDirectoryName(merged)!, "merged-nf4");
+        LoraMerger.Merge(folder, adapter, fourBit, new MergeOptions { Weights = MergedWeights.FourBit });
+        Assert.Contains("\"quant_method\": \"bitsandbytes\"", File.ReadAllText(Path.Combine(fourBit, "config.json")));
+        using (var file = QLoRA.Core.SafeTensors.SafeTensorsFile.Open(Path.Combine(fourBit, "model.safetensors")))
+        using (var dense = QLoRA.Core.SafeTensors.SafeTensorsFile.Open(Path.Combine(merged, "model.safetensors")))
+        {
+            string name = "model.layers.0.mlp.down_proj.weight";
+            QLoRA.Core.Quantization.QuantizedTensor q = QLoRA.Core.BitsAndBytes.BnbFourBitTensor.Read(file, name);
+            float[] exact = LoraMerger.AddDelta(weights.Linear[name].W, adapter.Modules["model.layers.0.mlp.down_proj"], 2.0);
+            Assert.Equal(QLoRA.Core.Quantization.QuantizedTensor.Quantize(exact, [TinyLlama.Hidden, TinyLlama.Inter]).Packed.ToArray(), q.Packed.ToArray());
+            Assert.Equal(DType.BF16, file.GetInfo("lm_head.weight").Dtype); // kept dense
+        }
+
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, fourBit))
+        {
+            Assert.NotNull(model.Layers[0].DownProj.Weight);
+        }
+    }
+
+    [Fact]
     public void SchedulesFollowTransformersFormulas()
     {
         var constant = LearningRateSchedule.WithWarmupRatio(LearningRateScheduleKind.Constant, 0.03, 100);

@@ -56,12 +56,16 @@ public abstract class TrainingEngineTests<TDevice>(TDevice fixture) : IClassFixt
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void LossAndEveryAdapterGradientMatchCentralDifferencesOfTheFloat64Model(bool checkpointing)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public void LossAndEveryAdapterGradientMatchCentralDifferencesOfTheFloat64Model(bool checkpointing, bool denseBase)
     {
         (string folder, TinyLlama.Weights weights) = TinyLlama.WriteCheckpoint();
-        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        // A dense base (plain LoRA on bf16 weights) runs the dense GEMMs instead of the 4-bit ones.
+        weights = denseBase ? weights.AsLoadedDense() : weights;
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder, new QLoRA.Modeling.LoadOptions(KeepProjectionsDense: denseBase));
+        Assert.Equal(denseBase, model.Layers[0].QProj.DenseWeight is not null);
         Dictionary<string, TinyLlama.LoraRef> lora = Attach(fixture.Device, model, seed: 5);
         PackedBatch batch = PackedBatch.ForNextToken(Sequences);
         using var engine = new TrainingEngine(fixture.Device, EngineModel.Of(model), new EngineOptions(MaxTokens: 32, GradientCheckpointing: checkpointing));

@@ -24,6 +24,9 @@ public sealed class CheckpointWeightSource : IWeightSource
     /// <summary>Opens a checkpoint (see <see cref="SafeTensorsCheckpoint.Open"/>).</summary>
     public static CheckpointWeightSource Open(string path) => new(SafeTensorsCheckpoint.Open(path), Path.GetFullPath(path));
 
+    /// <summary>The checkpoint's tensor names in file order, 4-bit tensors once under their weight's name (no bitsandbytes auxiliary tensors).</summary>
+    public IEnumerable<string> Names => _checkpoint.TensorNames.Where(n => !BnbFourBitTensor.IsAuxiliaryName(n));
+
     /// <inheritdoc />
     public WeightInfo? Describe(string name)
     {

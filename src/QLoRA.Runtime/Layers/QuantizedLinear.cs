@@ -8,9 +8,10 @@ using Device = QLoRA.Runtime.Devices.Device;
 namespace QLoRA.Runtime.Layers;
 
 /// <summary>
-/// A linear layer with a frozen 4-bit (NF4/FP4) base weight W [out, in] and an optional LoRA slot:
-/// y = x Wᵀ + s·(x Aᵀ) Bᵀ. The base weight is decoded inside the GEMM (no dequantized copy is ever materialized);
-/// only the adapter is trained.
+/// A linear layer with a frozen base weight W [out, in] — 4-bit (NF4/FP4), decoded inside the GEMM with no dequantized
+/// copy ever materialized, or, loaded with <see cref="QLoRA.Modeling.LoadOptions.KeepProjectionsDense"/>, dense in the
+/// compute dtype (plain LoRA on a bf16 base, bf16 inference, parity checks) — and an optional LoRA slot:
+/// y = x Wᵀ + s·(x Aᵀ) Bᵀ. Only the adapter is trained.
 /// </summary>
 public sealed class QuantizedLinear : IDisposable
 {
@@ -31,26 +32,53 @@ public sealed class QuantizedLinear : IDisposable
         InFeatures = checked((int)weight.State.Shape[1]);
     }
 
+    /// <summary>Wraps a dense device weight [out, in] of a compute dtype (kept dense: no quantization).</summary>
+    /// <exception cref="ArgumentException">The weight is not 2-D.</exception>
+    public QuantizedLinear(Device device, DeviceTensor denseWeight)
+    {
+        if (denseWeight.Shape.Count != 2)
+        {
+            throw new ArgumentException($"A linear weight is [out, in], not [{string.Join(", ", denseWeight.Shape)}].", nameof(denseWeight));
+        }
+
+        _device = device;
+        DenseWeight = denseWeight;
+        OutFeatures = checked((int)denseWeight.Shape[0]);
+        InFeatures = checked((int)denseWeight.Shape[1]);
+    }
+
     /// <summary>
     /// Builds the layer from checkpoint weight <paramref name="name"/> of shape [out, in]: a bitsandbytes 4-bit tensor is
     /// uploaded as it is (and must match the declared type and block size when <paramref name="quantizeDense"/> is given);
     /// a dense one is quantized on load with <paramref name="quantizeDense"/> (QLoRA's defaults if null).
     /// </summary>
     /// <exception cref="CheckpointFormatException">Missing, of another shape (both shapes named), or stored with another 4-bit type or block size.</exception>
-    public static QuantizedLinear Load(Device device, IWeightSource source, string name, int inFeatures, int outFeatures, QuantizationOptions? quantizeDense = null)
+    public static QuantizedLinear Load(Device device, IWeightSource source, string name, int inFeatures, int outFeatures, QuantizationOptions? quantizeDense = null, QLoRA.Modeling.LoadOptions? options = null)
     {
         WeightInfo info = WeightSourceExtensions.Require(source, name, outFeatures, inFeatures);
-        QuantizedTensor tensor = info.QuantType is not null
-            ? source.ReadQuantized(name)
-            : QuantizedTensor.Quantize(source.ReadSingle(name), info.Shape, quantizeDense, name);
-        if (info.QuantType is not null && quantizeDense is not null
-            && (tensor.State.Type != quantizeDense.Type || tensor.State.BlockSize != quantizeDense.BlockSize))
+        QuantizedLinear layer;
+        if (options?.KeepProjectionsDense == true)
         {
-            // The declared storage is an assertion about the weights: a differently quantized file is an error, not a surprise.
-            throw new CheckpointFormatException(source.Location, name,
-                $"is stored {tensor.State.Type.ToString().ToLowerInvariant()} (block {tensor.State.BlockSize}) but the model declares {quantizeDense.Type.ToString().ToLowerInvariant()} (block {quantizeDense.BlockSize})");
+            // Dense in the compute dtype: a 4-bit checkpoint is dequantized once (bitsandbytes' decode), a dense one kept.
+            float[] dense = info.QuantType is not null ? source.ReadQuantized(name).DequantizeToSingle() : source.ReadSingle(name);
+            layer = new QuantizedLinear(device, DeviceTensor.FromSingle(device, dense, device.ComputeDtype, outFeatures, inFeatures));
         }
-        var layer = new QuantizedLinear(device, DeviceQuantizedTensor.Upload(device, tensor));
+        else
+        {
+            QuantizedTensor tensor = info.QuantType is not null
+                ? source.ReadQuantized(name)
+                : QuantizedTensor.Quantize(source.ReadSingle(name), info.Shape, quantizeDense, name);
+            if (info.QuantType is not null && quantizeDense is not null
+                && (tensor.State.Type != quantizeDense.Type || tensor.State.BlockSize != quantizeDense.BlockSize))
+            {
+                // The declared storage is an assertion about the weights: a differently quantized file is an error, not a surprise.
+                throw new CheckpointFormatException(source.Location, name,
+                    $"is stored {tensor.State.Type.ToString().ToLowerInvariant()} (block {tensor.State.BlockSize}) but the model declares {quantizeDense.Type.ToString().ToLowerInvariant()} (block {quantizeDense.BlockSize})");
+            }
+
+            layer = new QuantizedLinear(device, DeviceQuantizedTensor.Upload(device, tensor));
+        }
+
         layer.Bias = Linear.LoadOptionalBias(device, source, name, outFeatures);
         return layer;
     }
@@ -58,8 +86,15 @@ public sealed class QuantizedLinear : IDisposable
     /// <summary>The frozen bias [out], when the checkpoint has one (e.g. Qwen2's q/k/v projections).</summary>
     public DeviceTensor? Bias { get; private set; }
 
-    /// <summary>The frozen 4-bit weight.</summary>
-    public DeviceQuantizedTensor Weight { get; }
+    /// <summary>The frozen 4-bit weight, or null when the layer is dense (<see cref="DenseWeight"/>).</summary>
+    public DeviceQuantizedTensor? Weight { get; }
+
+    /// <summary>The frozen dense weight [out, in] in the compute dtype, or null when the layer is 4-bit.</summary>
+    public DeviceTensor? DenseWeight { get; }
+
+    /// <summary>Device bytes of the frozen weight (4-bit codes and absmax, or the dense tensor), without the bias.</summary>
+    public long WeightBytes => DenseWeight?.ByteLength
+        ?? (Weight!.State.PackedBytes + (Weight.ElementCount / Weight.State.BlockSize * (Weight.State.IsDoubleQuantized ? 1 : 4)));
 
     /// <summary>Input features.</summary>
     public int InFeatures { get; }
@@ -77,13 +112,17 @@ public sealed class QuantizedLinear : IDisposable
     public void Forward(DeviceTensor x, DeviceTensor y, bool training = false)
     {
         int tokens = CheckInput(x);
-        if (tokens <= 8 && InFeatures % 32 == 0)
+        if (DenseWeight is not null)
         {
-            Weight.Gemv(x, y); // decode: every packed byte read once for all rows
+            Gemm.Multiply(x, DenseWeight, y, transposeB: true);
+        }
+        else if (tokens <= 8 && InFeatures % 32 == 0)
+        {
+            Weight!.Gemv(x, y); // decode: every packed byte read once for all rows
         }
         else
         {
-            Weight.Multiply(x, y, transposeWeight: true);
+            Weight!.Multiply(x, y, transposeWeight: true);
         }
 
         if (Bias is not null)
@@ -111,9 +150,13 @@ public sealed class QuantizedLinear : IDisposable
     public void Backward(DeviceTensor x, DeviceTensor dy, DeviceTensor? dx, bool training = false)
     {
         int tokens = CheckInput(x);
-        if (dx is not null)
+        if (dx is not null && DenseWeight is not null)
         {
-            Weight.Multiply(dy, dx, transposeWeight: false);
+            Gemm.Multiply(dy, DenseWeight, dx);
+        }
+        else if (dx is not null)
+        {
+            Weight!.Multiply(dy, dx, transposeWeight: false);
         }
 
         if (Lora is LoraSlot lora)
@@ -209,7 +252,8 @@ public sealed class QuantizedLinear : IDisposable
     /// <summary>Frees the weight and the adapter.</summary>
     public void Dispose()
     {
-        Weight.Dispose();
+        Weight?.Dispose();
+        DenseWeight?.Dispose();
         Bias?.Dispose();
         Lora?.Dispose();
     }

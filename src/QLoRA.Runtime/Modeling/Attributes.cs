@@ -108,3 +108,10 @@ public sealed class HfNameAttribute(string name) : Attribute
     /// <summary>E.g. <c>self_attn.q_proj</c>.</summary>
     public string Name { get; } = name;
 }
+
+/// <summary>How a generated model's <c>Load</c> builds its layers.</summary>
+/// <param name="KeepProjectionsDense">
+/// Keep the 4-bit-declared projections dense in the compute dtype (a bitsandbytes checkpoint is dequantized once):
+/// plain LoRA on a bf16/f16 base, bf16 inference, and parity checks against unquantized references.
+/// </param>
+public sealed record LoadOptions(bool KeepProjectionsDense = false);

@@ -24,7 +24,7 @@ public partial class LlamaForCausalLM
     /// </summary>
     /// <exception cref="HfConfigException">config.json is invalid or not a Llama-family model.</exception>
     /// <exception cref="CheckpointFormatException">A tensor is missing or has the wrong shape (named).</exception>
-    public static LlamaForCausalLM LoadModel(Device device, string path) => Load(device, path);
+    public static LlamaForCausalLM LoadModel(Device device, string path, LoadOptions? options = null) => Load(device, path, options);
 
     // The generated Load hands over the config: keep it for Forward and check what the config promises.
     partial void OnLoaded(Device device, HfModelConfig config)

@@ -36,8 +36,7 @@ public sealed record MemoryEstimate(long WeightsBytes, long AdapterBytes, long O
             weights += block.InputNorm.Weight.ByteLength + block.PostNorm.Weight.ByteLength;
             foreach (QuantizedLinear projection in block.Projections)
             {
-                long n = projection.Weight.ElementCount;
-                weights += projection.Weight.State.PackedBytes + (n / projection.Weight.State.BlockSize * (projection.Weight.State.IsDoubleQuantized ? 1 : 4)) + (projection.Bias?.ByteLength ?? 0);
+                weights += projection.WeightBytes + (projection.Bias?.ByteLength ?? 0);
                 if (targeted.TryGetValue(projection, out int rank))
                 {
                     adapterElements += Align((long)rank * projection.InFeatures) + Align((long)projection.OutFeatures * rank);

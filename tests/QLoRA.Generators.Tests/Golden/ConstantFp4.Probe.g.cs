@@ -22,12 +22,12 @@ partial class Probe : global::System.IDisposable
     };
 
     /// <summary>Builds the layers from <paramref name="source"/>, checkpoint names prefixed with <paramref name="prefix"/>; shapes are checked against the resolved dimensions.</summary>
-    public static Probe LoadFrom(global::QLoRA.Runtime.Devices.Device device, global::QLoRA.Core.Weights.IWeightSource source, global::QLoRA.Modeling.ModelDimensions dims, string prefix)
+    public static Probe LoadFrom(global::QLoRA.Runtime.Devices.Device device, global::QLoRA.Core.Weights.IWeightSource source, global::QLoRA.Modeling.ModelDimensions dims, string prefix, global::QLoRA.Modeling.LoadOptions? options = null)
     {
         var model = new Probe();
         try
         {
-            model.__Head = global::QLoRA.Runtime.Layers.QuantizedLinear.Load(device, source, prefix + "head.weight", dims.Get(64), dims.Get(32), new global::QLoRA.Core.Quantization.QuantizationOptions(global::QLoRA.Core.Quantization.QuantType.Fp4, 32, false));
+            model.__Head = global::QLoRA.Runtime.Layers.QuantizedLinear.Load(device, source, prefix + "head.weight", dims.Get(64), dims.Get(32), new global::QLoRA.Core.Quantization.QuantizationOptions(global::QLoRA.Core.Quantization.QuantType.Fp4, 32, false), options);
             model.__FinalNorm = global::QLoRA.Runtime.Layers.RmsNormLayer.Load(device, source, prefix + "final_norm.weight", dims.Get(64), (float)dims.Get("rms_norm_eps", 1e-6));
         }
         catch
@@ -39,12 +39,12 @@ partial class Probe : global::System.IDisposable
         return model;
     }
 
-    /// <summary>Loads the model from a Hugging Face folder (config.json + safetensors, dense or bitsandbytes 4-bit).</summary>
-    public static Probe Load(global::QLoRA.Runtime.Devices.Device device, string path)
+    /// <summary>Loads the model from a Hugging Face folder (config.json + safetensors, dense or bitsandbytes 4-bit); <paramref name="options"/> can keep projections dense.</summary>
+    public static Probe Load(global::QLoRA.Runtime.Devices.Device device, string path, global::QLoRA.Modeling.LoadOptions? options = null)
     {
         var config = global::QLoRA.Core.HuggingFace.HfModelConfig.Load(global::System.IO.Path.Combine(path, "config.json"));
         using var source = global::QLoRA.Core.Weights.CheckpointWeightSource.Open(path);
-        var model = LoadFrom(device, source, new global::QLoRA.Modeling.ModelDimensions(config), "");
+        var model = LoadFrom(device, source, new global::QLoRA.Modeling.ModelDimensions(config), "", options);
         try
         {
             model.OnLoaded(device, config);

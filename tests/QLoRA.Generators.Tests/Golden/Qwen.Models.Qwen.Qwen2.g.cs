@@ -21,7 +21,7 @@ partial class Qwen2 : global::System.IDisposable
     };
 
     /// <summary>Builds the layers from <paramref name="source"/>, checkpoint names prefixed with <paramref name="prefix"/>; shapes are checked against the resolved dimensions.</summary>
-    public static Qwen2 LoadFrom(global::QLoRA.Runtime.Devices.Device device, global::QLoRA.Core.Weights.IWeightSource source, global::QLoRA.Modeling.ModelDimensions dims, string prefix)
+    public static Qwen2 LoadFrom(global::QLoRA.Runtime.Devices.Device device, global::QLoRA.Core.Weights.IWeightSource source, global::QLoRA.Modeling.ModelDimensions dims, string prefix, global::QLoRA.Modeling.LoadOptions? options = null)
     {
         var model = new Qwen2();
         try
@@ -30,7 +30,7 @@ partial class Qwen2 : global::System.IDisposable
             model.__Blocks = __Blocks;
             for (int i = 0; i < __Blocks.Length; i++)
             {
-                __Blocks[i] = global::Models.Qwen.QwenBlock.LoadFrom(device, source, dims, prefix + "model.layers." + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + ".");
+                __Blocks[i] = global::Models.Qwen.QwenBlock.LoadFrom(device, source, dims, prefix + "model.layers." + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + ".", options);
             }
         }
         catch
@@ -42,12 +42,12 @@ partial class Qwen2 : global::System.IDisposable
         return model;
     }
 
-    /// <summary>Loads the model from a Hugging Face folder (config.json + safetensors, dense or bitsandbytes 4-bit).</summary>
-    public static Qwen2 Load(global::QLoRA.Runtime.Devices.Device device, string path)
+    /// <summary>Loads the model from a Hugging Face folder (config.json + safetensors, dense or bitsandbytes 4-bit); <paramref name="options"/> can keep projections dense.</summary>
+    public static Qwen2 Load(global::QLoRA.Runtime.Devices.Device device, string path, global::QLoRA.Modeling.LoadOptions? options = null)
     {
         var config = global::QLoRA.Core.HuggingFace.HfModelConfig.Load(global::System.IO.Path.Combine(path, "config.json"));
         using var source = global::QLoRA.Core.Weights.CheckpointWeightSource.Open(path);
-        var model = LoadFrom(device, source, new global::QLoRA.Modeling.ModelDimensions(config), "");
+        var model = LoadFrom(device, source, new global::QLoRA.Modeling.ModelDimensions(config), "", options);
         try
         {
             model.OnLoaded(device, config);

@@ -19,12 +19,12 @@ partial class QwenBlock : global::System.IDisposable
     };
 
     /// <summary>Builds the layers from <paramref name="source"/>, checkpoint names prefixed with <paramref name="prefix"/>; shapes are checked against the resolved dimensions.</summary>
-    public static QwenBlock LoadFrom(global::QLoRA.Runtime.Devices.Device device, global::QLoRA.Core.Weights.IWeightSource source, global::QLoRA.Modeling.ModelDimensions dims, string prefix)
+    public static QwenBlock LoadFrom(global::QLoRA.Runtime.Devices.Device device, global::QLoRA.Core.Weights.IWeightSource source, global::QLoRA.Modeling.ModelDimensions dims, string prefix, global::QLoRA.Modeling.LoadOptions? options = null)
     {
         var model = new QwenBlock();
         try
         {
-            model.__OProj = global::QLoRA.Runtime.Layers.QuantizedLinear.Load(device, source, prefix + "self_attn.o_proj.weight", dims.Get("hidden_size"), dims.Get("hidden_size"), new global::QLoRA.Core.Quantization.QuantizationOptions(global::QLoRA.Core.Quantization.QuantType.Nf4, 64, true));
+            model.__OProj = global::QLoRA.Runtime.Layers.QuantizedLinear.Load(device, source, prefix + "self_attn.o_proj.weight", dims.Get("hidden_size"), dims.Get("hidden_size"), new global::QLoRA.Core.Quantization.QuantizationOptions(global::QLoRA.Core.Quantization.QuantType.Nf4, 64, true), options);
         }
         catch
         {

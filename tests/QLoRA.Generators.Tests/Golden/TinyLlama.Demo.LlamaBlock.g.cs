@@ -32,15 +32,15 @@ partial class LlamaBlock : global::System.IDisposable
     };
 
     /// <summary>Builds the layers from <paramref name="source"/>, checkpoint names prefixed with <paramref name="prefix"/>; shapes are checked against the resolved dimensions.</summary>
-    public static LlamaBlock LoadFrom(global::QLoRA.Runtime.Devices.Device device, global::QLoRA.Core.Weights.IWeightSource source, global::QLoRA.Modeling.ModelDimensions dims, string prefix)
+    public static LlamaBlock LoadFrom(global::QLoRA.Runtime.Devices.Device device, global::QLoRA.Core.Weights.IWeightSource source, global::QLoRA.Modeling.ModelDimensions dims, string prefix, global::QLoRA.Modeling.LoadOptions? options = null)
     {
         var model = new LlamaBlock();
         try
         {
             model.__InputLayernorm = global::QLoRA.Runtime.Layers.RmsNormLayer.Load(device, source, prefix + "input_layernorm.weight", dims.Get("hidden_size"), (float)dims.Get("rms_norm_eps", 1e-6));
-            model.__QProj = global::QLoRA.Runtime.Layers.QuantizedLinear.Load(device, source, prefix + "self_attn.q_proj.weight", dims.Get("hidden_size"), dims.Get("hidden_size"), new global::QLoRA.Core.Quantization.QuantizationOptions(global::QLoRA.Core.Quantization.QuantType.Nf4, 64, true));
-            model.__UpProj = global::QLoRA.Runtime.Layers.QuantizedLinear.Load(device, source, prefix + "mlp.up_proj.weight", dims.Get("hidden_size"), dims.Get("intermediate_size"), new global::QLoRA.Core.Quantization.QuantizationOptions(global::QLoRA.Core.Quantization.QuantType.Nf4, 64, true));
-            model.__DownProj = global::QLoRA.Runtime.Layers.QuantizedLinear.Load(device, source, prefix + "mlp.down_proj.weight", dims.Get("intermediate_size"), dims.Get("hidden_size"), new global::QLoRA.Core.Quantization.QuantizationOptions(global::QLoRA.Core.Quantization.QuantType.Nf4, 64, true));
+            model.__QProj = global::QLoRA.Runtime.Layers.QuantizedLinear.Load(device, source, prefix + "self_attn.q_proj.weight", dims.Get("hidden_size"), dims.Get("hidden_size"), new global::QLoRA.Core.Quantization.QuantizationOptions(global::QLoRA.Core.Quantization.QuantType.Nf4, 64, true), options);
+            model.__UpProj = global::QLoRA.Runtime.Layers.QuantizedLinear.Load(device, source, prefix + "mlp.up_proj.weight", dims.Get("hidden_size"), dims.Get("intermediate_size"), new global::QLoRA.Core.Quantization.QuantizationOptions(global::QLoRA.Core.Quantization.QuantType.Nf4, 64, true), options);
+            model.__DownProj = global::QLoRA.Runtime.Layers.QuantizedLinear.Load(device, source, prefix + "mlp.down_proj.weight", dims.Get("intermediate_size"), dims.Get("hidden_size"), new global::QLoRA.Core.Quantization.QuantizationOptions(global::QLoRA.Core.Quantization.QuantType.Nf4, 64, true), options);
         }
         catch
         {

@@ -33,7 +33,7 @@ partial class TinyLlama : global::System.IDisposable
     };
 
     /// <summary>Builds the layers from <paramref name="source"/>, checkpoint names prefixed with <paramref name="prefix"/>; shapes are checked against the resolved dimensions.</summary>
-    public static TinyLlama LoadFrom(global::QLoRA.Runtime.Devices.Device device, global::QLoRA.Core.Weights.IWeightSource source, global::QLoRA.Modeling.ModelDimensions dims, string prefix)
+    public static TinyLlama LoadFrom(global::QLoRA.Runtime.Devices.Device device, global::QLoRA.Core.Weights.IWeightSource source, global::QLoRA.Modeling.ModelDimensions dims, string prefix, global::QLoRA.Modeling.LoadOptions? options = null)
     {
         var model = new TinyLlama();
         try
@@ -43,7 +43,7 @@ partial class TinyLlama : global::System.IDisposable
             model.__Layers = __Layers;
             for (int i = 0; i < __Layers.Length; i++)
             {
-                __Layers[i] = global::Demo.LlamaBlock.LoadFrom(device, source, dims, prefix + "model.layers." + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + ".");
+                __Layers[i] = global::Demo.LlamaBlock.LoadFrom(device, source, dims, prefix + "model.layers." + i.ToString(global::System.Globalization.CultureInfo.InvariantCulture) + ".", options);
             }
             model.__Norm = global::QLoRA.Runtime.Layers.RmsNormLayer.Load(device, source, prefix + "model.norm.weight", dims.Get("hidden_size"), (float)dims.Get("rms_norm_eps", 1e-6));
             model.__LmHead = global::QLoRA.Runtime.Layers.Linear.Load(device, source, prefix + "lm_head.weight", dims.Get("hidden_size"), dims.Get("vocab_size"));
@@ -57,12 +57,12 @@ partial class TinyLlama : global::System.IDisposable
         return model;
     }
 
-    /// <summary>Loads the model from a Hugging Face folder (config.json + safetensors, dense or bitsandbytes 4-bit).</summary>
-    public static TinyLlama Load(global::QLoRA.Runtime.Devices.Device device, string path)
+    /// <summary>Loads the model from a Hugging Face folder (config.json + safetensors, dense or bitsandbytes 4-bit); <paramref name="options"/> can keep projections dense.</summary>
+    public static TinyLlama Load(global::QLoRA.Runtime.Devices.Device device, string path, global::QLoRA.Modeling.LoadOptions? options = null)
     {
         var config = global::QLoRA.Core.HuggingFace.HfModelConfig.Load(global::System.IO.Path.Combine(path, "config.json"));
         using var source = global::QLoRA.Core.Weights.CheckpointWeightSource.Open(path);
-        var model = LoadFrom(device, source, new global::QLoRA.Modeling.ModelDimensions(config), "");
+        var model = LoadFrom(device, source, new global::QLoRA.Modeling.ModelDimensions(config), "", options);
         try
         {
             model.OnLoaded(device, config);
