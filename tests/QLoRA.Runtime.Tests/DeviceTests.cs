@@ -1,10 +1,37 @@
+using ILGPU;
+using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
 using QLoRA.Runtime.Devices;
+using Device = QLoRA.Runtime.Devices.Device;
 
 namespace QLoRA.Runtime.Tests;
 
 public class DeviceTests
 {
+    private static Action<AcceleratorStream, KernelConfig, ArrayView<T>, long> Fill<T>(Device device)
+        where T : unmanaged =>
+        device.Kernel(static a => a.LoadKernel<ArrayView<T>, long>(FillKernel));
+
+    private static void FillKernel<T>(ArrayView<T> x, long count)
+        where T : unmanaged
+    {
+        for (long i = Grid.GlobalIndex.X; i < count; i += (long)Grid.DimX * Group.DimX)
+        {
+            x[i] = default;
+        }
+    }
+
+    [Fact]
+    public void AKernelIsCompiledOncePerDeviceAndInstantiationAndFoundWithoutAStringKey()
+    {
+        using Device device = Device.Cpu();
+        var first = Fill<float>(device);
+        Assert.Same(first, Fill<float>(device)); // the same launcher: no recompilation, no per-launch key
+        Assert.NotSame((Delegate)first, Fill<int>(device)); // another instantiation is another kernel
+        using Device other = Device.Cpu();
+        Assert.NotSame(first, Fill<float>(other)); // kernels belong to their device
+    }
+
     [Fact]
     public void CpuDeviceDescribesItself()
     {

@@ -1,9 +1,11 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using System.Reflection;
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
-using System.Globalization;
 using QLoRA.Core;
 
 namespace QLoRA.Runtime.Devices;
@@ -18,7 +20,8 @@ public sealed class Device : IDisposable
     public const string EnvironmentVariable = "QLORA_DEVICE";
 
     private readonly Context _context;
-    private readonly Dictionary<string, object> _kernels = [];
+    private readonly ConcurrentDictionary<MethodInfo, Delegate> _kernels = new(ReferenceEqualityComparer.Instance);
+    private readonly object _kernelLoads = new();
 
     private Device(Context context, Accelerator accelerator, DeviceKind kind)
     {
@@ -200,19 +203,24 @@ public sealed class Device : IDisposable
         }
     }
 
-    /// <summary>A kernel loaded once per device and cached by name.</summary>
-    internal T Kernel<T>(string name, Func<Accelerator, T> load)
+    /// <summary>
+    /// The kernel <paramref name="load"/> compiles, loaded once per device. The cache is keyed by the loader's method —
+    /// a static lambda is one method per call site and generic instantiation — and read without a lock or a string key,
+    /// so a launch costs one lock-free lookup by reference.
+    /// </summary>
+    internal T Kernel<T>(Func<Accelerator, T> load)
         where T : Delegate
     {
-        lock (_kernels)
+        MethodInfo site = load.Method;
+        if (_kernels.TryGetValue(site, out Delegate? kernel))
         {
-            if (!_kernels.TryGetValue(name, out object? kernel))
-            {
-                kernel = load(Accelerator);
-                _kernels[name] = kernel;
-            }
-
             return (T)kernel;
+        }
+
+        lock (_kernelLoads)
+        {
+            // Compile once even when two threads miss together.
+            return (T)_kernels.GetOrAdd(site, _ => load(Accelerator));
         }
     }
 
@@ -262,7 +270,7 @@ public sealed class Device : IDisposable
                 return _blas; // every GEMM asks: no lock once probed
             }
 
-            lock (_kernels)
+            lock (_kernelLoads)
             {
                 if (!_blasProbed)
                 {

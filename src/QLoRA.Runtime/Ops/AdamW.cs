@@ -40,7 +40,7 @@ public static class AdamW
         }
 
         Device device = parameter.Device;
-        var kernel = device.Kernel("adamw.step", a => a.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWHyper>(AdamWKernels.Step));
+        var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, AdamWHyper>(AdamWKernels.Step));
         kernel(device.Stream, device.GridStride, parameter.View<float>(), gradient.View<float>(), m.View<float>(), v.View<float>(), parameter.ElementCount, hyper);
     }
 }

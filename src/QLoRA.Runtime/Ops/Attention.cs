@@ -68,7 +68,7 @@ public static class Attention
             where TE : struct, IElement<T>
         {
             Device device = Q.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("attention.forward"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, AttentionShape>(AttentionKernels.Forward<T, TE>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, AttentionShape>(AttentionKernels.Forward<T, TE>));
             int tile = Tile(device, Shape.HeadDim);
             KernelConfig config = device.Tiled(Blocks(tile, Shape.Tokens) * Shape.Heads, tile, AttentionKernels.KeyValueTileFloats(tile, Shape.HeadDim));
             kernel(device.Stream, config, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), Lse.View<float>(), Shape);
@@ -82,11 +82,11 @@ public static class Attention
             where TE : struct, IElement<T>
         {
             Device device = Q.Device;
-            var query = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.q"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, AttentionShape>(AttentionKernels.BackwardQuery<T, TE>));
+            var query = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, AttentionShape>(AttentionKernels.BackwardQuery<T, TE>));
             int tile = Tile(device, Shape.HeadDim);
             KernelConfig queryConfig = device.Tiled(Blocks(tile, Shape.Tokens) * Shape.Heads, tile, AttentionKernels.KeyValueTileFloats(tile, Shape.HeadDim));
             query(device.Stream, queryConfig, Q.View<T>(), K.View<T>(), V.View<T>(), Starts.View<int>(), O.View<T>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DQ.View<T>(), Shape);
-            var keyValue = device.Kernel(ComputeDispatch.Key<TE>("attention.backward.kv"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, AttentionShape>(AttentionKernels.BackwardKeyValue<T, TE>));
+            var keyValue = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, AttentionShape>(AttentionKernels.BackwardKeyValue<T, TE>));
             KernelConfig keyValueConfig = device.Tiled(Blocks(tile, Shape.Tokens) * Shape.KvHeads, tile, AttentionKernels.QueryTileFloats(tile, Shape.HeadDim));
             keyValue(device.Stream, keyValueConfig, Q.View<T>(), K.View<T>(), V.View<T>(), Ends.View<int>(), Lse.View<float>(), DO.View<T>(), Delta.View<float>(), DK.View<T>(), DV.View<T>(), Shape);
         }

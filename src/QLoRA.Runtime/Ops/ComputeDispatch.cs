@@ -38,7 +38,4 @@ internal static class ComputeDispatch
                 throw new ArgumentException($"{name} is {tensor.Dtype}; kernels compute in F32, BF16 or F16.", name);
         }
     }
-
-    /// <summary>A kernel-cache key that names the element type.</summary>
-    public static string Key<TE>(string kernel) => kernel + "." + typeof(TE).Name;
 }

@@ -82,7 +82,7 @@ public static class CrossEntropy
         using DeviceTensor logits = DeviceTensor.Allocate(device, DType.F32, chunk, vocab);
         using DeviceTensor? rounded = hidden.Dtype == DType.F32 || (dHidden is null && dWeight is null) ? null : DeviceTensor.Allocate(device, hidden.Dtype, chunk, vocab);
         // The CPU accelerator's schedule needs no kernel: load (and compile) it only where it runs.
-        var kernel = Cpu.CpuOps.Runs(hidden) ? null : device.Kernel("crossentropy.chunk", a => a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>(CrossEntropyKernels.LossAndGradient));
+        var kernel = Cpu.CpuOps.Runs(hidden) ? null : device.Kernel(static a => a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int, int, float>(CrossEntropyKernels.LossAndGradient));
         for (int start = 0; start < tokens; start += chunk)
         {
             int rows = Math.Min(chunk, tokens - start);

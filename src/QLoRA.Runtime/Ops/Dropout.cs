@@ -44,7 +44,7 @@ public static class Dropout
             where TE : struct, IElement<T>
         {
             Device device = X.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("dropout"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, long, uint, float, uint>(DropoutKernels.Apply<T, TE>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<T>, long, uint, float, uint>(DropoutKernels.Apply<T, TE>));
             kernel(device.Stream, device.GridStride, X.View<T>(), Y.View<T>(), X.ElementCount, Threshold, Scale, Seed);
         }
     }

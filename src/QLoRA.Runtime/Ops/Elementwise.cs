@@ -169,7 +169,7 @@ public static class Elementwise
             where TE : struct, IElement<T>
         {
             Device device = A.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("elementwise.add"), acc => acc.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(ElementwiseKernels.Add<T, TE>));
+            var kernel = device.Kernel(static acc => acc.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(ElementwiseKernels.Add<T, TE>));
             kernel(device.Stream, device.GridStride, A.View<T>(), B.View<T>(), Y.View<T>(), A.ElementCount);
         }
     }
@@ -181,7 +181,7 @@ public static class Elementwise
             where TE : struct, IElement<T>
         {
             Device device = Y.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("elementwise.addrow"), a => a.LoadKernel<ArrayView<T>, ArrayView<float>, long, int>(ElementwiseKernels.AddRowVector<T, TE>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<float>, long, int>(ElementwiseKernels.AddRowVector<T, TE>));
             kernel(device.Stream, device.GridStride, Y.View<T>(), Bias.View<float>(), Y.Shape[0], checked((int)Y.Shape[1]));
         }
     }
@@ -193,7 +193,7 @@ public static class Elementwise
             where TE : struct, IElement<T>
         {
             Device device = Table.Device;
-            var kernel = device.Kernel("elementwise.gather." + typeof(T).Name, a => a.LoadKernel<ArrayView<T>, ArrayView<int>, ArrayView<T>, int, int>(ElementwiseKernels.Gather<T>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<int>, ArrayView<T>, int, int>(ElementwiseKernels.Gather<T>));
             kernel(device.Stream, device.GridStride, Table.View<T>(), Ids.View<int>(), Y.View<T>(), Tokens, Dim);
         }
     }
@@ -205,7 +205,7 @@ public static class Elementwise
             where TE : struct, IElement<T>
         {
             Device device = Dy.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("elementwise.scatter"), a => a.LoadKernel<ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int>(ElementwiseKernels.ScatterAddSorted<T, TE>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int>(ElementwiseKernels.ScatterAddSorted<T, TE>));
             kernel(device.Stream, device.GridStride, Dy.View<T>(), Order.View<int>(), Starts.View<int>(), Ids.View<int>(), DTable.View<float>(), Segments, Dim);
         }
     }
@@ -226,7 +226,7 @@ public static class Elementwise
             where TE : struct, IElement<T>
         {
             Device device = X.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>(ComputeDispatch.Key<TInE>("elementwise.convert")), a => a.LoadKernel<ArrayView<TIn>, ArrayView<T>, long>(ElementwiseKernels.Convert<TIn, TInE, T, TE>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<TIn>, ArrayView<T>, long>(ElementwiseKernels.Convert<TIn, TInE, T, TE>));
             kernel(device.Stream, device.GridStride, X.View<TIn>(), Y.View<T>(), X.ElementCount);
         }
     }

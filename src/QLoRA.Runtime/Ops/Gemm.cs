@@ -113,7 +113,7 @@ public static class Gemm
             where TCE : struct, IElement<TC>
         {
             Device device = C.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm.mma")), acc => acc.LoadKernel<DenseOperand<TE>, DenseOperand<TE>, ArrayView<TC>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, DenseOperand<TE>, TC, TCE>));
+            var kernel = device.Kernel(static acc => acc.LoadKernel<DenseOperand<TE>, DenseOperand<TE>, ArrayView<TC>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, DenseOperand<TE>, TC, TCE>));
             kernel(device.Stream, device.TensorCoreTiles(Shape.M, Shape.N), A, B, C.View<TC>(), Shape);
         }
     }
@@ -145,7 +145,7 @@ public static class Gemm
             where TCE : struct, IElement<TC>
         {
             Device device = A.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TCE>(ComputeDispatch.Key<TE>("gemm")), acc => acc.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<TC>, GemmShape>(GemmKernels.Gemm<T, TE, TC, TCE>));
+            var kernel = device.Kernel(static acc => acc.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<TC>, GemmShape>(GemmKernels.Gemm<T, TE, TC, TCE>));
             kernel(device.Stream, device.GridStride, A.View<T>(), B.View<T>(), C.View<TC>(), Shape);
         }
     }

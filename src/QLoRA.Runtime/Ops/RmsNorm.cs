@@ -52,7 +52,7 @@ public static class RmsNorm
             where TE : struct, IElement<T>
         {
             Device device = X.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.forward"), a => a.LoadKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, int, int, float>(RmsNormKernels.Forward<T, TE>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, int, int, float>(RmsNormKernels.Forward<T, TE>));
             kernel(device.Stream, device.GridStride, X.View<T>(), Weight.View<float>(), Y.View<T>(), InverseRms.View<float>(), Rows, Dim, Eps);
         }
     }
@@ -64,9 +64,9 @@ public static class RmsNorm
             where TE : struct, IElement<T>
         {
             Device device = X.Device;
-            var input = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.backward.input"), a => a.LoadKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int, int>(RmsNormKernels.BackwardInput<T, TE>));
+            var input = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int, int>(RmsNormKernels.BackwardInput<T, TE>));
             input(device.Stream, device.GridStride, X.View<T>(), Weight.View<float>(), Dy.View<T>(), InverseRms.View<float>(), Dx.View<T>(), Rows, Dim);
-            var weights = device.Kernel(ComputeDispatch.Key<TE>("rmsnorm.backward.weight"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int>(RmsNormKernels.BackwardWeight<T, TE>));
+            var weights = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int>(RmsNormKernels.BackwardWeight<T, TE>));
             weights(device.Stream, device.GridStride, X.View<T>(), Dy.View<T>(), InverseRms.View<float>(), DWeight.View<float>(), Rows, Dim);
         }
     }

@@ -46,7 +46,7 @@ public static class Rope
             where TE : struct, IElement<T>
         {
             Device device = X.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("rope.rotate"), a => a.LoadKernel<ArrayView<T>, ArrayView<int>, ArrayView<float>, int, int, int, float>(RopeKernels.Rotate<T, TE>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<int>, ArrayView<float>, int, int, int, float>(RopeKernels.Rotate<T, TE>));
             kernel(device.Stream, device.GridStride, X.View<T>(), Positions.View<int>(), InvFreq.View<float>(), Tokens, Heads, HeadDim, Direction);
         }
     }

@@ -28,7 +28,7 @@ public static class SumOfSquares
             return;
         }
 
-        var kernel = device.Kernel("reduce.sumsq", a => a.LoadKernel<ArrayView<float>, ArrayView<float>, long, int>(ReductionKernels.SumOfSquares));
+        var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<float>, ArrayView<float>, long, int>(ReductionKernels.SumOfSquares));
         kernel(device.Stream, device.GridStride, x.View<float>(), partials.View<float>(), x.ElementCount, Lanes);
     }
 

@@ -50,7 +50,7 @@ public static class SwiGlu
             where TE : struct, IElement<T>
         {
             Device device = Gate.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("swiglu.forward"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(SwiGluKernels.Forward<T, TE>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(SwiGluKernels.Forward<T, TE>));
             kernel(device.Stream, device.GridStride, Gate.View<T>(), Up.View<T>(), Y.View<T>(), Gate.ElementCount);
         }
     }
@@ -62,7 +62,7 @@ public static class SwiGlu
             where TE : struct, IElement<T>
         {
             Device device = Gate.Device;
-            var kernel = device.Kernel(ComputeDispatch.Key<TE>("swiglu.backward"), a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(SwiGluKernels.Backward<T, TE>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<T>, long>(SwiGluKernels.Backward<T, TE>));
             kernel(device.Stream, device.GridStride, Gate.View<T>(), Up.View<T>(), Dy.View<T>(), DGate.View<T>(), DUp.View<T>(), Gate.ElementCount);
         }
     }

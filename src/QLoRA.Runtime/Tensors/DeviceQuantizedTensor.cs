@@ -101,7 +101,7 @@ public sealed class DeviceQuantizedTensor : IDisposable
             where TAbsmax : struct, IAbsmaxSource
         {
             Device device = Weight._device;
-            var kernel = device.Kernel("dequantize.bf16." + typeof(TAbsmax).Name, a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
             kernel(device.Stream, device.GridStride, Weight._packed.View, absmax, Weight._table.View, Weight.ElementCount, Weight.State.BlockSize, Vectors, Output);
         }
     }
@@ -112,7 +112,7 @@ public sealed class DeviceQuantizedTensor : IDisposable
             where TAbsmax : struct, IAbsmaxSource
         {
             Device device = Weight._device;
-            var kernel = device.Kernel("dequantize.f32." + typeof(TAbsmax).Name, a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
             kernel(device.Stream, device.GridStride, Weight._packed.View, absmax, Weight._table.View, Weight.ElementCount, Weight.State.BlockSize, Vectors, Output);
         }
     }
@@ -172,7 +172,7 @@ public sealed class DeviceQuantizedTensor : IDisposable
             where TAbsmax : struct, IAbsmaxSource
         {
             Device device = Weight._device;
-            var kernel = device.Kernel(Ops.ComputeDispatch.Key<TE>("gemv.4bit." + typeof(TAbsmax).Name), a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, ArrayView<UInt4>, ArrayView<T>, GemvShape>(Nf4GemvKernels.Gemv<T, TE, TAbsmax>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, ArrayView<UInt4>, ArrayView<T>, GemvShape>(Nf4GemvKernels.Gemv<T, TE, TAbsmax>));
             kernel(device.Stream, device.GridStride, Weight._packed.View, absmax, Weight._table.View, X.View<T>().Cast<UInt4>(), Y.View<T>(), Shape);
         }
     }
@@ -294,7 +294,7 @@ public sealed class DeviceQuantizedTensor : IDisposable
         {
             Device device = Weight._device;
             ArrayView<byte> bytes = Weight._packed.View.AsContiguous().Cast<byte>();
-            var kernel = device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit." + typeof(TAbsmax).Name), a => a.LoadKernel<ArrayView<T>, ArrayView<byte>, TAbsmax, ArrayView<float>, ArrayView<T>, Nf4GemmShape>(Nf4GemmKernels.Gemm<T, TE, TAbsmax>));
+            var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<byte>, TAbsmax, ArrayView<float>, ArrayView<T>, Nf4GemmShape>(Nf4GemmKernels.Gemm<T, TE, TAbsmax>));
             kernel(device.Stream, device.GridStride, X.View<T>(), bytes, absmax, Weight._table.View, C.View<T>(), Shape);
         }
     }
@@ -308,7 +308,7 @@ public sealed class DeviceQuantizedTensor : IDisposable
         {
             Device device = Weight._device;
             var weight = new FourBitOperand<TE, TAbsmax>(Weight._packed.View.AsContiguous().Cast<byte>(), absmax, Weight._table.View, Shape.N, Shape.K, Weight.State.BlockSize, TransposeWeight ? 0 : 1);
-            var kernel = device.Kernel(Ops.ComputeDispatch.Key<TE>("gemm.4bit.mma." + typeof(TAbsmax).Name), a => a.LoadKernel<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ArrayView<ushort>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ushort, TE>));
+            var kernel = device.Kernel(static a => a.LoadKernel<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ArrayView<ushort>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ushort, TE>));
             kernel(device.Stream, device.TensorCoreTiles(Shape.M, Shape.N), Ops.Gemm.Dense<TE>(X), weight, C.View<ushort>(), Shape);
         }
     }

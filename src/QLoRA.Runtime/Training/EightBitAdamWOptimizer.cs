@@ -114,7 +114,7 @@ public sealed class EightBitAdamWOptimizer : AdapterOptimizer
 
     private void Launch(DeviceTensor p, DeviceTensor g, DeviceTensor c1, DeviceTensor c2, DeviceTensor a1, DeviceTensor a2, EightBitAdamWHyper h)
     {
-        var kernel = _device.Kernel("adamw8bit.step", a => a.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, EightBitAdamWHyper>(EightBitAdamWKernels.Step));
+        var kernel = _device.Kernel(static a => a.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<byte>, ArrayView<byte>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, long, EightBitAdamWHyper>(EightBitAdamWKernels.Step));
         kernel(_device.Stream, _device.GridStride, p.View<float>(), g.View<float>(), c1.View<byte>(), c2.View<byte>(), a1.View<float>(), a2.View<float>(), _map1.View<float>(), _map2.View<float>(), p.ElementCount, h);
     }
 
