@@ -25,10 +25,12 @@ internal static class Diagnostics
     public static readonly DiagnosticDescriptor UnreadableManifest = Create("QLR0013", "Unreadable weights manifest", "Weights manifest '{0}' could not be read: {1}");
     public static readonly DiagnosticDescriptor UnknownWeights = Create("QLR0014", "No weights manifest by that name", "'{0}' names weights '{1}', but this build has manifests only for {2}: the checks against the weights are skipped", DiagnosticSeverity.Warning);
 
+    public static readonly DiagnosticDescriptor NotAnEngineModel = Create("QLR0015", "Model the engine cannot run", "'{0}' loads, but the training and inference engine cannot run it (no ToEngineModel() is generated): {1}", DiagnosticSeverity.Warning);
+
     public static readonly IReadOnlyDictionary<string, DiagnosticDescriptor> ById = new[]
     {
         ClassNotPartial, PropertyNotPartial, UnsupportedType, InvalidDimension, InvalidBlockSize, InvalidRank, DuplicateName, StorageWithoutLayer, InvalidStackCount,
-        MissingTensor, ShapeMismatch, StorageMismatch, UnreadableManifest, UnknownWeights,
+        MissingTensor, ShapeMismatch, StorageMismatch, UnreadableManifest, UnknownWeights, NotAnEngineModel,
     }.ToDictionary(d => d.Id);
 
     private static DiagnosticDescriptor Create(string id, string title, string message, DiagnosticSeverity severity = DiagnosticSeverity.Error) =>

@@ -30,6 +30,11 @@ internal static class Emitter
             sb.Append("    private ").Append(nullable).Append(" __").Append(layer.Property).AppendLine(";");
         }
 
+        if (model.IsRoot)
+        {
+            sb.AppendLine("    private global::QLoRA.Core.HuggingFace.HfModelConfig? __loadedConfig;");
+        }
+
         sb.AppendLine();
         foreach (LayerModel layer in model.Layers)
         {
@@ -172,6 +177,7 @@ internal static class Emitter
         sb.Append("        var model = LoadFrom(device, source, new ").Append(Dims).AppendLine("(config), \"\", options);");
         sb.AppendLine("        try");
         sb.AppendLine("        {");
+        sb.AppendLine("            model.__loadedConfig = config;");
         sb.AppendLine("            model.OnLoaded(device, config);");
         sb.AppendLine("        }");
         sb.AppendLine("        catch");

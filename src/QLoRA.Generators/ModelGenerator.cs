@@ -11,7 +11,7 @@ namespace QLoRA.Generators;
 public sealed class ModelGenerator : IIncrementalGenerator
 {
     /// <summary>Tracking names of the pipeline steps (for caching tests).</summary>
-    public const string RootStep = "QLoRA.Roots", BlockStep = "QLoRA.Blocks", ManifestStep = "QLoRA.ManifestChecks";
+    public const string RootStep = "QLoRA.Roots", BlockStep = "QLoRA.Blocks", ManifestStep = "QLoRA.ManifestChecks", EngineStep = "QLoRA.EngineBinding";
 
     /// <inheritdoc />
     public void Initialize(IncrementalGeneratorInitializationContext context)
@@ -36,6 +36,26 @@ public sealed class ModelGenerator : IIncrementalGenerator
         IncrementalValuesProvider<EquatableArray<DiagnosticInfo>> checks = roots.Combine(blockModels).Combine(manifests)
             .Select(static (input, _) => ManifestChecker.Check(input.Left.Left, input.Left.Right, input.Right))
             .WithTrackingName(ManifestStep);
+        // The engine binding needs the root's blocks too: a Llama-family model gets ToEngineModel(), others a warning.
+        IncrementalValuesProvider<(string Name, string? Source, DiagnosticInfo? Diagnostic)> bindings = roots.Combine(blockModels)
+            .Select(static (input, _) =>
+            {
+                (string? source, DiagnosticInfo? diagnostic) = EngineBinding.Bind(input.Left, input.Right);
+                return (input.Left.Model?.FullName ?? "", source, diagnostic);
+            })
+            .WithTrackingName(EngineStep);
+        context.RegisterSourceOutput(bindings, static (ctx, binding) =>
+        {
+            if (binding.Diagnostic is DiagnosticInfo diagnostic)
+            {
+                ctx.ReportDiagnostic(diagnostic.ToDiagnostic());
+            }
+
+            if (binding.Source is string source)
+            {
+                ctx.AddSource(binding.Name + ".Engine.g.cs", source);
+            }
+        });
         context.RegisterSourceOutput(checks, static (ctx, diagnostics) =>
         {
             foreach (DiagnosticInfo diagnostic in diagnostics)

@@ -13,9 +13,9 @@ namespace QLoRA.Generators.Tests;
 /// <summary>Generated code compiled, loaded and run: a tiny model (hidden 64, 2 layers) bound to a checkpoint on the CPU accelerator.</summary>
 public class CompileAndRunTests
 {
-    private static Assembly Build()
+    private static Assembly Build(string source = Models.TinyLlama)
     {
-        (Compilation output, var diagnostics, _) = GeneratorHarness.Run(Models.TinyLlama);
+        (Compilation output, var diagnostics, _) = GeneratorHarness.Run(source);
         Assert.Empty(diagnostics);
         using var stream = new MemoryStream();
         var result = output.Emit(stream, cancellationToken: TestContext.Current.CancellationToken);
@@ -49,6 +49,77 @@ public class CompileAndRunTests
 
         SafeTensorsWriter.Save(Path.Combine(dir, "model.safetensors"), tensors);
         return dir;
+    }
+
+    // Every tensor of a Llama-family checkpoint (hidden 64, 2 layers, 4 heads, 2 kv heads of 16).
+    private static string FullCheckpoint()
+    {
+        string dir = Directory.CreateTempSubdirectory("qlora-gen-").FullName;
+        File.WriteAllText(Path.Combine(dir, "config.json"), """{"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":100,"rms_norm_eps":1e-5}""");
+        var tensors = new List<(SafeTensorSpec, ReadOnlyMemory<byte>)>();
+        int seed = 100;
+        void Add(string name, params long[] shape) => tensors.Add((new SafeTensorSpec(name, DType.BF16, shape), Bf16((int)shape.Aggregate(1L, (a, b) => a * b), ++seed)));
+        Add("model.embed_tokens.weight", 100, 64);
+        Add("model.norm.weight", 64);
+        Add("lm_head.weight", 100, 64);
+        for (int i = 0; i < 2; i++)
+        {
+            string p = $"model.layers.{i}.";
+            Add(p + "input_layernorm.weight", 64);
+            Add(p + "post_attention_layernorm.weight", 64);
+            Add(p + "self_attn.q_proj.weight", 64, 64);
+            Add(p + "self_attn.k_proj.weight", 32, 64);
+            Add(p + "self_attn.v_proj.weight", 32, 64);
+            Add(p + "self_attn.o_proj.weight", 64, 64);
+            Add(p + "mlp.gate_proj.weight", 128, 64);
+            Add(p + "mlp.up_proj.weight", 128, 64);
+            Add(p + "mlp.down_proj.weight", 64, 128);
+        }
+
+        SafeTensorsWriter.Save(Path.Combine(dir, "model.safetensors"), tensors);
+        return dir;
+    }
+
+    [Fact]
+    public void AUserNamedLlamaIsBoundToTheEngineRunsLikeTheBuiltInModelAndTrains()
+    {
+        Assembly assembly = Build(Models.UserLlama);
+        Type model = assembly.GetType("Demo.Chatbot")!;
+        string folder = FullCheckpoint();
+        using Device device = Device.Cpu();
+        using var loaded = (IDisposable)model.GetMethod("Load")!.Invoke(null, [device, folder, null])!;
+        var engineModel = (QLoRA.Runtime.Engine.EngineModel)model.GetMethod("ToEngineModel")!.Invoke(loaded, [])!;
+        int[] ids = [3, 17, 42, 0, 9];
+        using var builtIn = QLoRA.Runtime.Models.LlamaForCausalLM.Load(device, folder);
+        Assert.Equal(builtIn.Forward(ids), engineModel.Logits(ids)); // same weights, same kernels: the same bits
+
+        var lora = QLoRA.Core.Peft.LoraConfig.Parse("""{"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}""");
+        using var trainer = new QLoRA.Runtime.Training.LoraTrainer(device, engineModel, lora,
+            new QLoRA.Runtime.Training.TrainerOptions { MaxSteps = 2, LearningRate = 1e-2, WarmupRatio = 0 },
+            new QLoRA.Runtime.Engine.EngineOptions(16));
+        var batch = QLoRA.Runtime.Engine.PackedBatch.ForNextToken([[5, 6, 7, 8, 9, 10]]);
+        double first = trainer.TrainStep([batch]).Loss;
+        double second = trainer.TrainStep([batch]).Loss;
+        Assert.True(second < first, $"{first} → {second}");
+        Assert.Equal(14, trainer.ExportAdapter().Modules.Count);
+        Assert.Contains(trainer.ExportAdapter().Modules.Keys, k => k == "model.layers.1.self_attn.o_proj"); // HF names, whatever the properties are called
+    }
+
+    [Fact]
+    public void AModelTheEngineCannotRunGetsAWarningNamingWhatIsMissingAndExtra()
+    {
+        (_, var diagnostics) = GeneratorHarness.RunAll(Models.TinyLlama);
+        Diagnostic d = Assert.Single(diagnostics);
+        Assert.Equal("QLR0015", d.Id);
+        Assert.Equal(DiagnosticSeverity.Warning, d.Severity);
+        string message = d.GetMessage(System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Contains("LlamaBlock has no self_attn.k_proj (4-bit [Linear])", message);
+        Assert.Contains("LlamaBlock has no post_attention_layernorm ([RmsNorm])", message);
+        Assert.DoesNotContain("q_proj", message);
+        (_, diagnostics) = GeneratorHarness.RunAll(Models.ConstantFp4);
+        Assert.Contains("Probe.Head (head) is not part of a Llama-family model", Assert.Single(diagnostics).GetMessage(System.Globalization.CultureInfo.InvariantCulture));
+        (_, diagnostics) = GeneratorHarness.RunAll(Models.UserLlama);
+        Assert.Empty(diagnostics);
     }
 
     [Fact]

@@ -10,6 +10,7 @@ public class GoldenTests
         { nameof(Models.TinyLlama), Models.TinyLlama },
         { nameof(Models.ConstantFp4), Models.ConstantFp4 },
         { nameof(Models.Qwen), Models.Qwen },
+        { nameof(Models.UserLlama), Models.UserLlama },
     };
 
     [Theory]

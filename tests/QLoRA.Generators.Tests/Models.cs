@@ -28,6 +28,37 @@ internal static class Models
         }
         """;
 
+    /// <summary>A Llama-family model whose properties are named by the user, not after the checkpoint: the engine binds it by HF names.</summary>
+    public const string UserLlama = """
+        using QLoRA.Modeling;
+        using QLoRA.Runtime.Layers;
+
+        namespace Demo;
+
+        [CausalLM]
+        public partial class Chatbot
+        {
+            [Embedding("vocab_size", "hidden_size"), HfName("model.embed_tokens")] public partial EmbeddingLayer Tokens { get; }
+            [Stack("num_hidden_layers"), HfName("model.layers")] public partial ChatbotBlock[] Decoder { get; }
+            [RmsNorm("hidden_size"), HfName("model.norm")] public partial RmsNormLayer FinalNorm { get; }
+            [Linear("hidden_size", "vocab_size"), HfName("lm_head")] public partial Linear Output { get; }
+        }
+
+        [Block]
+        public partial class ChatbotBlock
+        {
+            [RmsNorm("hidden_size"), HfName("input_layernorm")] public partial RmsNormLayer PreAttention { get; }
+            [Linear("hidden_size", "q_dim"), Nf4, LoRA, HfName("self_attn.q_proj")] public partial QuantizedLinear Query { get; }
+            [Linear("hidden_size", "kv_dim"), Nf4, LoRA, HfName("self_attn.k_proj")] public partial QuantizedLinear Key { get; }
+            [Linear("hidden_size", "kv_dim"), Nf4, LoRA, HfName("self_attn.v_proj")] public partial QuantizedLinear Value { get; }
+            [Linear("q_dim", "hidden_size"), Nf4, LoRA, HfName("self_attn.o_proj")] public partial QuantizedLinear Mixed { get; }
+            [RmsNorm("hidden_size"), HfName("post_attention_layernorm")] public partial RmsNormLayer PreMlp { get; }
+            [Linear("hidden_size", "intermediate_size"), Nf4, LoRA, HfName("mlp.gate_proj")] public partial QuantizedLinear Gate { get; }
+            [Linear("hidden_size", "intermediate_size"), Nf4, LoRA, HfName("mlp.up_proj")] public partial QuantizedLinear Up { get; }
+            [Linear("intermediate_size", "hidden_size"), Nf4, LoRA, HfName("mlp.down_proj")] public partial QuantizedLinear Down { get; }
+        }
+        """;
+
     public const string ConstantFp4 = """
         using QLoRA.Modeling;
         using QLoRA.Runtime.Layers;

@@ -1,5 +1,4 @@
 using QLoRA.Runtime.Layers;
-using QLoRA.Runtime.Models;
 
 namespace QLoRA.Runtime.Engine;
 
@@ -23,9 +22,4 @@ public sealed record DecoderBlockWeights(
 {
     /// <summary>The seven projections in PEFT's module order within a block.</summary>
     public IEnumerable<QuantizedLinear> Projections => [Q, K, V, O, Gate, Up, Down];
-
-    /// <summary>The block of the built-in Llama.</summary>
-    public static DecoderBlockWeights Of(LlamaDecoderLayer layer) => new(
-        layer.InputLayernorm, layer.QProj, layer.KProj, layer.VProj, layer.OProj,
-        layer.PostAttentionLayernorm, layer.GateProj, layer.UpProj, layer.DownProj);
 }

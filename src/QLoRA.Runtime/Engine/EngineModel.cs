@@ -2,6 +2,7 @@ using QLoRA.Core.HuggingFace;
 using QLoRA.Runtime.Layers;
 using QLoRA.Runtime.Models;
 using QLoRA.Runtime.Tensors;
+using Device = QLoRA.Runtime.Devices.Device;
 
 namespace QLoRA.Runtime.Engine;
 
@@ -16,9 +17,25 @@ namespace QLoRA.Runtime.Engine;
 /// <param name="LmHead">lm_head [vocab, hidden] in the compute dtype (the embeddings when tied).</param>
 public sealed record EngineModel(HfModelConfig Config, EmbeddingLayer Embed, IReadOnlyList<DecoderBlockWeights> Blocks, RmsNormLayer Norm, DeviceTensor LmHead)
 {
-    /// <summary>The built-in Llama's parts.</summary>
-    public static EngineModel Of(LlamaForCausalLM model) =>
-        new(model.Config, model.Embed, [.. model.Layers.Select(DecoderBlockWeights.Of)], model.Norm, model.LmHead.Weight);
+    /// <summary>The built-in Llama's parts (its generated <c>ToEngineModel</c>).</summary>
+    public static EngineModel Of(LlamaForCausalLM model) => model.ToEngineModel();
+
+    /// <summary>
+    /// Logits [tokens, vocab] of one sequence (positions 0…n−1) with the adapters as attached (no dropout), computed in
+    /// the compute dtype with float32 sums, as float32 on the host. Buffers are allocated for the call.
+    /// </summary>
+    /// <exception cref="ArgumentException">No tokens, or an id outside the vocabulary.</exception>
+    public float[] Logits(ReadOnlySpan<int> ids)
+    {
+        if (ids.Length == 0)
+        {
+            throw new ArgumentException("At least one token is needed.", nameof(ids));
+        }
+
+        Device device = Embed.Table.Device;
+        using var engine = new InferenceArena(device, this, ids.Length);
+        return engine.Logits(ids);
+    }
 
     /// <summary>Every projection with its PEFT module name (model.layers.{i}.self_attn.q_proj, …), bottom to top.</summary>
     public IEnumerable<(string Name, QuantizedLinear Layer)> Projections()

@@ -5,6 +5,7 @@ partial class Probe : global::System.IDisposable
 {
     private global::QLoRA.Runtime.Layers.QuantizedLinear? __Head;
     private global::QLoRA.Runtime.Layers.RmsNormLayer? __FinalNorm;
+    private global::QLoRA.Core.HuggingFace.HfModelConfig? __loadedConfig;
 
     /// <summary>Checkpoint name <c>head</c>.</summary>
     public partial global::QLoRA.Runtime.Layers.QuantizedLinear Head => __Head ?? throw new global::System.InvalidOperationException("Probe.Head is not loaded.");
@@ -47,6 +48,7 @@ partial class Probe : global::System.IDisposable
         var model = LoadFrom(device, source, new global::QLoRA.Modeling.ModelDimensions(config), "", options);
         try
         {
+            model.__loadedConfig = config;
             model.OnLoaded(device, config);
         }
         catch

@@ -5,6 +5,7 @@ namespace Models.Qwen;
 partial class Qwen2 : global::System.IDisposable
 {
     private global::Models.Qwen.QwenBlock[]? __Blocks;
+    private global::QLoRA.Core.HuggingFace.HfModelConfig? __loadedConfig;
 
     /// <summary>Checkpoint name <c>model.layers</c>.</summary>
     public partial global::Models.Qwen.QwenBlock[] Blocks => __Blocks ?? throw new global::System.InvalidOperationException("Qwen2.Blocks is not loaded.");
@@ -50,6 +51,7 @@ partial class Qwen2 : global::System.IDisposable
         var model = LoadFrom(device, source, new global::QLoRA.Modeling.ModelDimensions(config), "", options);
         try
         {
+            model.__loadedConfig = config;
             model.OnLoaded(device, config);
         }
         catch

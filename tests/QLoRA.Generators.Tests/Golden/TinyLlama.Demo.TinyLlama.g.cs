@@ -8,6 +8,7 @@ partial class TinyLlama : global::System.IDisposable
     private global::Demo.LlamaBlock[]? __Layers;
     private global::QLoRA.Runtime.Layers.RmsNormLayer? __Norm;
     private global::QLoRA.Runtime.Layers.Linear? __LmHead;
+    private global::QLoRA.Core.HuggingFace.HfModelConfig? __loadedConfig;
 
     /// <summary>Checkpoint name <c>model.embed_tokens</c>.</summary>
     public partial global::QLoRA.Runtime.Layers.EmbeddingLayer Embed => __Embed ?? throw new global::System.InvalidOperationException("TinyLlama.Embed is not loaded.");
@@ -65,6 +66,7 @@ partial class TinyLlama : global::System.IDisposable
         var model = LoadFrom(device, source, new global::QLoRA.Modeling.ModelDimensions(config), "", options);
         try
         {
+            model.__loadedConfig = config;
             model.OnLoaded(device, config);
         }
         catch
