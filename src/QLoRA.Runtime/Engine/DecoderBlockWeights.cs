@@ -4,7 +4,7 @@ namespace QLoRA.Runtime.Engine;
 
 /// <summary>
 /// The weights of one Llama-family decoder block as the engine runs it (pre-norm attention with GQA and RoPE, then a
-/// SwiGLU MLP), whatever a model names its properties: the built-in <see cref="LlamaForCausalLM"/> and typed models
+/// SwiGLU MLP), whatever a model names its properties: the built-in <c>LlamaForCausalLM</c> and typed models
 /// bound to the engine both hand their blocks over in this form.
 /// </summary>
 /// <param name="InputNorm">RMSNorm before attention.</param>
