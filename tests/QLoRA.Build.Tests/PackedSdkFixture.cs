@@ -26,7 +26,7 @@ public sealed class PackedSdkFixture : IDisposable
 #else
         const string configuration = "Release";
 #endif
-        foreach (string project in new[] { "sdk/QLoRA.Sdk/QLoRA.Sdk.csproj", "src/QLoRA.Core/QLoRA.Core.csproj", "src/QLoRA.Runtime/QLoRA.Runtime.csproj", "templates/QLoRA.Templates.csproj" })
+        foreach (string project in new[] { "sdk/QLoRA.Sdk/QLoRA.Sdk.csproj", "src/QLoRA.Core/QLoRA.Core.csproj", "src/QLoRA.Text/QLoRA.Text.csproj", "src/QLoRA.Runtime/QLoRA.Runtime.csproj", "templates/QLoRA.Templates.csproj" })
         {
             Run(RepositoryRoot, "pack", project, "-c", configuration, "-o", Feed, $"-p:Version={Version}", "-nodeReuse:false", "--disable-build-servers", "-nologo");
         }

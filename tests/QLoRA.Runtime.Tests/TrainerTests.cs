@@ -287,6 +287,44 @@ public abstract class TrainerTests<TDevice>(TDevice fixture) : IClassFixture<TDe
     }
 
     [Fact]
+    public void LoftQStartsCloserToTheDenseWeightsThanQuantizingAndZeroB()
+    {
+        (string folder, TinyLlama.Weights weights) = TinyLlama.WriteCheckpoint();
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        using LoraTrainer trainer = NewTrainer(model, Options with { LoftQ = new LoftQOptions(folder, Iterations: 2) });
+        LoraAdapter adapter = trainer.ExportAdapter();
+        string module = "model.layers.0.mlp.gate_proj";
+        QuantizedLinear layer = model.Layers[0].GateProj;
+        using var q = QLoRA.Runtime.Tensors.DeviceTensor.Allocate(fixture.Device, DType.F32, layer.OutFeatures, layer.InFeatures);
+        layer.Weight!.DequantizeToF32(q.View<float>());
+        float[] adjusted = q.ToHost<float>();
+        (float[] stored, int outF, int inF) = weights.Stored[module + ".weight"];
+        float[] plain = weights.Linear[module + ".weight"].W; // NF4 of the stored weights, what a PEFT-init run trains on
+        float[] a = adapter.Modules[module].A.ToSingle(), b = adapter.Modules[module].B.ToSingle();
+        double loftQ = 0, zeroB = 0;
+        for (int o = 0; o < outF; o++)
+        {
+            for (int i = 0; i < inF; i++)
+            {
+                double ba = Enumerable.Range(0, 4).Sum(r => (double)b[(o * 4) + r] * a[(r * inF) + i]);
+                loftQ += Math.Pow(stored[(o * inF) + i] - (adjusted[(o * inF) + i] + (2.0 * ba)), 2);
+                zeroB += Math.Pow(stored[(o * inF) + i] - plain[(o * inF) + i], 2);
+            }
+        }
+
+        Assert.True(Math.Sqrt(loftQ) < 0.95 * Math.Sqrt(zeroB), $"‖W − (Q + s·BA)‖ {Math.Sqrt(loftQ)} vs ‖W − Q‖ {Math.Sqrt(zeroB)}");
+        Assert.NotEqual(plain, adjusted); // the base itself was re-quantized
+        Assert.True(double.IsFinite(trainer.TrainStep(MicroBatches).Loss));
+
+        // LoftQ needs the dense weights: a 4-bit checkpoint cannot seed it.
+        string fourBit = Path.Combine(Directory.CreateTempSubdirectory("qlora-loftq-").FullName, "nf4");
+        LoraMerger.Merge(folder, adapter, fourBit, new MergeOptions { Weights = MergedWeights.FourBit });
+        using LlamaForCausalLM other = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        var e = Assert.Throws<CheckpointFormatException>(() => NewTrainer(other, Options with { LoftQ = new LoftQOptions(fourBit) }));
+        Assert.Contains("LoftQ needs the dense", e.Message);
+    }
+
+    [Fact]
     public void SchedulesFollowTransformersFormulas()
     {
         var constant = LearningRateSchedule.WithWarmupRatio(LearningRateScheduleKind.Constant, 0.03, 100);

@@ -1,4 +1,8 @@
+using QLoRA.Core;
 using QLoRA.Core.Peft;
+using QLoRA.Core.Quantization;
+using QLoRA.Core.Weights;
+using QLoRA.Runtime.Tensors;
 using Device = QLoRA.Runtime.Devices.Device;
 
 namespace QLoRA.Runtime.Layers;
@@ -55,5 +59,41 @@ public static class LoraAttachment
             linear.Lora?.Dispose();
             linear.Lora = new LoraSlot(device, module.A.ToSingle(), module.B.ToSingle(), module.Rank, module.InFeatures, module.OutFeatures, (float)adapter.Config.ScalingOf(module.Module), adapter.Config.LoraDropout);
         }
+    }
+
+    /// <summary>
+    /// LoftQ: for every targeted 4-bit layer, reads its dense weight from <paramref name="dense"/>, alternates
+    /// quantization and a rank-r SVD (<see cref="LoftQ"/>), replaces the layer's base with the adjusted one (same 4-bit
+    /// type, block size and double quantization) and attaches the adapter that makes Q + s·B·A closest to W.
+    /// </summary>
+    /// <exception cref="CheckpointFormatException">A targeted weight is missing from the dense source or not dense (named).</exception>
+    public static IReadOnlyList<string> AttachLoftQ(Device device, IEnumerable<(string Name, object Layer)> layers, LoraConfig config, IWeightSource dense, int iterations = 1)
+    {
+        var adapted = new List<string>();
+        foreach ((string name, object layer) in layers)
+        {
+            if (layer is not QuantizedLinear linear || linear.Weight is null || !config.Targets(name))
+            {
+                continue;
+            }
+
+            string tensor = name + ".weight";
+            WeightInfo info = dense.Require(tensor, linear.OutFeatures, linear.InFeatures);
+            if (info.QuantType is not null)
+            {
+                throw new CheckpointFormatException(dense.Location, tensor, "is stored 4-bit; LoftQ needs the dense (bf16/f16/f32) weights");
+            }
+
+            int rank = config.RankOf(name);
+            QuantState state = linear.Weight.State;
+            var options = new QuantizationOptions(state.Type, state.BlockSize, state.IsDoubleQuantized);
+            LoftQ.Result result = LoftQ.Initialize(dense.ReadSingle(tensor), linear.OutFeatures, linear.InFeatures, rank, config.ScalingOf(name), options, iterations, tensor);
+            linear.ReplaceBase(DeviceQuantizedTensor.Upload(device, result.Base));
+            linear.Lora?.Dispose();
+            linear.Lora = new LoraSlot(device, result.A, result.B, rank, linear.InFeatures, linear.OutFeatures, (float)config.ScalingOf(name), config.LoraDropout);
+            adapted.Add(name);
+        }
+
+        return adapted;
     }
 }

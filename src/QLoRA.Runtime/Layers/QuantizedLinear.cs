@@ -87,7 +87,20 @@ public sealed class QuantizedLinear : IDisposable
     public DeviceTensor? Bias { get; private set; }
 
     /// <summary>The frozen 4-bit weight, or null when the layer is dense (<see cref="DenseWeight"/>).</summary>
-    public DeviceQuantizedTensor? Weight { get; }
+    public DeviceQuantizedTensor? Weight { get; private set; }
+
+    /// <summary>Replaces the 4-bit base with <paramref name="weight"/> of the same shape (LoftQ's adjusted base); the old one is freed.</summary>
+    /// <exception cref="ArgumentException">The shape differs, or the layer is dense.</exception>
+    public void ReplaceBase(DeviceQuantizedTensor weight)
+    {
+        if (Weight is null || !weight.State.Shape.SequenceEqual(Weight.State.Shape))
+        {
+            throw new ArgumentException($"The new base must be a 4-bit [{OutFeatures}, {InFeatures}] weight of a 4-bit layer.", nameof(weight));
+        }
+
+        Weight.Dispose();
+        Weight = weight;
+    }
 
     /// <summary>The frozen dense weight [out, in] in the compute dtype, or null when the layer is 4-bit.</summary>
     public DeviceTensor? DenseWeight { get; }

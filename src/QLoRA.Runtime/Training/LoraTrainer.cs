@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json.Nodes;
 using QLoRA.Core;
 using QLoRA.Core.Peft;
+using QLoRA.Core.Weights;
 using QLoRA.Runtime.Engine;
 using QLoRA.Runtime.Layers;
 using Device = QLoRA.Runtime.Devices.Device;
@@ -40,7 +41,18 @@ public sealed partial class LoraTrainer : IDisposable
         Lora = lora;
         Options = options;
         _schedule = LearningRateSchedule.WithWarmupRatio(options.Schedule, options.WarmupRatio, options.MaxSteps);
-        IReadOnlyList<string> adapted = LoraAttachment.AttachNew(device, model.Projections().Select(p => (p.Name, (object)p.Layer)), lora, options.Seed);
+        var layers = model.Projections().Select(p => (p.Name, (object)p.Layer)).ToList();
+        IReadOnlyList<string> adapted;
+        if (options.LoftQ is LoftQOptions loftQ)
+        {
+            using CheckpointWeightSource dense = CheckpointWeightSource.Open(loftQ.DenseCheckpoint);
+            adapted = LoraAttachment.AttachLoftQ(device, layers, lora, dense, loftQ.Iterations);
+        }
+        else
+        {
+            adapted = LoraAttachment.AttachNew(device, layers, lora, options.Seed);
+        }
+
         if (adapted.Count == 0)
         {
             throw new ArgumentException("The LoRA config's target_modules match no projection of the model.", nameof(lora));

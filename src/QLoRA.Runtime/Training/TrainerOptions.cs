@@ -67,6 +67,12 @@ public sealed record TrainerOptions
     /// <summary>What to do with a NaN or infinite loss or gradient.</summary>
     public NonFinitePolicy OnNonFinite { get; init; } = NonFinitePolicy.SkipStep;
 
+    /// <summary>
+    /// LoftQ initialization instead of PEFT's (A random, B = 0): the folder of the dense checkpoint the 4-bit base was
+    /// quantized from, and the alternations; null for PEFT's init.
+    /// </summary>
+    public LoftQOptions? LoftQ { get; init; }
+
     /// <summary>Device memory the run may use, or null for the device's.</summary>
     public long? MemoryBudgetBytes { get; init; }
 
@@ -102,3 +108,8 @@ public sealed class TrainingMemoryException(MemoryEstimate estimate, long budget
     /// <summary>What the run would need.</summary>
     public MemoryEstimate Estimate { get; } = estimate;
 }
+
+/// <summary>LoftQ initialization of a run.</summary>
+/// <param name="DenseCheckpoint">Folder (or file) of the dense weights the base was quantized from.</param>
+/// <param name="Iterations">Alternations of quantization and rank-r SVD.</param>
+public sealed record LoftQOptions(string DenseCheckpoint, int Iterations = 1);
