@@ -325,6 +325,39 @@ public abstract class TrainerTests<TDevice>(TDevice fixture) : IClassFixture<TDe
     }
 
     [Fact]
+    public void AStepIsNormalizedByAllItsTargetsClippedByTheGlobalNormAndScheduled()
+    {
+        (string folder, TinyLlama.Weights weights) = TinyLlama.WriteCheckpoint();
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        TrainerOptions options = Options with { Optimizer = OptimizerKind.AdamW, MaxGradNorm = 1e-3, WarmupRatio = 0.5, MaxSteps = 4 };
+        using LoraTrainer trainer = NewTrainer(model, options);
+        StepReport first = trainer.TrainStep(MicroBatches);
+
+        // PEFT's start (B = 0) is the base model: the loss is the float64 base's mean over all 14 targets of both micro-batches.
+        int[] ids = [.. MicroBatches.SelectMany(b => b.Ids)], labels = [.. MicroBatches.SelectMany(b => b.Labels)];
+        int[] boundaries = [0, 8, 12, 18];
+        double expected = TinyLlama.Loss(weights, ids, labels, boundaries);
+        Assert.True(Math.Abs(first.Loss - expected) <= 1e-5 * expected, $"{first.Loss} vs {expected}");
+
+        // The global norm is the gradients' L2 norm; AdamW saw them times max_norm / (norm + 1e-6): m = (1 − β₁)·g·clip.
+        float[] g = trainer.Engine.Parameters.Gradients.ToHost<float>();
+        double norm = Math.Sqrt(g.Sum(x => (double)x * x));
+        Assert.True(Math.Abs(first.GradientNorm - norm) <= 1e-5 * norm, $"{first.GradientNorm} vs {norm}");
+        double clip = 1e-3 / (norm + 1e-6);
+        Assert.True(clip < 1, "the test needs the clipping active");
+        float[] m = trainer.Optimizer.ReadState()["exp_avg"].ToSingle();
+        for (int i = 0; i < g.Length; i++)
+        {
+            Assert.True(Math.Abs(m[i] - (0.1 * g[i] * clip)) <= 1e-6 * Math.Abs(g[i] * clip) + 1e-30, $"m[{i}] {m[i]} vs {0.1 * g[i] * clip}");
+        }
+
+        // Warmup over ceil(0.5 × 4) = 2 steps: 0, then half the peak, then the peak.
+        Assert.Equal(0.0, first.LearningRate);
+        Assert.Equal(0.5 * options.LearningRate, trainer.TrainStep(MicroBatches).LearningRate, 12);
+        Assert.Equal(options.LearningRate, trainer.TrainStep(MicroBatches).LearningRate, 12);
+    }
+
+    [Fact]
     public void SchedulesFollowTransformersFormulas()
     {
         var constant = LearningRateSchedule.WithWarmupRatio(LearningRateScheduleKind.Constant, 0.03, 100);
