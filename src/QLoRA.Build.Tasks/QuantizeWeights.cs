@@ -40,6 +40,15 @@ public sealed class QuantizeWeights : Microsoft.Build.Utilities.Task
     /// <summary>Semicolon-separated module names left unquantized.</summary>
     public string Keep { get; set; } = "lm_head;embed_tokens";
 
+    /// <summary>LoftQ rank: 0 (the default) for plain quantization; r &gt; 0 adjusts the base by LoftQ and writes the initial adapter in loftq_init/.</summary>
+    public string LoftQRank { get; set; } = "0";
+
+    /// <summary>lora_alpha of the LoftQ adapter (its scaling is alpha / r).</summary>
+    public string LoftQAlpha { get; set; } = "16";
+
+    /// <summary>LoftQ's alternations of quantization and rank-r SVD.</summary>
+    public string LoftQIterations { get; set; } = "1";
+
     /// <summary>The folder written.</summary>
     [Output]
     public string ModelDirectory { get; set; } = "";
@@ -97,6 +106,32 @@ public sealed class QuantizeWeights : Microsoft.Build.Utilities.Task
         {
             keep = [];
         }
-        return new WeightsJob([.. Sources.Select(s => s.GetMetadata("FullPath"))], Config, OutputName, OutputRoot, options, keep);
+        LoftQJob? loftQ = null;
+        if (!int.TryParse(LoftQRank, NumberStyles.Integer, CultureInfo.InvariantCulture, out int rank) || rank < 0)
+        {
+            throw new WeightsBuildException(BuildErrorCodes.InvalidMetadata, first, $"LoftQRank '{LoftQRank}' is not a rank (0 turns LoftQ off)");
+        }
+
+        if (rank > 0)
+        {
+            if (options is null)
+            {
+                throw new WeightsBuildException(BuildErrorCodes.InvalidMetadata, first, "LoftQRank needs a 4-bit QuantType: LoftQ adjusts the quantized base");
+            }
+
+            if (!double.TryParse(LoftQAlpha, NumberStyles.Float, CultureInfo.InvariantCulture, out double alpha) || !(alpha > 0) || double.IsInfinity(alpha))
+            {
+                throw new WeightsBuildException(BuildErrorCodes.InvalidMetadata, first, $"LoftQAlpha '{LoftQAlpha}' is not a positive number");
+            }
+
+            if (!int.TryParse(LoftQIterations, NumberStyles.Integer, CultureInfo.InvariantCulture, out int iterations) || iterations < 1)
+            {
+                throw new WeightsBuildException(BuildErrorCodes.InvalidMetadata, first, $"LoftQIterations '{LoftQIterations}' is not a positive integer");
+            }
+
+            loftQ = new LoftQJob(rank, alpha, iterations);
+        }
+
+        return new WeightsJob([.. Sources.Select(s => s.GetMetadata("FullPath"))], Config, OutputName, OutputRoot, options, keep) { LoftQ = loftQ };
     }
 }

@@ -5,6 +5,7 @@ using QLoRA.Core;
 using QLoRA.Core.BitsAndBytes;
 using QLoRA.Core.HuggingFace;
 using QLoRA.Core.Manifest;
+using QLoRA.Core.Peft;
 using QLoRA.Core.Quantization;
 using QLoRA.Core.SafeTensors;
 
@@ -17,7 +18,18 @@ namespace QLoRA.Build.Tasks;
 /// <param name="OutputRoot">Folder receiving <c>&lt;OutputName&gt;/</c> and <c>&lt;OutputName&gt;.qlora.json</c>.</param>
 /// <param name="Quantization">4-bit options, or null to copy every tensor unchanged (QuantType none).</param>
 /// <param name="Keep">Modules left unquantized, matched as transformers matches <c>llm_int8_skip_modules</c>.</param>
-public sealed record WeightsJob(IReadOnlyList<string> Sources, string ConfigPath, string OutputName, string OutputRoot, QuantizationOptions? Quantization, IReadOnlyList<string> Keep);
+public sealed record WeightsJob(IReadOnlyList<string> Sources, string ConfigPath, string OutputName, string OutputRoot, QuantizationOptions? Quantization, IReadOnlyList<string> Keep)
+{
+    /// <summary>LoftQ on every quantized linear weight, or null for plain quantization.</summary>
+    public LoftQJob? LoftQ { get; init; }
+}
+
+/// <summary>LoftQ at build time: rank, lora_alpha and alternations; the adapter goes to <c>loftq_init/</c> in the model folder.</summary>
+public sealed record LoftQJob(int Rank, double Alpha, int Iterations)
+{
+    /// <summary>The adapter folder's name inside the model folder.</summary>
+    public const string AdapterFolder = "loftq_init";
+}
 
 /// <summary>
 /// Turns a Hugging Face checkpoint into a pre-quantized, HF-loadable folder: safetensors in the bitsandbytes 4-bit
@@ -152,6 +164,7 @@ public sealed class WeightsQuantizer(Action<string> progress)
         using var writer = new SafeTensorsAppendWriter(path, header, durable: false, expectedDataBytes: data);
         var buffers = new System.Collections.Concurrent.ConcurrentBag<byte[]>();
         var pending = new Task<(QuantizedTensor Tensor, byte[] Buffer, string Hash)>?[tensors.Count];
+        var loftQAdapters = job.LoftQ is null ? null : new System.Collections.Concurrent.ConcurrentDictionary<string, LoraModuleWeights>(StringComparer.Ordinal);
         void StartAhead(int from)
         {
             long inFlight = 0;
@@ -164,7 +177,7 @@ public sealed class WeightsQuantizer(Action<string> progress)
                 }
 
                 inFlight += info.ByteLength;
-                pending[i] ??= Task.Run(() => HashAndQuantize(file, info, job.Quantization!, buffers));
+                pending[i] ??= Task.Run(() => HashAndQuantize(file, info, job.Quantization!, buffers, job.LoftQ, loftQAdapters));
             }
         }
 
@@ -188,7 +201,14 @@ public sealed class WeightsQuantizer(Action<string> progress)
                             writer.Add(spec, bytes.Span);
                         }
 
-                        buffers.Add(buffer);
+                        if (buffer.Length > 0)
+                        {
+                            buffers.Add(buffer);
+                        }
+                    }
+                    else if (job.LoftQ is not null)
+                    {
+                        throw new WeightsBuildException(BuildErrorCodes.InvalidMetadata, file.Path, $"tensor '{info.Name}' is over 2 GiB: LoftQ needs it in memory; quantize it without LoftQ or list the module in Keep");
                     }
                     else
                     {
@@ -221,6 +241,11 @@ public sealed class WeightsQuantizer(Action<string> progress)
         }
 
         writer.Commit(new Dictionary<string, string> { ["format"] = "pt", ["qlora.quantized_by"] = "QLoRA.Sdk QuantizeWeights" });
+        if (loftQAdapters is not null)
+        {
+            WriteLoftQAdapter(job, loftQAdapters, Path.Combine(Path.GetDirectoryName(path)!, LoftQJob.AdapterFolder));
+        }
+
         return manifest;
     }
 
@@ -259,9 +284,21 @@ public sealed class WeightsQuantizer(Action<string> progress)
         return ((int)Math.Min(header, 100_000_000), data);
     }
 
-    private static (QuantizedTensor Tensor, byte[] Buffer, string Hash) HashAndQuantize(SafeTensorsFile file, SafeTensorInfo info, QuantizationOptions options, System.Collections.Concurrent.ConcurrentBag<byte[]> buffers)
+    private static (QuantizedTensor Tensor, byte[] Buffer, string Hash) HashAndQuantize(SafeTensorsFile file, SafeTensorInfo info, QuantizationOptions options, System.Collections.Concurrent.ConcurrentBag<byte[]> buffers, LoftQJob? loftQ, System.Collections.Concurrent.ConcurrentDictionary<string, LoraModuleWeights>? adapters)
     {
         string hash = Xxh3(file, info);
+        if (loftQ is not null)
+        {
+            // LoftQ: the base is quantize(W − s·B·A) after the alternations, and B, A are the initial adapter.
+            int outFeatures = checked((int)info.Shape[0]), inFeatures = checked((int)info.Shape[1]);
+            int rank = Math.Min(loftQ.Rank, Math.Min(outFeatures, inFeatures));
+            float[] weight = new TensorData(info.Dtype, info.Shape, file.GetBytes(info.Name).ToArray()).ToSingle();
+            LoftQ.Result result = LoftQ.Initialize(weight, outFeatures, inFeatures, rank, loftQ.Alpha / rank, options, loftQ.Iterations, info.Name);
+            string module = info.Name[..^".weight".Length];
+            adapters![module] = new LoraModuleWeights(module, TensorData.FromSingle(result.A, rank, inFeatures), TensorData.FromSingle(result.B, outFeatures, rank));
+            return (result.Base, [], hash);
+        }
+
         int packedBytes = checked((int)BlockwiseLayout.PackedByteCount(info.ElementCount));
         // Reused buffers: a fresh array per tensor costs a page fault per 4 KiB (about 1 GB/s here), more than quantizing.
         if (!buffers.TryTake(out byte[]? buffer) || buffer.Length < packedBytes)
@@ -339,6 +376,24 @@ public sealed class WeightsQuantizer(Action<string> progress)
         {
             writer.Add(spec, data.Span);
         }
+    }
+
+    // The initial adapter as PEFT saves one: every adjusted module, target_modules naming their short names.
+    private static void WriteLoftQAdapter(WeightsJob job, IReadOnlyDictionary<string, LoraModuleWeights> modules, string folder)
+    {
+        LoftQJob loftQ = job.LoftQ!;
+        var config = new JsonObject
+        {
+            ["peft_type"] = "LORA",
+            ["task_type"] = "CAUSAL_LM",
+            ["r"] = loftQ.Rank,
+            ["lora_alpha"] = loftQ.Alpha,
+            ["lora_dropout"] = 0.0,
+            ["bias"] = "none",
+            ["base_model_name_or_path"] = job.OutputName,
+            ["target_modules"] = new JsonArray([.. modules.Keys.Select(m => m[(m.LastIndexOf('.') + 1)..]).Distinct().Order(StringComparer.Ordinal).Select(n => (JsonNode?)n)]),
+        };
+        new LoraAdapter(LoraConfig.Parse(config.ToJsonString(), Path.Combine(folder, LoraConfig.FileName)), modules.Values.OrderBy(m => m.Module, StringComparer.Ordinal)).Save(folder);
     }
 
     private static void WriteConfig(HfModelConfig config, WeightsJob job, string path)

@@ -150,4 +150,22 @@ public class QuantizeWeightsBuildTests
         Assert.Contains("error QLR1005", log);
         Assert.Contains("'lm_head.weight' has shape [100, 64]", log);
     }
+
+    [Fact]
+    public void LoftQMetadataWritesTheInitialAdapterBesideTheAdjustedBaseAndBadValuesAreErrors()
+    {
+        string project = DotnetBuild.WriteProject(Directory.CreateTempSubdirectory("qlora-e2e-").FullName, """<QLoRAWeights Include="weights/tiny" LoftQRank="4" LoftQAlpha="8" />""");
+        TinyCheckpoint.Write(Path.Combine(project, "weights", "tiny"));
+        (int code, string log) = DotnetBuild.Run(project);
+        Assert.True(code == 0, log);
+        string adapter = Path.Combine(project, "bin", "Debug", "net10.0", "tiny", "loftq_init");
+        Assert.True(File.Exists(Path.Combine(adapter, "adapter_model.safetensors")), log);
+        Assert.Equal(4, QLoRA.Core.Peft.LoraAdapter.Load(adapter).Config.R);
+
+        File.WriteAllText(Path.Combine(project, "Model.csproj"), File.ReadAllText(Path.Combine(project, "Model.csproj")).Replace("LoftQRank=\"4\"", "LoftQRank=\"four\"", StringComparison.Ordinal));
+        (code, log) = DotnetBuild.Run(project);
+        Assert.NotEqual(0, code);
+        Assert.Contains("error QLR1007", log);
+        Assert.Contains("LoftQRank 'four'", log);
+    }
 }

@@ -112,6 +112,35 @@ public class WeightsQuantizerTests
     }
 
     [Fact]
+    public void LoftQAdjustsTheBaseAndWritesTheInitialAdapterThatBringsItCloserToTheWeights()
+    {
+        string src = TempDir(), output = TempDir();
+        Dictionary<string, byte[]> source = TinyCheckpoint.Write(src);
+        var options = new QuantizationOptions();
+        string modelDir = new WeightsQuantizer(_ => { }).Run(Job(src, output, options) with { LoftQ = new LoftQJob(Rank: 8, Alpha: 16, Iterations: 2) });
+
+        var adapter = QLoRA.Core.Peft.LoraAdapter.Load(Path.Combine(modelDir, LoftQJob.AdapterFolder));
+        Assert.Equal(14, adapter.Modules.Count); // every quantized projection; lm_head and the embeddings are kept dense
+        Assert.Equal(8, adapter.Config.R);
+        Assert.Equal(2.0, adapter.Config.ScalingOf("model.layers.0.mlp.up_proj"));
+        using SafeTensorsFile file = SafeTensorsFile.Open(Path.Combine(modelDir, "model.safetensors"));
+        foreach (string module in new[] { "model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj" })
+        {
+            string name = module + ".weight";
+            IReadOnlyList<long> shape = BnbFourBitTensor.Read(file, name).State.Shape;
+            float[] w = new TensorData(DType.BF16, shape, source[name]).ToSingle();
+            float[] adjusted = BnbFourBitTensor.Read(file, name).DequantizeToSingle();
+            float[] plain = QuantizedTensor.Quantize(source[name], DType.BF16, shape, options, name).DequantizeToSingle();
+            QLoRA.Core.Peft.LoraModuleWeights m = adapter.Modules[module];
+            float[] merged = QLoRA.Core.Peft.LoraMerger.AddDelta(adjusted, m, 2.0);
+            double loftQ = Math.Sqrt(w.Zip(merged).Sum(p => Math.Pow(p.First - p.Second, 2)));
+            double zeroB = Math.Sqrt(w.Zip(plain).Sum(p => Math.Pow(p.First - p.Second, 2)));
+            Assert.True(loftQ < 0.97 * zeroB, $"{module}: ‖W − (Q + s·BA)‖ {loftQ} vs ‖W − Q‖ {zeroB}");
+        }
+
+    }
+
+    [Fact]
     public void ShardedIndexFp4AndPlainAbsmaxWork()
     {
         string src = TempDir(), output = TempDir();
