@@ -7,6 +7,7 @@ using Device = QLoRA.Runtime.Devices.Device;
 // rate). Prints a table and one JSON record.
 //   . .gpu/env.sh && dotnet .gpu/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.dll           (CUDA, full shapes)
 //   dotnet run -c Release --project bench/QLoRA.Bench.Gpu -- --small            (any machine, small shapes)
+//   dotnet QLoRA.Bench.Gpu.dll train [--shape 1b|8b] [--batch 1|4] [--seq 2048] [--small]  (QLoRA training tokens/s and peak memory)
 //   dotnet QLoRA.Bench.Gpu.dll logits <hf-folder> <out.f32> <id> <id> ...   (writes our logits for tests/interop/llama_parity.py)
 if (args.Length >= 3 && args[0] == "logits")
 {
@@ -36,6 +37,18 @@ if (args.Length == 3 && args[0] == "quantize")
 
 bool small = args.Contains("--small");
 using Device device = Device.Best();
+if (device.Kind != QLoRA.Runtime.Devices.DeviceKind.Cuda && !small)
+{
+    // Full llama shapes on the CPU accelerator would run for many minutes: say so instead.
+    Console.Error.WriteLine($"No CUDA device ({device.Description}): the full shapes need a GPU. Run with --small for small shapes on this machine.");
+    return 2;
+}
+
+if (args.Length > 0 && args[0] == "train")
+{
+    return QLoRA.Bench.Gpu.TrainBenchmark.Run(args, device);
+}
+
 Console.WriteLine($"device: {device.Description}");
 var report = new QLoRA.Bench.Gpu.BenchReport(device, small);
 QLoRA.Bench.Gpu.Sections.Copy(report); // the reference every share needs: no point going on without it

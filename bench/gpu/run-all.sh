@@ -21,3 +21,9 @@ step tests dotnet .gpu/QLoRA.Runtime.Tests/QLoRA.Runtime.Tests.dll
 TAIL=45 step bench dotnet .gpu/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.dll
 QLORA_COMPUTE_DTYPE=f32 step llama_parity python3 tests/interop/llama_parity.py
 step bnb_parity python3 tests/interop/bnb_parity.py
+# QLoRA training next to HF transformers + PEFT bf16 LoRA on the same shapes (DESIGN target: 2x their tokens/s, <= 40% of their memory).
+step train_1b_b1 dotnet .gpu/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.dll train --shape 1b --batch 1
+step peft_1b_b1 python3 bench/gpu/peft_train.py --shape 1b --batch 1
+step train_1b_b4 dotnet .gpu/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.dll train --shape 1b --batch 4
+step peft_1b_b4 python3 bench/gpu/peft_train.py --shape 1b --batch 4
+
