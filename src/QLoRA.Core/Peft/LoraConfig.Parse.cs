@@ -126,6 +126,13 @@ public sealed partial class LoraConfig
             ExcludeModules = excludes,
             ExcludeModulesRegex = excludeRegex,
             UseRsLora = f.Bool("use_rslora") ?? false,
+            InitLoraWeights = root["init_lora_weights"] switch
+            {
+                null => "true",
+                JsonValue v when v.TryGetValue(out bool b) => b ? "true" : "false",
+                JsonValue v when v.TryGetValue(out string? method) => method,
+                var other => f.Reject<string>("init_lora_weights", $"must be true, false or a method name, got {other.ToJsonString()}"),
+            },
             RankPattern = f.Pattern<int>("rank_pattern", node => node is JsonValue v && v.TryGetValue(out double d) && d >= 1 && d == Math.Floor(d) ? (int)d : null),
             AlphaPattern = f.Pattern<double>("alpha_pattern", node => node is JsonValue v && v.TryGetValue(out double d) && double.IsFinite(d) ? d : null),
             ModulesToSave = modulesToSave,

@@ -23,7 +23,7 @@ public sealed partial class LoraConfig
             ["exclude_modules"] = ExcludeModulesRegex is not null ? JsonValue.Create(ExcludeModulesRegex) : ExcludeModules is null ? null : new JsonArray([.. ExcludeModules.Order(StringComparer.Ordinal).Select(s => (JsonNode?)s)]),
             ["fan_in_fan_out"] = false,
             ["inference_mode"] = true,
-            ["init_lora_weights"] = true,
+            ["init_lora_weights"] = InitLoraWeights switch { "true" => JsonValue.Create(true), "false" => JsonValue.Create(false), var method => JsonValue.Create(method) },
             ["layer_replication"] = null,
             ["layers_pattern"] = null,
             ["layers_to_transform"] = LayersToTransform is null ? null : new JsonArray([.. LayersToTransform.Select(i => (JsonNode?)i)]),

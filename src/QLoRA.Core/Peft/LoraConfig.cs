@@ -41,6 +41,13 @@ public sealed partial class LoraConfig
     /// <summary>rsLoRA: scale by alpha / √r.</summary>
     public bool UseRsLora { get; init; }
 
+    /// <summary>
+    /// init_lora_weights as PEFT names it: <c>true</c> (A kaiming-uniform, B zero), <c>gaussian</c> (A ~ N(0, 1/r²), B
+    /// zero), <c>false</c> (B random too: for tests), <c>loftq</c>, or another PEFT method (read, but new adapters cannot
+    /// be initialized by it). Only matters when new adapters are made.
+    /// </summary>
+    public string InitLoraWeights { get; init; } = "true";
+
     /// <summary>Per-module rank overrides: pattern → rank (first matching pattern wins).</summary>
     public IReadOnlyList<KeyValuePair<string, int>> RankPattern { get; init; } = [];
 

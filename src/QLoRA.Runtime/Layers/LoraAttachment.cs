@@ -31,20 +31,46 @@ public static class LoraAttachment
             }
 
             int rank = config.RankOf(name);
-            // kaiming_uniform_(a=√5) on A [r, in]: bound = gain·√(3/fan_in) with gain = √(2/(1+5)) → 1/√in.
-            double bound = 1.0 / Math.Sqrt(linear.InFeatures);
             var a = new float[rank * linear.InFeatures];
-            for (int i = 0; i < a.Length; i++)
+            var b = new float[linear.OutFeatures * rank];
+            switch (config.InitLoraWeights)
             {
-                a[i] = (float)(((rng.NextDouble() * 2) - 1) * bound);
+                case "true" or "false":
+                    // kaiming_uniform_(a=√5) on A [r, in]: bound = gain·√(3/fan_in) with gain = √(2/(1+5)) → 1/√in.
+                    Uniform(a, 1.0 / Math.Sqrt(linear.InFeatures), rng);
+                    if (config.InitLoraWeights == "false")
+                    {
+                        Uniform(b, 1.0 / Math.Sqrt(rank), rng); // PEFT's init_lora_weights=False: B as nn.Linear initializes it
+                    }
+
+                    break;
+                case "gaussian":
+                    // PEFT: nn.init.normal_(lora_A, std=1/r); B zero.
+                    for (int i = 0; i < a.Length; i++)
+                    {
+                        a[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()) / rank);
+                    }
+
+                    break;
+                default:
+                    throw new PeftAdapterException(LoraConfig.FileName, "init_lora_weights",
+                        $"'{config.InitLoraWeights}' cannot initialize new adapters here (true, false, gaussian; LoftQ through TrainerOptions.LoftQ)");
             }
 
             linear.Lora?.Dispose();
-            linear.Lora = new LoraSlot(device, a, new float[linear.OutFeatures * rank], rank, linear.InFeatures, linear.OutFeatures, (float)config.ScalingOf(name), config.LoraDropout);
+            linear.Lora = new LoraSlot(device, a, b, rank, linear.InFeatures, linear.OutFeatures, (float)config.ScalingOf(name), config.LoraDropout);
             adapted.Add(name);
         }
 
         return adapted;
+    }
+
+    private static void Uniform(float[] values, double bound, Random rng)
+    {
+        for (int i = 0; i < values.Length; i++)
+        {
+            values[i] = (float)(((rng.NextDouble() * 2) - 1) * bound);
+        }
     }
 
     /// <summary>Attaches a saved PEFT adapter: every adapted module must exist in the model with matching in/out features.</summary>
