@@ -22,6 +22,9 @@ public sealed record WeightsJob(IReadOnlyList<string> Sources, string ConfigPath
 {
     /// <summary>LoftQ on every quantized linear weight, or null for plain quantization.</summary>
     public LoftQJob? LoftQ { get; init; }
+
+    /// <summary>Write the weights manifest (&lt;OutputName&gt;.qlora.json) beside the folder, for the generator's checks.</summary>
+    public bool WriteManifest { get; init; } = true;
 }
 
 /// <summary>LoftQ at build time: rank, lora_alpha and alternations; the adapter goes to <c>loftq_init/</c> in the model folder.</summary>
@@ -65,8 +68,11 @@ public sealed class WeightsQuantizer(Action<string> progress)
             CopyCompanions(job, tempDir);
             ReplaceDirectory(tempDir, finalDir);
             var tied = config.TieWordEmbeddings && !source.Contains("lm_head.weight") ? new[] { "lm_head.weight" } : [];
-            var manifest = new WeightsManifest(job.OutputName, ManifestConfig(config), tied, tensors);
-            AtomicFile.WriteAllText(manifestPath, manifest.ToJson());
+            if (job.WriteManifest)
+            {
+                var manifest = new WeightsManifest(job.OutputName, ManifestConfig(config), tied, tensors);
+                AtomicFile.WriteAllText(manifestPath, manifest.ToJson());
+            }
             return finalDir;
         }
         catch (IOException e) when (e is not FileNotFoundException)

@@ -1,0 +1,3 @@
+using QLoRA.Cli;
+
+return QloraCli.Run(args, Console.Out, Console.Error, interactive: !Console.IsOutputRedirected);

@@ -1,0 +1,72 @@
+using System.CommandLine;
+using QLoRA.Build.Tasks;
+using QLoRA.Core;
+using QLoRA.Core.HuggingFace;
+
+namespace QLoRA.Cli;
+
+/// <summary>
+/// The <c>qlora</c> command line. Exit codes: 0 success, 1 a user error (one clear message on stderr; the stack trace
+/// only with <c>--verbose</c>), 2 a usage error. Commands that write leave nothing half-written on failure.
+/// </summary>
+public static class QloraCli
+{
+    /// <summary>Exit code of a user error (bad file, bad value).</summary>
+    public const int UserError = 1;
+
+    /// <summary>Exit code of a usage error (unknown command or option, missing argument).</summary>
+    public const int UsageError = 2;
+
+    /// <summary>Runs the command line with <paramref name="args"/>, writing to <paramref name="output"/> and <paramref name="error"/>.</summary>
+    /// <param name="args">The arguments.</param>
+    /// <param name="output">Standard output.</param>
+    /// <param name="error">Standard error.</param>
+    /// <param name="interactive">Whether output is a terminal (progress displays) or redirected (plain lines).</param>
+    public static int Run(string[] args, TextWriter output, TextWriter error, bool interactive = false)
+    {
+        var verbose = new Option<bool>("--verbose") { Description = "Show the full exception of an error", Recursive = true };
+        var root = new RootCommand("qlora: inspect, quantize and dequantize Hugging Face and bitsandbytes 4-bit checkpoints");
+        root.Options.Add(verbose);
+        var context = new CommandContext(output, error, interactive);
+        root.Subcommands.Add(InspectCommand.Create(context));
+        root.Subcommands.Add(QuantizeCommand.Create(context));
+        root.Subcommands.Add(DequantizeCommand.Create(context));
+
+        ParseResult parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0)
+        {
+            foreach (System.CommandLine.Parsing.ParseError e in parsed.Errors)
+            {
+                error.WriteLine($"qlora: {e.Message}");
+            }
+
+            error.WriteLine("Run 'qlora --help' for usage.");
+            return UsageError;
+        }
+
+        try
+        {
+            return parsed.Invoke(new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e) when (IsUserError(e))
+        {
+            error.WriteLine($"qlora: {e.Message}");
+            if (parsed.GetValue(verbose))
+            {
+                error.WriteLine(e.ToString());
+            }
+
+            return UserError;
+        }
+    }
+
+    private static bool IsUserError(Exception e) =>
+        e is CheckpointFormatException or HfConfigException or WeightsBuildException or FileNotFoundException or DirectoryNotFoundException
+            or UnauthorizedAccessException or CliException or ArgumentException || (e is IOException && e is not EndOfStreamException);
+}
+
+/// <summary>A user error the CLI found itself (bad option value, a path of the wrong kind).</summary>
+public sealed class CliException(string message) : Exception(message);
+
+/// <summary>Where commands write and whether they may show progress displays.</summary>
+internal sealed record CommandContext(TextWriter Output, TextWriter Error, bool Interactive);

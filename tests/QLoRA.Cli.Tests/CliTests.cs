@@ -1,0 +1,207 @@
+using System.Runtime.InteropServices;
+using System.Text.Json.Nodes;
+using QLoRA.Core;
+using QLoRA.Core.BitsAndBytes;
+using QLoRA.Core.Numerics;
+using QLoRA.Core.Quantization;
+using QLoRA.Core.SafeTensors;
+
+namespace QLoRA.Cli.Tests;
+
+/// <summary>
+/// The qlora command line run in-process on a tiny checkpoint: each command end to end, exit codes (0, 1 for user
+/// errors with one message and no stack trace, 2 for usage errors), nothing written on failure, help snapshots.
+/// </summary>
+public sealed class CliTests
+{
+    private static (int Code, string Out, string Err) Qlora(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = QloraCli.Run(args, output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    // A tiny Llama folder (hidden 64, 2 layers) with bf16 weights, a config.json and a tokenizer file to carry along.
+    private static (string Folder, Dictionary<string, byte[]> Tensors) Checkpoint()
+    {
+        string dir = Directory.CreateTempSubdirectory("qlora-cli-").FullName;
+        File.WriteAllText(Path.Combine(dir, "config.json"), """{"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":100,"rms_norm_eps":1e-5,"torch_dtype":"bfloat16"}""");
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), """{"bos_token": "<s>"}""");
+        var tensors = new Dictionary<string, byte[]>();
+        var rng = new Random(1);
+        void Add(string name, params long[] shape)
+        {
+            long n = shape.Aggregate(1L, (a, b) => a * b);
+            tensors[name] = MemoryMarshal.AsBytes(Enumerable.Range(0, (int)n).Select(_ => BFloat16.FromSingle((float)((rng.NextDouble() - 0.5) * 0.2))).ToArray().AsSpan()).ToArray();
+        }
+
+        Add("model.embed_tokens.weight", 100, 64);
+        Add("model.norm.weight", 64);
+        Add("lm_head.weight", 100, 64);
+        for (int l = 0; l < 2; l++)
+        {
+            string p = $"model.layers.{l}.";
+            Add(p + "input_layernorm.weight", 64);
+            Add(p + "post_attention_layernorm.weight", 64);
+            Add(p + "self_attn.q_proj.weight", 64, 64);
+            Add(p + "self_attn.k_proj.weight", 32, 64);
+            Add(p + "self_attn.v_proj.weight", 32, 64);
+            Add(p + "self_attn.o_proj.weight", 64, 64);
+            Add(p + "mlp.gate_proj.weight", 128, 64);
+            Add(p + "mlp.up_proj.weight", 128, 64);
+            Add(p + "mlp.down_proj.weight", 64, 128);
+        }
+
+        SafeTensorsWriter.Save(Path.Combine(dir, "model.safetensors"),
+            tensors.Select(t => (new SafeTensorSpec(t.Key, DType.BF16, t.Key.Contains("norm.", StringComparison.Ordinal) ? [64] : Shape(t.Key)), (ReadOnlyMemory<byte>)t.Value)));
+        return (dir, tensors);
+    }
+
+    private static long[] Shape(string name) => name switch
+    {
+        _ when name.Contains("embed", StringComparison.Ordinal) || name.StartsWith("lm_head", StringComparison.Ordinal) => [100, 64],
+        _ when name.Contains("q_proj", StringComparison.Ordinal) || name.Contains("o_proj", StringComparison.Ordinal) => [64, 64],
+        _ when name.Contains("k_proj", StringComparison.Ordinal) || name.Contains("v_proj", StringComparison.Ordinal) => [32, 64],
+        _ when name.Contains("down_proj", StringComparison.Ordinal) => [64, 128],
+        _ => [128, 64],
+    };
+
+    [Fact]
+    public void QuantizeThenDequantizeMatchQLoRACoresQuantizerBitForBit()
+    {
+        (string folder, Dictionary<string, byte[]> source) = Checkpoint();
+        string nf4 = Path.Combine(Directory.CreateTempSubdirectory("qlora-cli-").FullName, "tiny-nf4");
+        (int code, string output, string error) = Qlora("quantize", folder, nf4);
+        Assert.True(code == 0, error);
+        Assert.Contains("quantizing model.layers.1.mlp.down_proj", output); // redirected: progress as plain lines
+        Assert.Contains("\"quant_method\": \"bitsandbytes\"", File.ReadAllText(Path.Combine(nf4, "config.json")));
+        Assert.True(File.Exists(Path.Combine(nf4, "tokenizer_config.json")));
+        Assert.Empty(Directory.GetFiles(Path.GetDirectoryName(nf4)!, "*.qlora.json")); // no build manifest from the CLI
+
+        string dense = Path.Combine(Path.GetDirectoryName(nf4)!, "tiny-bf16");
+        (code, _, error) = Qlora("dequantize", nf4, dense);
+        Assert.True(code == 0, error);
+        Assert.DoesNotContain("quantization_config", File.ReadAllText(Path.Combine(dense, "config.json")));
+        using SafeTensorsFile quantized = SafeTensorsFile.Open(Path.Combine(nf4, "model.safetensors"));
+        using SafeTensorsFile decoded = SafeTensorsFile.Open(Path.Combine(dense, "model.safetensors"));
+        foreach ((string name, byte[] bytes) in source)
+        {
+            if (!name.Contains("_proj.", StringComparison.Ordinal))
+            {
+                Assert.Equal(bytes, quantized.GetBytes(name).ToArray()); // kept dense, bit for bit
+                Assert.Equal(bytes, decoded.GetBytes(name).ToArray());
+                continue;
+            }
+
+            QuantizedTensor reference = QuantizedTensor.Quantize(bytes, DType.BF16, Shape(name), QuantizationOptions.Default, name);
+            Assert.Equal(reference.Packed.ToArray(), BnbFourBitTensor.Read(quantized, name).Packed.ToArray());
+            byte[] expected = TensorData.FromSingleAsBFloat16(reference.DequantizeToSingle(), Shape(name)).Data;
+            Assert.Equal(expected, decoded.GetBytes(name).ToArray());
+        }
+
+        // A single file in: a single 4-bit file out, FP4 here.
+        string file = Path.Combine(Path.GetDirectoryName(nf4)!, "one.safetensors");
+        (code, output, error) = Qlora("quantize", Path.Combine(folder, "model.safetensors"), file, "--quant-type", "fp4", "--block-size", "128", "--double-quant", "false");
+        Assert.True(code == 0, error);
+        using SafeTensorsFile one = SafeTensorsFile.Open(file);
+        QuantizedTensor q = BnbFourBitTensor.Read(one, "model.layers.0.mlp.up_proj.weight");
+        Assert.Equal((QuantType.Fp4, 128, false), (q.State.Type, q.State.BlockSize, q.State.IsDoubleQuantized));
+        Assert.Equal(QuantizedTensor.Quantize(source["model.layers.0.mlp.up_proj.weight"], DType.BF16, [128, 64], new QuantizationOptions(QuantType.Fp4, 128, false)).Packed.ToArray(), q.Packed.ToArray());
+    }
+
+    [Fact]
+    public void InspectListsTensorsQuantizationFootprintAndConfig()
+    {
+        (string folder, _) = Checkpoint();
+        string nf4 = Path.Combine(Directory.CreateTempSubdirectory("qlora-cli-").FullName, "tiny");
+        Assert.Equal(0, Qlora("quantize", folder, nf4).Code);
+        (int code, string output, string error) = Qlora("inspect", nf4);
+        Assert.True(code == 0, error);
+        Assert.Contains("| model.layers.0.self_attn.q_proj.weight | BF16 | [64, 64] |", output);
+        Assert.Contains("nf4, block 64, double-quantized", output);
+        Assert.Contains("config: llama, hidden 64, intermediate 128, 2 layers, 4 heads (2 kv, head_dim 16), vocab 100", output);
+
+        (code, output, _) = Qlora("inspect", nf4, "--json");
+        Assert.Equal(0, code);
+        JsonNode json = JsonNode.Parse(output)!;
+        Assert.Equal(21, json["tensors"]!.AsArray().Count); // 4-bit tensors once, their absmax and maps folded in
+        long bf16 = json["footprint_bytes"]!["bf16"]!.GetValue<long>(), nf4Bytes = json["footprint_bytes"]!["nf4"]!.GetValue<long>(), dq = json["footprint_bytes"]!["nf4_double_quant"]!.GetValue<long>();
+        long linear = 2 * ((64 * 64 * 2) + (32 * 64 * 2) + (128 * 64 * 3)), dense = json["parameters"]!.GetValue<long>() - linear;
+        Assert.Equal(2 * (dense + linear), bf16);
+        Assert.Equal((2 * dense) + (linear / 2) + (4 * (linear / 64)), nf4Bytes); // codes + one f32 absmax per 64
+        // Double quantization: one byte per absmax, an f32 per 256 of them, and the 256-entry nested map per tensor.
+        long[] linearSizes = [.. Enumerable.Repeat(new long[] { 64 * 64, 32 * 64, 32 * 64, 64 * 64, 128 * 64, 128 * 64, 64 * 128 }, 2).SelectMany(x => x)];
+        Assert.Equal((2 * dense) + linearSizes.Sum(n => (n / 2) + (n / 64) + (4 * (((n / 64) + 255) / 256)) + 1024), dq);
+        Assert.True(nf4Bytes < bf16);
+        Assert.Equal("nf4", json["tensors"]!.AsArray().First(t => t!["name"]!.GetValue<string>() == "model.layers.1.mlp.up_proj.weight")!["quant"]!["type"]!.GetValue<string>());
+    }
+
+    [Fact]
+    public void MalformedFilesAndBadArgumentsGiveOneMessageTheRightExitCodeAndWriteNothing()
+    {
+        string dir = Directory.CreateTempSubdirectory("qlora-cli-").FullName;
+        var corpus = new Dictionary<string, byte[]>
+        {
+            ["short.safetensors"] = [1, 2, 3],
+            ["header-too-long.safetensors"] = [.. BitConverter.GetBytes(1L << 40), .. "{}"u8.ToArray()],
+            ["not-json.safetensors"] = [.. BitConverter.GetBytes(8L), .. "{nonsens"u8.ToArray()],
+            ["out-of-range.safetensors"] = Header("""{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,64]}}""", 16),
+            ["bad-dtype.safetensors"] = Header("""{"w":{"dtype":"Q7","shape":[4],"data_offsets":[0,16]}}""", 16),
+        };
+        foreach ((string name, byte[] bytes) in corpus)
+        {
+            string path = Path.Combine(dir, name);
+            File.WriteAllBytes(path, bytes);
+            foreach (string[] args in new[] { new[] { "inspect", path }, ["quantize", path, path + ".out"], ["dequantize", path, path + ".out"] })
+            {
+                (int code, string output, string error) = Qlora(args);
+                Assert.True(code == QloraCli.UserError, $"{args[0]} {name}: exit {code}, {error}{output}");
+                Assert.StartsWith("qlora: ", error);
+                Assert.Contains(name, error);
+                Assert.DoesNotContain("   at ", error); // no stack trace without --verbose
+                Assert.False(File.Exists(path + ".out"), $"{args[0]} {name} left output behind");
+            }
+        }
+
+        Assert.Contains("   at ", Qlora("inspect", Path.Combine(dir, "short.safetensors"), "--verbose").Err);
+        (string folder, _) = Checkpoint();
+        string target = Path.Combine(dir, "never");
+        Assert.Equal(QloraCli.UserError, Qlora("quantize", folder, target, "--quant-type", "nf3").Code);
+        Assert.Equal(QloraCli.UserError, Qlora("quantize", folder, target, "--block-size", "48").Code);
+        Assert.Equal(QloraCli.UserError, Qlora("dequantize", folder, target, "--dtype", "f8").Code);
+        Assert.False(Directory.Exists(target));
+        Assert.Equal(QloraCli.UsageError, Qlora("inspect").Code);
+        Assert.Equal(QloraCli.UsageError, Qlora("quantize", folder).Code);
+        Assert.Equal(QloraCli.UsageError, Qlora("frobnicate").Code);
+        Assert.Equal(QloraCli.UsageError, Qlora("inspect", folder, "--colour").Code);
+        Assert.Equal(QloraCli.UserError, Qlora("inspect", Path.Combine(dir, "missing")).Code);
+    }
+
+    private static byte[] Header(string json, int dataBytes)
+    {
+        byte[] header = System.Text.Encoding.UTF8.GetBytes(json);
+        return [.. BitConverter.GetBytes((long)header.Length), .. header, .. new byte[dataBytes]];
+    }
+
+    [Theory]
+    [InlineData("root")]
+    [InlineData("inspect")]
+    [InlineData("quantize")]
+    [InlineData("dequantize")]
+    public void HelpMatchesItsSnapshot(string command)
+    {
+        (int code, string output, _) = Qlora(command == "root" ? ["--help"] : [command, "--help"]);
+        Assert.Equal(0, code);
+        string text = output.ReplaceLineEndings("\n");
+        string golden = Path.Combine(AppContext.BaseDirectory, "Golden", $"help-{command}.txt");
+        if (Environment.GetEnvironmentVariable("QLORA_UPDATE_GOLDEN") == "1")
+        {
+            File.WriteAllText(Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../Golden", $"help-{command}.txt")), text);
+            return;
+        }
+
+        Assert.True(File.Exists(golden), $"missing {golden} (run with QLORA_UPDATE_GOLDEN=1)");
+        Assert.Equal(File.ReadAllText(golden).ReplaceLineEndings("\n"), text);
+    }
+}
