@@ -25,12 +25,13 @@ public static class QloraCli
     public static int Run(string[] args, TextWriter output, TextWriter error, bool interactive = false)
     {
         var verbose = new Option<bool>("--verbose") { Description = "Show the full exception of an error", Recursive = true };
-        var root = new RootCommand("qlora: inspect, quantize and dequantize Hugging Face and bitsandbytes 4-bit checkpoints");
+        var root = new RootCommand("qlora: inspect, quantize, dequantize and score Hugging Face and bitsandbytes 4-bit checkpoints");
         root.Options.Add(verbose);
         var context = new CommandContext(output, error, interactive);
         root.Subcommands.Add(InspectCommand.Create(context));
         root.Subcommands.Add(QuantizeCommand.Create(context));
         root.Subcommands.Add(DequantizeCommand.Create(context));
+        root.Subcommands.Add(ScoreCommand.Create(context));
 
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
@@ -62,7 +63,7 @@ public static class QloraCli
 
     private static bool IsUserError(Exception e) =>
         e is CheckpointFormatException or HfConfigException or WeightsBuildException or FileNotFoundException or DirectoryNotFoundException
-            or UnauthorizedAccessException or CliException or ArgumentException || (e is IOException && e is not EndOfStreamException);
+            or UnauthorizedAccessException or CliException or ArgumentException or QLoRA.Text.TextFormatException || (e is IOException && e is not EndOfStreamException);
 }
 
 /// <summary>A user error the CLI found itself (bad option value, a path of the wrong kind).</summary>

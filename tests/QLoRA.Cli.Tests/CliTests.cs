@@ -184,7 +184,52 @@ public sealed class CliTests
         return [.. BitConverter.GetBytes((long)header.Length), .. header, .. new byte[dataBytes]];
     }
 
+    [Fact]
+    public void ScoreGivesTheLibrarysLogitsAndTheirPerplexity()
+    {
+        (string folder, _) = Checkpoint();
+        string logitsPath = Path.Combine(Directory.CreateTempSubdirectory("qlora-cli-").FullName, "logits.json");
+        int[] ids = [3, 17, 42, 5, 99];
+        (int code, string output, string error) = Qlora("score", "--model", folder, "--tokens", string.Join(",", ids), "--logits-json", logitsPath);
+        Assert.True(code == 0, error);
+        JsonNode json = JsonNode.Parse(File.ReadAllText(logitsPath))!;
+        Assert.Equal(ids, json["input_ids"]!.AsArray().Select(n => n!.GetValue<int>()));
+        float[] written = [.. json["logits"]!.AsArray().SelectMany(r => r!.AsArray().Select(v => v!.GetValue<float>()))];
+        using var device = QLoRA.Runtime.Devices.Device.Cpu();
+        using (var model = QLoRA.Runtime.Models.LlamaForCausalLM.Load(device, folder))
+        {
+            Assert.Equal(model.Forward(ids), written); // the library's logits, bit for bit through the JSON
+        }
+
+        // Perplexity from those logits, in double, written out here.
+        double nll = 0;
+        for (int t = 0; t + 1 < ids.Length; t++)
+        {
+            double[] row = [.. written.Skip(t * 100).Take(100).Select(v => (double)v)];
+            double max = row.Max();
+            nll -= row[ids[t + 1]] - max - Math.Log(row.Sum(z => Math.Exp(z - max)));
+        }
+
+        Assert.Contains(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"4 tokens scored: mean NLL {nll / 4:F4}, perplexity {Math.Exp(nll / 4):F3}"), output);
+
+        (code, _, error) = Qlora("score", "--model", folder, "--tokens", string.Join(",", ids), "--quantize", "none", "--logits-json", logitsPath);
+        Assert.True(code == 0, error);
+        using (var dense = QLoRA.Runtime.Models.LlamaForCausalLM.Load(device, folder, new QLoRA.Modeling.LoadOptions(KeepProjectionsDense: true)))
+        {
+            float[] denseLogits = [.. JsonNode.Parse(File.ReadAllText(logitsPath))!["logits"]!.AsArray().SelectMany(r => r!.AsArray().Select(v => v!.GetValue<float>()))];
+            Assert.Equal(dense.Forward(ids), denseLogits);
+            Assert.NotEqual(written, denseLogits);
+        }
+
+        Assert.Equal(QloraCli.UserError, Qlora("score", "--model", folder, "--tokens", "1,100").Code); // outside the vocabulary
+        Assert.Equal(QloraCli.UserError, Qlora("score", "--model", folder, "--tokens", "1,2", "--text", "hi").Code);
+        Assert.Equal(QloraCli.UserError, Qlora("score", "--model", folder, "--tokens", "1,x").Code);
+        Assert.Equal(QloraCli.UserError, Qlora("score", "--model", folder, "--text", "no tokenizer.json here").Code);
+        Assert.Equal(QloraCli.UsageError, Qlora("score", "--tokens", "1,2").Code); // --model is required
+    }
+
     [Theory]
+    [InlineData("score")]
     [InlineData("root")]
     [InlineData("inspect")]
     [InlineData("quantize")]

@@ -65,6 +65,12 @@ public sealed class QuantizedLinear : IDisposable
         }
         else
         {
+            if (options?.QuantizeDenseAs is QuantizationOptions requested)
+            {
+                // The caller's choice for dense weights; a 4-bit checkpoint loads as stored, without the declared check.
+                quantizeDense = info.QuantType is null ? requested : null;
+            }
+
             QuantizedTensor tensor = info.QuantType is not null
                 ? source.ReadQuantized(name)
                 : QuantizedTensor.Quantize(source.ReadSingle(name), info.Shape, quantizeDense, name);

@@ -114,4 +114,8 @@ public sealed class HfNameAttribute(string name) : Attribute
 /// Keep the 4-bit-declared projections dense in the compute dtype (a bitsandbytes checkpoint is dequantized once):
 /// plain LoRA on a bf16/f16 base, bf16 inference, and parity checks against unquantized references.
 /// </param>
-public sealed record LoadOptions(bool KeepProjectionsDense = false);
+/// <param name="QuantizeDenseAs">
+/// How dense projections are quantized on load instead of the model's declared storage (e.g. FP4 for a model declared
+/// NF4); checkpoints already stored 4-bit load as stored.
+/// </param>
+public sealed record LoadOptions(bool KeepProjectionsDense = false, QLoRA.Core.Quantization.QuantizationOptions? QuantizeDenseAs = null);
