@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Help;
 using QLoRA.Build.Tasks;
 using QLoRA.Core;
 using QLoRA.Core.HuggingFace;
@@ -25,7 +26,11 @@ public static class QloraCli
     public static int Run(string[] args, TextWriter output, TextWriter error, bool interactive = false)
     {
         var verbose = new Option<bool>("--verbose") { Description = "Show the full exception of an error", Recursive = true };
-        var root = new RootCommand("qlora: inspect, quantize, dequantize and score Hugging Face and bitsandbytes 4-bit checkpoints");
+        // Named "qlora" whatever process hosts it (the tool, dotnet run, a test), so help reads the same everywhere.
+        var root = new Command("qlora", "qlora: inspect, quantize, dequantize and score Hugging Face and bitsandbytes 4-bit checkpoints")
+        {
+            new HelpOption(), new VersionOption(),
+        };
         root.Options.Add(verbose);
         var context = new CommandContext(output, error, interactive);
         root.Subcommands.Add(InspectCommand.Create(context));
