@@ -22,7 +22,7 @@ internal static class ScoreCommand
 {
     public static Command Create(CommandContext context)
     {
-        var model = new Option<string>("--model") { Description = "A Hugging Face model folder", Required = true };
+        var model = new Option<string>("--model") { Description = "A Hugging Face model folder, or an id (org/name[@revision]) in the local Hugging Face cache", Required = true };
         var adapter = new Option<string?>("--adapter") { Description = "A PEFT LoRA adapter folder to apply" };
         var text = new Option<string?>("--text") { Description = "Text to score (tokenized with the model's tokenizer)" };
         var tokens = new Option<string?>("--tokens") { Description = "Token ids to score, comma-separated" };
@@ -42,10 +42,7 @@ internal static class ScoreCommand
             throw new CliException("give exactly one of --text, --tokens and --file");
         }
 
-        if (!Directory.Exists(modelPath))
-        {
-            throw new DirectoryNotFoundException($"{modelPath}: no such model folder");
-        }
+        modelPath = QLoRA.Core.HuggingFace.HubCache.Resolve(modelPath); // a folder, or a hub id in the local cache
 
         LoadOptions options = quantize.ToLowerInvariant() switch
         {
