@@ -37,6 +37,7 @@ public static class QloraCli
         root.Subcommands.Add(QuantizeCommand.Create(context));
         root.Subcommands.Add(DequantizeCommand.Create(context));
         root.Subcommands.Add(ScoreCommand.Create(context));
+        root.Subcommands.Add(MergeCommand.Create(context));
 
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

@@ -228,7 +228,28 @@ public sealed class CliTests
         Assert.Equal(QloraCli.UsageError, Qlora("score", "--tokens", "1,2").Code); // --model is required
     }
 
+    [Fact]
+    public void MergeWritesTheLibrarysMergedFolder()
+    {
+        (string folder, _) = Checkpoint();
+        string work = Directory.CreateTempSubdirectory("qlora-cli-").FullName;
+        var rng = new Random(2);
+        float[] a = [.. Enumerable.Range(0, 4 * 64).Select(_ => (float)(rng.NextDouble() - 0.5))], b = [.. Enumerable.Range(0, 64 * 4).Select(_ => (float)(rng.NextDouble() - 0.5) * 0.1f)];
+        var adapter = new QLoRA.Core.Peft.LoraAdapter(QLoRA.Core.Peft.LoraConfig.Parse("""{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}"""),
+            [new QLoRA.Core.Peft.LoraModuleWeights("model.layers.0.self_attn.q_proj", TensorData.FromSingle(a, 4, 64), TensorData.FromSingle(b, 64, 4))]);
+        adapter.Save(Path.Combine(work, "adapter"));
+        (int code, string output, string error) = Qlora("merge", "--model", folder, "--adapter", Path.Combine(work, "adapter"), "--output", Path.Combine(work, "merged"));
+        Assert.True(code == 0, error);
+        Assert.Contains("1 modules merged", output);
+        QLoRA.Core.Peft.LoraMerger.Merge(folder, QLoRA.Core.Peft.LoraAdapter.Load(Path.Combine(work, "adapter")), Path.Combine(work, "library"));
+        Assert.Equal(File.ReadAllBytes(Path.Combine(work, "library", "model.safetensors")), File.ReadAllBytes(Path.Combine(work, "merged", "model.safetensors")));
+        Assert.Equal(QloraCli.UserError, Qlora("merge", "--model", folder, "--adapter", Path.Combine(work, "adapter"), "--output", Path.Combine(work, "x"), "--dtype", "int8").Code);
+        Assert.Equal(QloraCli.UserError, Qlora("merge", "--model", folder, "--adapter", Path.Combine(work, "none"), "--output", Path.Combine(work, "x")).Code);
+        Assert.False(Directory.Exists(Path.Combine(work, "x")));
+    }
+
     [Theory]
+    [InlineData("merge")]
     [InlineData("score")]
     [InlineData("root")]
     [InlineData("inspect")]
