@@ -23,10 +23,10 @@ public sealed class CliTests
     }
 
     // A tiny Llama folder (hidden 64, 2 layers) with bf16 weights, a config.json and a tokenizer file to carry along.
-    private static (string Folder, Dictionary<string, byte[]> Tensors) Checkpoint()
+    private static (string Folder, Dictionary<string, byte[]> Tensors) Checkpoint(int vocab = 100)
     {
         string dir = Directory.CreateTempSubdirectory("qlora-cli-").FullName;
-        File.WriteAllText(Path.Combine(dir, "config.json"), """{"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":100,"rms_norm_eps":1e-5,"torch_dtype":"bfloat16"}""");
+        File.WriteAllText(Path.Combine(dir, "config.json"), $$"""{"model_type":"llama","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":{{vocab}},"rms_norm_eps":1e-5,"torch_dtype":"bfloat16"}""");
         File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), """{"bos_token": "<s>"}""");
         var tensors = new Dictionary<string, byte[]>();
         var rng = new Random(1);
@@ -36,9 +36,9 @@ public sealed class CliTests
             tensors[name] = MemoryMarshal.AsBytes(Enumerable.Range(0, (int)n).Select(_ => BFloat16.FromSingle((float)((rng.NextDouble() - 0.5) * 0.2))).ToArray().AsSpan()).ToArray();
         }
 
-        Add("model.embed_tokens.weight", 100, 64);
+        Add("model.embed_tokens.weight", vocab, 64);
         Add("model.norm.weight", 64);
-        Add("lm_head.weight", 100, 64);
+        Add("lm_head.weight", vocab, 64);
         for (int l = 0; l < 2; l++)
         {
             string p = $"model.layers.{l}.";
@@ -54,13 +54,13 @@ public sealed class CliTests
         }
 
         SafeTensorsWriter.Save(Path.Combine(dir, "model.safetensors"),
-            tensors.Select(t => (new SafeTensorSpec(t.Key, DType.BF16, t.Key.Contains("norm.", StringComparison.Ordinal) ? [64] : Shape(t.Key)), (ReadOnlyMemory<byte>)t.Value)));
+            tensors.Select(t => (new SafeTensorSpec(t.Key, DType.BF16, t.Key.Contains("norm.", StringComparison.Ordinal) ? [64] : Shape(t.Key, vocab)), (ReadOnlyMemory<byte>)t.Value)));
         return (dir, tensors);
     }
 
-    private static long[] Shape(string name) => name switch
+    private static long[] Shape(string name, int vocab = 100) => name switch
     {
-        _ when name.Contains("embed", StringComparison.Ordinal) || name.StartsWith("lm_head", StringComparison.Ordinal) => [100, 64],
+        _ when name.Contains("embed", StringComparison.Ordinal) || name.StartsWith("lm_head", StringComparison.Ordinal) => [vocab, 64],
         _ when name.Contains("q_proj", StringComparison.Ordinal) || name.Contains("o_proj", StringComparison.Ordinal) => [64, 64],
         _ when name.Contains("k_proj", StringComparison.Ordinal) || name.Contains("v_proj", StringComparison.Ordinal) => [32, 64],
         _ when name.Contains("down_proj", StringComparison.Ordinal) => [64, 128],
@@ -248,7 +248,36 @@ public sealed class CliTests
         Assert.False(Directory.Exists(Path.Combine(work, "x")));
     }
 
+    [Fact]
+    public void TrainFineTunesOnJsonlAndWritesTheAdapterAndMetrics()
+    {
+        (string folder, _) = Checkpoint(QLoRA.Text.Tokenization.ByteTokenizer.VocabSize);
+        QLoRA.Text.Tokenization.ByteTokenizer.WriteFiles(folder);
+        string work = Directory.CreateTempSubdirectory("qlora-cli-").FullName;
+        string data = Path.Combine(work, "data.jsonl");
+        File.WriteAllLines(data, Enumerable.Range(0, 8).Select(i => $$"""{"prompt": "Say {{i}}:", "completion": " {{i}}{{i}}{{i}}"}"""));
+        string output = Path.Combine(work, "out");
+        (int code, string stdout, string error) = Qlora("train", "--model", folder, "--data", data, "--output", output, "--steps", "8", "--grad-accum", "2",
+            "--seq-len", "32", "--rank", "4", "--alpha", "8", "--dropout", "0", "--lr", "1e-2", "--optimizer", "adamw");
+        Assert.True(code == 0, error + stdout);
+        Assert.Contains("step 8/8", stdout);
+        var adapter = QLoRA.Core.Peft.LoraAdapter.Load(Path.Combine(output, "adapter"));
+        Assert.Equal(4, adapter.Config.R);
+        Assert.Equal(14, adapter.Modules.Count);
+        double[] losses = [.. File.ReadAllLines(Path.Combine(output, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).Where(n => n["loss"] is not null).Select(n => n["loss"]!.GetValue<double>())];
+        Assert.Equal(8, losses.Length);
+        Assert.True(losses[^1] < losses[0], $"the loss must fall: {string.Join(", ", losses)}");
+
+        File.AppendAllText(data, "{\"prompt\": 3}\n");
+        (code, _, error) = Qlora("train", "--model", folder, "--data", data, "--output", Path.Combine(work, "bad"), "--steps", "1");
+        Assert.Equal(QloraCli.UserError, code);
+        Assert.Contains("data.jsonl", error);
+        Assert.Contains("9", error); // the line
+        Assert.Equal(QloraCli.UserError, Qlora("train", "--model", folder, "--data", data, "--optimizer", "sgd").Code);
+    }
+
     [Theory]
+    [InlineData("train")]
     [InlineData("merge")]
     [InlineData("score")]
     [InlineData("root")]
