@@ -40,6 +40,7 @@ public static class QloraCli
         root.Subcommands.Add(ScoreCommand.Create(context));
         root.Subcommands.Add(MergeCommand.Create(context));
         root.Subcommands.Add(TrainCommand.Create(context));
+        root.Subcommands.Add(TokenizeCommand.Create(context));
 
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
@@ -71,7 +72,7 @@ public static class QloraCli
 
     private static bool IsUserError(Exception e) =>
         e is CheckpointFormatException or HfConfigException or WeightsBuildException or FileNotFoundException or DirectoryNotFoundException
-            or UnauthorizedAccessException or CliException or ArgumentException or QLoRA.Text.TextFormatException or QLoRA.Text.Data.DatasetFormatException or TrainingMemoryException or TrainingDivergedException || (e is IOException && e is not EndOfStreamException);
+            or UnauthorizedAccessException or CliException or ArgumentException or QLoRA.Text.TextFormatException or QLoRA.Text.Data.DatasetFormatException or System.Text.Json.JsonException or TrainingMemoryException or TrainingDivergedException || (e is IOException && e is not EndOfStreamException);
 }
 
 /// <summary>A user error the CLI found itself (bad option value, a path of the wrong kind).</summary>

@@ -276,7 +276,26 @@ public sealed class CliTests
         Assert.Equal(QloraCli.UserError, Qlora("train", "--model", folder, "--data", data, "--optimizer", "sgd").Code);
     }
 
+    [Fact]
+    public void TokenizeGivesIdsOfTextAndOfARenderedConversation()
+    {
+        string folder = Directory.CreateTempSubdirectory("qlora-cli-").FullName;
+        QLoRA.Text.Tokenization.ByteTokenizer.WriteFiles(folder);
+        Assert.Equal("104 105", Qlora("tokenize", "--model", folder, "--text", "hi").Out.Trim());
+        string chat = Path.Combine(folder, "chat.json");
+        File.WriteAllText(chat, """{"messages": [{"role": "user", "content": "hi"}]}""");
+        (int code, string output, string error) = Qlora("tokenize", "--model", folder, "--chat-json", chat, "--add-generation-prompt", "--json");
+        Assert.True(code == 0, error);
+        JsonNode json = JsonNode.Parse(output)!;
+        Assert.Equal("<s><|user|>hi<|end|><|assistant|>", json["text"]!.GetValue<string>());
+        Assert.Equal([256, 259, 104, 105, 257, 260], json["ids"]!.AsArray().Select(n => n!.GetValue<int>())); // one BOS: the template's
+        File.WriteAllText(chat, """{"turns": []}""");
+        Assert.Equal(QloraCli.UserError, Qlora("tokenize", "--model", folder, "--chat-json", chat).Code);
+        Assert.Equal(QloraCli.UserError, Qlora("tokenize", "--model", folder).Code);
+    }
+
     [Theory]
+    [InlineData("tokenize")]
     [InlineData("train")]
     [InlineData("merge")]
     [InlineData("score")]
