@@ -3,9 +3,9 @@ using System.Text.Json.Nodes;
 using QLoRA.Core;
 using QLoRA.Core.Peft;
 using QLoRA.Core.Weights;
+using QLoRA.Runtime.Devices;
 using QLoRA.Runtime.Engine;
 using QLoRA.Runtime.Layers;
-using Device = QLoRA.Runtime.Devices.Device;
 
 namespace QLoRA.Runtime.Training;
 
@@ -30,7 +30,9 @@ public sealed partial class LoraTrainer : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxSteps, 1);
         engine = engine with { MaxMicroBatches = Math.Max(engine.MaxMicroBatches, options.GradientAccumulation) };
         Estimate = MemoryEstimate.For(model, lora, engine, options);
-        long budget = options.MemoryBudgetBytes ?? device.MemoryBytes;
+        // The CPU accelerator reports no limit of its own: its tensors live in host memory, so that is the budget.
+        long budget = options.MemoryBudgetBytes
+            ?? (device.Kind == DeviceKind.Cpu ? Math.Min(device.MemoryBytes, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes) : device.MemoryBytes);
         if (Estimate.TotalBytes > budget)
         {
             throw new TrainingMemoryException(Estimate, budget);

@@ -73,7 +73,7 @@ public sealed record TrainerOptions
     /// </summary>
     public LoftQOptions? LoftQ { get; init; }
 
-    /// <summary>Device memory the run may use, or null for the device's.</summary>
+    /// <summary>Device memory the run may use, or null for the device's (host memory on the CPU accelerator).</summary>
     public long? MemoryBudgetBytes { get; init; }
 
     internal AdamWOptions AdamW => new(LearningRate, Betas.Beta1, Betas.Beta2, Betas.Epsilon, WeightDecay);
