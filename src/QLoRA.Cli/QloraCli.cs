@@ -41,6 +41,7 @@ public static class QloraCli
         root.Subcommands.Add(MergeCommand.Create(context));
         root.Subcommands.Add(TrainCommand.Create(context));
         root.Subcommands.Add(TokenizeCommand.Create(context));
+        root.Subcommands.Add(DemoCommand.Create(context));
 
         ParseResult parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)

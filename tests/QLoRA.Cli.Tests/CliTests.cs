@@ -294,7 +294,21 @@ public sealed class CliTests
         Assert.Equal(QloraCli.UserError, Qlora("tokenize", "--model", folder).Code);
     }
 
+    [Fact]
+    public void DemoQuantizesTrainsAndTheTrainedModelAnswersAsTaught()
+    {
+        string output = Directory.CreateTempSubdirectory("qlora-demo-").FullName;
+        (int code, string stdout, string error) = Qlora("demo", "--check", "--output", output);
+        Assert.True(code == 0, error + stdout);
+        Assert.Contains("quantized to NF4 + double quantization", stdout);
+        Assert.Contains("4/4 answers as taught", stdout);
+        Assert.True(File.Exists(Path.Combine(output, "run", "adapter", "adapter_model.safetensors")));
+        // Too few steps to learn: --check reports it with exit code 1.
+        Assert.Equal(1, Qlora("demo", "--check", "--steps", "1", "--output", output).Code);
+    }
+
     [Theory]
+    [InlineData("demo")]
     [InlineData("tokenize")]
     [InlineData("train")]
     [InlineData("merge")]
