@@ -127,7 +127,8 @@ public sealed class LoraParameters : IDisposable
         Compute?.Dispose();
     }
 
-    private static long Align(long elements) => checked((elements + AlignmentElements - 1) / AlignmentElements * AlignmentElements);
+    /// <summary>Elements rounded up to <see cref="AlignmentElements"/> (each adapter tensor starts at such an offset).</summary>
+    internal static long Align(long elements) => checked((elements + AlignmentElements - 1) / AlignmentElements * AlignmentElements);
 
     /// <summary>One adapted module: its name (PEFT's module path), layer, and where A [r, in] and B [out, r] lie.</summary>
     public sealed record Entry(string Module, QuantizedLinear Layer, Span A, Span B);

@@ -39,7 +39,7 @@ public sealed record MemoryEstimate(long WeightsBytes, long AdapterBytes, long O
                 weights += projection.WeightBytes + (projection.Bias?.ByteLength ?? 0);
                 if (targeted.TryGetValue(projection, out int rank))
                 {
-                    adapterElements += Align((long)rank * projection.InFeatures) + Align((long)projection.OutFeatures * rank);
+                    adapterElements += LoraParameters.Align((long)rank * projection.InFeatures) + LoraParameters.Align((long)projection.OutFeatures * rank);
                 }
             }
         }
@@ -76,6 +76,4 @@ public sealed record MemoryEstimate(long WeightsBytes, long AdapterBytes, long O
         $"weights {Mib(WeightsBytes)}, adapters {Mib(AdapterBytes)}, optimizer {Mib(OptimizerBytes)}, activations {Mib(ActivationBytes)}, loss {Mib(LossBytes)}";
 
     private static string Mib(long bytes) => $"{bytes / 1048576.0:F1} MiB";
-
-    private static long Align(long elements) => (elements + LoraParameters.AlignmentElements - 1) / LoraParameters.AlignmentElements * LoraParameters.AlignmentElements;
 }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using QLoRA.Core;
+using QLoRA.Core.HuggingFace;
 using QLoRA.Core.Peft;
 using QLoRA.Core.SafeTensors;
 
@@ -46,18 +47,7 @@ public static class TrainingCheckpoint
             };
             AtomicFile.WriteAllText(Path.Combine(partial, StateFileName), json.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
 
-            string? previous = null;
-            if (Directory.Exists(full))
-            {
-                previous = $"{full}.old-{Guid.NewGuid():N}";
-                Directory.Move(full, previous);
-            }
-
-            Directory.Move(partial, full);
-            if (previous is not null)
-            {
-                Directory.Delete(previous, recursive: true);
-            }
+            HuggingFaceFolder.Replace(partial, full);
         }
         finally
         {
