@@ -31,9 +31,8 @@ public sealed class LoraSlot : IDisposable
         Dropout = dropout;
         A = DeviceTensor.FromHost<float>(device, a, DType.F32, rank, inFeatures);
         B = DeviceTensor.FromHost<float>(device, b, DType.F32, outFeatures, rank);
-        GradA = DeviceTensor.Allocate(device, DType.F32, rank, inFeatures);
-        GradB = DeviceTensor.Allocate(device, DType.F32, outFeatures, rank);
-        ZeroGradients();
+        _gradA = Zeroed(A);
+        _gradB = Zeroed(B);
     }
 
     /// <summary>
@@ -47,8 +46,8 @@ public sealed class LoraSlot : IDisposable
         Dropout = dropout;
         A = a;
         B = b;
-        GradA = gradA;
-        GradB = gradB;
+        _gradA = gradA;
+        _gradB = gradB;
         ComputeA = computeA;
         ComputeB = computeB;
     }
@@ -80,11 +79,39 @@ public sealed class LoraSlot : IDisposable
     /// <summary>lora_B.weight [out, r].</summary>
     public DeviceTensor B { get; }
 
-    /// <summary>Accumulated gradient of A.</summary>
-    public DeviceTensor GradA { get; }
+    private DeviceTensor? _gradA, _gradB;
+    private readonly bool _ownsCompute;
 
-    /// <summary>Accumulated gradient of B.</summary>
-    public DeviceTensor GradB { get; }
+    /// <summary>Accumulated gradient of A (allocated, zeroed, on first use for a slot made for inference).</summary>
+    public DeviceTensor GradA => _gradA ??= Zeroed(A);
+
+    /// <summary>Accumulated gradient of B (allocated, zeroed, on first use for a slot made for inference).</summary>
+    public DeviceTensor GradB => _gradB ??= Zeroed(B);
+
+    private static DeviceTensor Zeroed(DeviceTensor like)
+    {
+        DeviceTensor t = DeviceTensor.Allocate(like.Device, DType.F32, [.. like.Shape]);
+        t.Clear();
+        return t;
+    }
+
+    /// <summary>
+    /// A slot for serving: it owns A, B and their compute-dtype copies (null for F32 compute); no gradient memory
+    /// until something asks for it.
+    /// </summary>
+    internal static LoraSlot ForInference(DeviceTensor a, DeviceTensor b, DeviceTensor? computeA, DeviceTensor? computeB, float scaling) =>
+        new(a, b, computeA, computeB, scaling);
+
+    private LoraSlot(DeviceTensor a, DeviceTensor b, DeviceTensor? computeA, DeviceTensor? computeB, float scaling)
+    {
+        Rank = checked((int)a.Shape[0]);
+        Scaling = scaling;
+        A = a;
+        B = b;
+        ComputeA = computeA;
+        ComputeB = computeB;
+        _ownsCompute = true;
+    }
 
     /// <summary>Sets both gradients to zero.</summary>
     public void ZeroGradients()
@@ -98,7 +125,12 @@ public sealed class LoraSlot : IDisposable
     {
         A.Dispose();
         B.Dispose();
-        GradA.Dispose();
-        GradB.Dispose();
+        _gradA?.Dispose();
+        _gradB?.Dispose();
+        if (_ownsCompute)
+        {
+            ComputeA?.Dispose();
+            ComputeB?.Dispose();
+        }
     }
 }

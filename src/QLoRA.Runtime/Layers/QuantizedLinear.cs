@@ -130,6 +130,16 @@ public sealed class QuantizedLinear : IDisposable
     /// <param name="training">Apply the adapter's dropout (with <see cref="LoraSlot.DropoutSeed"/>).</param>
     public void Forward(DeviceTensor x, DeviceTensor y, bool training = false)
     {
+        ForwardBase(x, y);
+        if (Lora is LoraSlot lora)
+        {
+            AddAdapter(lora, x, y, training);
+        }
+    }
+
+    /// <summary>y = x Wᵀ (+ bias): the frozen base alone, whatever adapter is attached.</summary>
+    internal void ForwardBase(DeviceTensor x, DeviceTensor y)
+    {
         int tokens = CheckInput(x);
         if (DenseWeight is not null)
         {
@@ -148,14 +158,16 @@ public sealed class QuantizedLinear : IDisposable
         {
             Elementwise.AddBias(y, Bias);
         }
+    }
 
-        if (Lora is LoraSlot lora)
-        {
-            using var operands = new LoraOperands(lora, x, training);
-            using DeviceTensor xa = DeviceTensor.Allocate(_device, x.Dtype, tokens, lora.Rank);
-            Gemm.Multiply(operands.Input, operands.A, xa, transposeB: true);
-            Gemm.Multiply(xa, operands.B, y, transposeB: true, alpha: lora.Scaling, beta: 1f);
-        }
+    /// <summary>y += s·(dropout(x) Aᵀ) Bᵀ for <paramref name="lora"/> (this layer's or another adapter of the same shape).</summary>
+    internal void AddAdapter(LoraSlot lora, DeviceTensor x, DeviceTensor y, bool training = false)
+    {
+        int tokens = CheckInput(x);
+        using var operands = new LoraOperands(lora, x, training);
+        using DeviceTensor xa = DeviceTensor.Allocate(_device, x.Dtype, tokens, lora.Rank);
+        Gemm.Multiply(operands.Input, operands.A, xa, transposeB: true);
+        Gemm.Multiply(xa, operands.B, y, transposeB: true, alpha: lora.Scaling, beta: 1f);
     }
 
     /// <summary>

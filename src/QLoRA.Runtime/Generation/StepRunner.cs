@@ -1,0 +1,222 @@
+using QLoRA.Core;
+using QLoRA.Runtime.Engine;
+using QLoRA.Runtime.Layers;
+using QLoRA.Runtime.Ops;
+using QLoRA.Runtime.Tensors;
+using Device = QLoRA.Runtime.Devices.Device;
+
+namespace QLoRA.Runtime.Generation;
+
+/// <summary>One sequence's part of a step: its new tokens (a prefill chunk, or the last sampled token) and its adapter.</summary>
+/// <param name="Sequence">The sequence's cache state; its pages must already hold Length + Tokens.Length positions.</param>
+/// <param name="Tokens">The new tokens, at positions Length, Length + 1, ….</param>
+/// <param name="Adapter">The serving adapter for this sequence; null: the model as attached (its own adapters, if any).</param>
+internal readonly record struct StepPiece(KvSequence Sequence, int[] Tokens, ServingAdapter? Adapter);
+
+/// <summary>
+/// The forward of one generation step over several sequences at once (continuous batching): every piece's new rows
+/// go through the blocks together, each attending to its own sequence in the paged cache, and the logits of each
+/// piece's last row come out — the rows that sample. One arena, planned once for a row budget; per step only the
+/// ids, positions and block tables are uploaded.
+/// </summary>
+internal sealed class StepRunner : IDisposable
+{
+    private readonly Device _device;
+    private readonly EngineModel _model;
+    private readonly KvCache _cache;
+    private readonly EngineShape _shape;
+    private readonly ActivationArena _arena;
+    private readonly ActivationArena.Slot _x, _normed, _q, _k, _v, _attention, _projected, _gate, _up, _act, _inverseRms;
+    private readonly ActivationArena.Slot _positions, _rowSequence, _blockTables, _last, _lastNormed, _lastInverseRms, _logits;
+    private readonly DeviceTensor _inverseFrequencies;
+    private readonly QuantizedLinear[][] _projections;
+
+    public StepRunner(EngineModel model, KvCache cache, int maxRows, int maxSequences, int maxPages)
+    {
+        _device = model.Embed.Table.Device;
+        _model = model;
+        _cache = cache;
+        MaxRows = maxRows;
+        MaxSequences = maxSequences;
+        MaxPages = maxPages;
+        EngineShape s = _shape = EngineShape.Of(model.Config, maxRows, model.Embed.Table.Dtype);
+        DType c = s.ComputeDtype;
+        var layout = new ActivationArena.Layout();
+        _x = layout.Add(c, maxRows, s.Hidden);
+        _normed = layout.Add(c, maxRows, s.Hidden);
+        _q = layout.Add(c, maxRows, s.QueryDim);
+        _k = layout.Add(c, maxRows, s.KeyValueDim);
+        _v = layout.Add(c, maxRows, s.KeyValueDim);
+        _attention = layout.Add(c, maxRows, s.QueryDim);
+        _projected = layout.Add(c, maxRows, s.Hidden);
+        _gate = layout.Add(c, maxRows, s.Intermediate);
+        _up = layout.Add(c, maxRows, s.Intermediate);
+        _act = layout.Add(c, maxRows, s.Intermediate);
+        _inverseRms = layout.Add(DType.F32, maxRows);
+        _positions = layout.Add(DType.I32, maxRows);
+        _rowSequence = layout.Add(DType.I32, maxRows);
+        _blockTables = layout.Add(DType.I32, maxSequences, maxPages);
+        _last = layout.Add(c, maxSequences, s.Hidden);
+        _lastNormed = layout.Add(c, maxSequences, s.Hidden);
+        _lastInverseRms = layout.Add(DType.F32, maxSequences);
+        _logits = layout.Add(DType.F32, maxSequences, s.Vocab);
+        _arena = ActivationArena.Allocate(_device, layout);
+        _inverseFrequencies = DeviceTensor.FromHost<float>(_device, RopeFrequencies.Compute(model.Config.Rope, model.Config.HeadDim), DType.F32, model.Config.HeadDim / 2);
+        _projections = [.. model.Blocks.Select(b => b.Projections.ToArray())];
+    }
+
+    /// <summary>Rows (new tokens over all pieces) one step can take.</summary>
+    public int MaxRows { get; }
+
+    /// <summary>Pieces (sequences) one step can take.</summary>
+    public int MaxSequences { get; }
+
+    /// <summary>Block-table width: the longest sequence is MaxPages · pageTokens positions.</summary>
+    public int MaxPages { get; }
+
+    /// <summary>Device bytes of the step's arena.</summary>
+    public long ArenaBytes => _arena.Bytes;
+
+    /// <summary>
+    /// Runs the pieces' new tokens through the model, writing their keys and values into the cache, and returns the
+    /// logits of each piece's last row: F32 [pieces, vocab] on the device (valid until the next step). Advances every
+    /// sequence's length and trims pages that fell out of a sliding window.
+    /// </summary>
+    public DeviceTensor Run(IReadOnlyList<StepPiece> pieces)
+    {
+        int rows = pieces.Sum(p => p.Tokens.Length);
+        if (pieces.Count == 0 || pieces.Count > MaxSequences || rows > MaxRows || pieces.Any(p => p.Tokens.Length == 0))
+        {
+            throw new ArgumentException($"A step takes 1…{MaxSequences} pieces of at least one token and at most {MaxRows} rows; got {pieces.Count} pieces, {rows} rows.", nameof(pieces));
+        }
+
+        var ids = new int[rows];
+        var positions = new int[rows];
+        var sequenceOfRow = new int[rows];
+        var lastRows = new int[pieces.Count];
+        var tables = new int[pieces.Count * MaxPages];
+        Array.Fill(tables, -1);
+        int row = 0;
+        for (int p = 0; p < pieces.Count; p++)
+        {
+            StepPiece piece = pieces[p];
+            List<int> pages = piece.Sequence.PageTable;
+            if (_cache.PagesFor(piece.Sequence.Length + piece.Tokens.Length) > Math.Min(pages.Count, MaxPages))
+            {
+                throw new InvalidOperationException($"Sequence {p} has pages for {pages.Count * _cache.PageTokens} positions; it needs {piece.Sequence.Length + piece.Tokens.Length} (at most {MaxPages * _cache.PageTokens}).");
+            }
+
+            pages.CopyTo(tables.AsSpan(p * MaxPages, pages.Count));
+            for (int i = 0; i < piece.Tokens.Length; i++, row++)
+            {
+                ids[row] = piece.Tokens[i];
+                positions[row] = piece.Sequence.Length + i;
+                sequenceOfRow[row] = p;
+            }
+
+            lastRows[p] = row - 1;
+        }
+
+        _positions.Tensor.Rows(0, rows).CopyFromHost<int>(positions);
+        _rowSequence.Tensor.Rows(0, rows).CopyFromHost<int>(sequenceOfRow);
+        _blockTables.Tensor.Rows(0, pieces.Count).CopyFromHost<int>(tables);
+        var paged = new PagedRows(_blockTables.Tensor.Rows(0, pieces.Count), _rowSequence.Tensor.Rows(0, rows), _positions.Tensor.Rows(0, rows));
+        var ranges = AdapterRanges(pieces);
+
+        DeviceTensor x = R(_x, rows), normed = R(_normed, rows), q = R(_q, rows), k = R(_k, rows), v = R(_v, rows);
+        DeviceTensor attention = R(_attention, rows), projected = R(_projected, rows), gate = R(_gate, rows), up = R(_up, rows), act = R(_act, rows);
+        DeviceTensor inverseRms = R(_inverseRms, rows), positionTensor = R(_positions, rows);
+        EngineShape s = _shape;
+        _model.Embed.Forward(ids, x);
+        for (int l = 0; l < _model.Blocks.Count; l++)
+        {
+            DecoderBlockWeights w = _model.Blocks[l];
+            w.InputNorm.Forward(x, normed, inverseRms);
+            Project(l, 0, normed, q, ranges);
+            Project(l, 1, normed, k, ranges);
+            Project(l, 2, normed, v, ranges);
+            DeviceTensor q3 = q.Reshape(rows, s.Heads, s.HeadDim), k3 = k.Reshape(rows, s.KeyValueHeads, s.HeadDim), v3 = v.Reshape(rows, s.KeyValueHeads, s.HeadDim);
+            Rope.Forward(q3, positionTensor, _inverseFrequencies);
+            Rope.Forward(k3, positionTensor, _inverseFrequencies);
+            PagedAttention.Write(k3, v3, _cache, l, paged);
+            PagedAttention.Forward(q3, _cache, l, paged, attention.Reshape(rows, s.Heads, s.HeadDim));
+            Project(l, 3, attention, projected, ranges);
+            Elementwise.Add(x, projected, x);
+            w.PostNorm.Forward(x, normed, inverseRms);
+            Project(l, 4, normed, gate, ranges);
+            Project(l, 5, normed, up, ranges);
+            SwiGlu.Forward(gate, up, act);
+            Project(l, 6, act, projected, ranges);
+            Elementwise.Add(x, projected, x);
+        }
+
+        int n = pieces.Count;
+        DeviceTensor last = R(_last, n), lastNormed = R(_lastNormed, n), logits = R(_logits, n);
+        Elementwise.Embedding(x, lastRows, last); // gather each piece's last row
+        _model.Norm.Forward(last, lastNormed, R(_lastInverseRms, n));
+        Gemm.Multiply(lastNormed, _model.LmHead, logits, transposeB: true);
+        foreach (StepPiece piece in pieces)
+        {
+            piece.Sequence.Length += piece.Tokens.Length;
+            _cache.TrimToWindow(piece.Sequence);
+        }
+
+        return logits;
+    }
+
+    // Row ranges of consecutive pieces sharing an adapter choice; null when every piece runs the model as attached.
+    private static List<(int Start, int Count, ServingAdapter? Adapter)>? AdapterRanges(IReadOnlyList<StepPiece> pieces)
+    {
+        if (pieces.All(p => p.Adapter is null))
+        {
+            return null;
+        }
+
+        var ranges = new List<(int Start, int Count, ServingAdapter? Adapter)>();
+        int row = 0;
+        foreach (StepPiece piece in pieces)
+        {
+            if (ranges.Count > 0 && ranges[^1].Adapter == piece.Adapter)
+            {
+                ranges[^1] = (ranges[^1].Start, ranges[^1].Count + piece.Tokens.Length, piece.Adapter);
+            }
+            else
+            {
+                ranges.Add((row, piece.Tokens.Length, piece.Adapter));
+            }
+
+            row += piece.Tokens.Length;
+        }
+
+        return ranges;
+    }
+
+    // y = projection(x) with each row range's adapter: the base once for all rows, then each adapter's delta on its rows.
+    private void Project(int layer, int index, DeviceTensor x, DeviceTensor y, List<(int Start, int Count, ServingAdapter? Adapter)>? ranges)
+    {
+        QuantizedLinear projection = _projections[layer][index];
+        if (ranges is null)
+        {
+            projection.Forward(x, y);
+            return;
+        }
+
+        projection.ForwardBase(x, y);
+        foreach ((int start, int count, ServingAdapter? adapter) in ranges)
+        {
+            LoraSlot? slot = adapter is null ? projection.Lora : adapter.Slot((layer * 7) + index);
+            if (slot is not null)
+            {
+                projection.AddAdapter(slot, x.Rows(start, count), y.Rows(start, count));
+            }
+        }
+    }
+
+    private static DeviceTensor R(ActivationArena.Slot slot, int rows) => slot.Tensor.Rows(0, rows);
+
+    public void Dispose()
+    {
+        _arena.Dispose();
+        _inverseFrequencies.Dispose();
+    }
+}
