@@ -123,6 +123,9 @@ internal sealed class Sampler : IDisposable
         return size;
     }
 
+    /// <summary>The processed logits of the last call's rows (filtered ones −∞), for tests of the kept sets.</summary>
+    internal float[] ProcessedRow(int row) => _work.Rows(row, 1).ToHost<float>();
+
     public void Dispose()
     {
         _work.Dispose();
