@@ -6,6 +6,7 @@ using QLoRA.Core.Peft;
 using QLoRA.Core.Quantization;
 using QLoRA.Modeling;
 using QLoRA.Runtime.Devices;
+using QLoRA.Runtime.Generation;
 using QLoRA.Runtime.Layers;
 using QLoRA.Runtime.Models;
 using QLoRA.Text.Tokenization;
@@ -69,28 +70,11 @@ internal static class ScoreCommand
             LoraAttachment.AttachSaved(device, model.EnumerateLayers(), LoraAdapter.Load(adapterPath));
         }
 
-        float[] logits = model.Forward(ids);
+        ScoreResult score = Scorer.Score(model.ToEngineModel(), ids);
+        float[] logits = score.Logits;
         int vocab = model.Config.VocabSize;
-        var logProbs = new double[ids.Length - 1];
-        for (int t = 0; t + 1 < ids.Length; t++)
-        {
-            ReadOnlySpan<float> row = logits.AsSpan(t * vocab, vocab);
-            double max = double.NegativeInfinity;
-            foreach (float z in row)
-            {
-                max = Math.Max(max, z);
-            }
-
-            double sum = 0;
-            foreach (float z in row)
-            {
-                sum += Math.Exp(z - max);
-            }
-
-            logProbs[t] = row[ids[t + 1]] - max - Math.Log(sum);
-        }
-
-        double nll = -logProbs.Average();
+        double[] logProbs = score.LogProbs;
+        double nll = score.MeanNll;
         TextWriter w = context.Output;
         w.WriteLine("| position | token | log p |");
         w.WriteLine("| ---: | ---: | ---: |");
