@@ -24,22 +24,25 @@ public static class QloraCli
     /// <param name="output">Standard output.</param>
     /// <param name="error">Standard error.</param>
     /// <param name="interactive">Whether output is a terminal (progress displays) or redirected (plain lines).</param>
-    public static int Run(string[] args, TextWriter output, TextWriter error, bool interactive = false)
+    /// <param name="input">Standard input (the chat command reads its turns from it); null: the console's.</param>
+    public static int Run(string[] args, TextWriter output, TextWriter error, bool interactive = false, TextReader? input = null)
     {
         var verbose = new Option<bool>("--verbose") { Description = "Show the full exception of an error", Recursive = true };
         // Named "qlora" whatever process hosts it (the tool, dotnet run, a test), so help reads the same everywhere.
-        var root = new Command("qlora", "qlora: inspect, quantize, dequantize and score Hugging Face and bitsandbytes 4-bit checkpoints")
+        var root = new Command("qlora", "qlora: fine-tune, run, inspect and convert 4-bit (QLoRA) models from Hugging Face checkpoints")
         {
             new HelpOption(), new VersionOption(),
         };
         root.Options.Add(verbose);
-        var context = new CommandContext(output, error, interactive);
+        var context = new CommandContext(output, error, interactive, input ?? Console.In);
         root.Subcommands.Add(InspectCommand.Create(context));
         root.Subcommands.Add(QuantizeCommand.Create(context));
         root.Subcommands.Add(DequantizeCommand.Create(context));
         root.Subcommands.Add(ScoreCommand.Create(context));
         root.Subcommands.Add(MergeCommand.Create(context));
         root.Subcommands.Add(TrainCommand.Create(context));
+        root.Subcommands.Add(GenerateCommand.Create(context));
+        root.Subcommands.Add(ChatCommand.Create(context));
         root.Subcommands.Add(TokenizeCommand.Create(context));
         root.Subcommands.Add(DemoCommand.Create(context));
 
@@ -80,4 +83,4 @@ public static class QloraCli
 public sealed class CliException(string message) : Exception(message);
 
 /// <summary>Where commands write and whether they may show progress displays.</summary>
-internal sealed record CommandContext(TextWriter Output, TextWriter Error, bool Interactive);
+internal sealed record CommandContext(TextWriter Output, TextWriter Error, bool Interactive, TextReader Input);

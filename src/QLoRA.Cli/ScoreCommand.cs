@@ -45,13 +45,7 @@ internal static class ScoreCommand
 
         modelPath = QLoRA.Core.HuggingFace.HubCache.Resolve(modelPath); // a folder, or a hub id in the local cache
 
-        LoadOptions options = quantize.ToLowerInvariant() switch
-        {
-            "none" => new LoadOptions(KeepProjectionsDense: true),
-            "nf4" => new LoadOptions(QuantizeDenseAs: QuantizationOptions.Default),
-            "fp4" => new LoadOptions(QuantizeDenseAs: QuantizationOptions.Default with { Type = QuantType.Fp4 }),
-            _ => throw new CliException($"--quantize '{quantize}' is not nf4, fp4 or none"),
-        };
+        LoadOptions options = ServingModel.ParseQuantize(quantize);
         int[] ids = tokenList is not null ? ParseTokens(tokenList) : HfTokenizer.FromFolder(modelPath).Encode(text ?? File.ReadAllText(file!));
         if (ids.Length < 2)
         {

@@ -14,11 +14,13 @@ namespace QLoRA.Cli.Tests;
 /// </summary>
 public sealed class CliTests
 {
-    private static (int Code, string Out, string Err) Qlora(params string[] args)
+    private static (int Code, string Out, string Err) Qlora(params string[] args) => QloraWithInput(null, args);
+
+    private static (int Code, string Out, string Err) QloraWithInput(string? input, params string[] args)
     {
         var output = new StringWriter();
         var error = new StringWriter();
-        int code = QloraCli.Run(args, output, error);
+        int code = QloraCli.Run(args, output, error, input: new StringReader(input ?? ""));
         return (code, output.ToString(), error.ToString());
     }
 
@@ -307,7 +309,68 @@ public sealed class CliTests
         Assert.Equal(1, Qlora("demo", "--check", "--steps", "1", "--output", output).Code);
     }
 
+    [Fact]
+    public void GenerateStreamsTextAndPrintsIdsAsTheLibraryGeneratesThem()
+    {
+        (string folder, _) = Checkpoint(vocab: QLoRA.Text.Tokenization.ByteTokenizer.VocabSize);
+        QLoRA.Text.Tokenization.ByteTokenizer.WriteFiles(folder);
+        int[] prompt = [256, 259, 104, 105, 257, 260]; // "hi" as a user turn with the generation prompt
+
+        // The library's greedy continuation of the same NF4 model.
+        int[] expected;
+        using (var device = QLoRA.Runtime.Devices.Device.Best())
+        using (var model = QLoRA.Runtime.Models.LlamaForCausalLM.Load(device, folder))
+        using (var engine = new QLoRA.Runtime.Generation.GenerationEngine(model.ToEngineModel(), new() { MaxBatch = 1, MaxSequenceLength = 64 }))
+        {
+            expected = [.. engine.Generate(new QLoRA.Runtime.Generation.GenerationRequest(prompt) { MaxTokens = 12, StopTokenIds = [QLoRA.Text.Tokenization.ByteTokenizer.EndOfTurn] }, TestContext.Current.CancellationToken).Ids];
+        }
+
+        (int code, string output, string error) = Qlora("generate", "--model", folder, "--tokens", string.Join(',', prompt), "--max-tokens", "12", "--json");
+        Assert.True(code == 0, error);
+        JsonNode json = JsonNode.Parse(output)!;
+        Assert.Equal(prompt, json["prompt_ids"]!.AsArray().Select(n => n!.GetValue<int>()));
+        Assert.Equal(expected, json["ids"]!.AsArray().Select(n => n!.GetValue<int>()));
+        string text = json["text"]!.GetValue<string>();
+
+        // Streamed text of the same prompt given as text through the chat template: the same continuation.
+        (code, output, error) = Qlora("generate", "--model", folder, "--prompt", "hi", "--chat", "--max-tokens", "12");
+        Assert.True(code == 0, error);
+        Assert.Equal(text, output.TrimEnd('\n', '\r'));
+
+        // Sampled with a seed: repeatable.
+        string[] sampled = ["generate", "--model", folder, "--prompt", "hi", "--temperature", "1.5", "--top-k", "50", "--seed", "3", "--max-tokens", "8", "--json"];
+        Assert.Equal(Qlora(sampled).Out, Qlora(sampled).Out);
+
+        // Bad input: one message, exit 1; usage errors exit 2.
+        Assert.Equal(QloraCli.UserError, Qlora("generate", "--model", folder, "--prompt", "hi", "--tokens", "1").Code);
+        Assert.Equal(QloraCli.UserError, Qlora("generate", "--model", folder, "--tokens", "1,x").Code);
+        (code, _, error) = Qlora("generate", "--model", folder, "--tokens", "1,9999");
+        Assert.Equal(QloraCli.UserError, code);
+        Assert.Contains("outside the vocabulary", error);
+        Assert.DoesNotContain("   at ", error);
+        Assert.Equal(QloraCli.UserError, Qlora("generate", "--model", folder, "--tokens", "1", "--top-p", "0").Code);
+        Assert.Equal(QloraCli.UsageError, Qlora("generate", "--tokens", "1").Code);
+        (string bare, _) = Checkpoint();
+        Assert.Equal(QloraCli.UserError, Qlora("generate", "--model", bare, "--prompt", "hi").Code); // no tokenizer.json
+        Assert.Equal(0, Qlora("generate", "--model", bare, "--tokens", "1,2", "--max-tokens", "3").Code);
+    }
+
+    [Fact]
+    public void ChatKeepsTheConversationResetsAndExits()
+    {
+        (string folder, _) = Checkpoint(vocab: QLoRA.Text.Tokenization.ByteTokenizer.VocabSize);
+        QLoRA.Text.Tokenization.ByteTokenizer.WriteFiles(folder);
+        (int code, string output, string error) = QloraWithInput("hi\n/reset\nhello\n/exit\nnot read\n", "chat", "--model", folder, "--max-tokens", "4", "--temperature", "0");
+        Assert.True(code == 0, error);
+        Assert.Contains("(conversation reset)", output);
+        Assert.Equal(5, output.Split("> ").Length); // four prompts: hi, /reset, hello, /exit (the rest is not read)
+        (string bare, _) = Checkpoint();
+        Assert.Equal(QloraCli.UserError, QloraWithInput("hi\n", "chat", "--model", bare).Code); // no tokenizer, no template
+    }
+
     [Theory]
+    [InlineData("generate")]
+    [InlineData("chat")]
     [InlineData("demo")]
     [InlineData("tokenize")]
     [InlineData("train")]
