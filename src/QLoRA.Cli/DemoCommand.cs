@@ -9,6 +9,7 @@ using QLoRA.Core.Quantization;
 using QLoRA.Core.SafeTensors;
 using QLoRA.Runtime.Devices;
 using QLoRA.Runtime.Engine;
+using QLoRA.Runtime.Generation;
 using QLoRA.Runtime.Models;
 using QLoRA.Runtime.Training;
 using QLoRA.Text;
@@ -31,23 +32,25 @@ internal static class DemoCommand
         var check = new Option<bool>("--check") { Description = "Exit 1 unless the trained model answers as the data taught it" };
         var output = new Option<string>("--output") { Description = "Where the model, the adapter and the metrics go", DefaultValueFactory = _ => Path.Combine(Path.GetTempPath(), "qlora-demo") };
         var steps = new Option<int>("--steps") { Description = "Optimizer steps", DefaultValueFactory = _ => 60 };
-        var command = new Command("demo", "Quantize, fine-tune and compare a tiny model end to end (no download)") { check, output, steps };
-        command.SetAction(parsed => Run(context, parsed.GetValue(output)!, parsed.GetValue(steps), parsed.GetValue(check)));
+        var model = new Option<string?>("--model") { Description = "Run on this checkpoint (a folder or a Hugging Face id in the local cache; its own tokenizer and chat template) instead of the tiny random model" };
+        var command = new Command("demo", "Quantize, fine-tune and compare a tiny model end to end (no download)") { check, output, steps, model };
+        command.SetAction(parsed => Run(context, parsed.GetValue(output)!, parsed.GetValue(steps), parsed.GetValue(check), parsed.GetValue(model)));
         return command;
     }
 
-    private static int Run(CommandContext context, string output, int steps, bool check)
+    private static int Run(CommandContext context, string output, int steps, bool check, string? checkpoint)
     {
         TextWriter w = context.Output;
         var clock = Stopwatch.StartNew();
         string root = Directory.CreateDirectory(output).FullName;
-        string dense = Path.Combine(root, "tiny-bf16");
-        long bf16Bytes = WriteRandomModel(dense);
-        string nf4 = Path.Combine(root, "tiny-nf4");
-        var job = new WeightsJob([Path.Combine(dense, "model.safetensors")], Path.Combine(dense, "config.json"), "tiny-nf4", root, QuantizationOptions.Default, ["lm_head", "embed_tokens"]) { WriteManifest = false };
+        string dense = checkpoint is null ? Path.Combine(root, "tiny-bf16") : QLoRA.Core.HuggingFace.HubCache.Resolve(checkpoint);
+        long bf16Bytes = checkpoint is null ? RandomLlama.Write(dense) : Directory.GetFiles(dense, "*.safetensors").Sum(f => new FileInfo(f).Length);
+        string nf4 = Path.Combine(root, checkpoint is null ? "tiny-nf4" : "model-nf4");
+        var job = new WeightsJob([.. Directory.GetFiles(dense, "*.safetensors").Order(StringComparer.Ordinal)], Path.Combine(dense, "config.json"), Path.GetFileName(nf4), root, QuantizationOptions.Default, ["lm_head", "embed_tokens"]) { WriteManifest = false };
         new WeightsQuantizer(_ => { }).Run(job);
-        long nf4Bytes = new FileInfo(Path.Combine(nf4, "model.safetensors")).Length;
-        w.WriteLine($"1. a tiny Llama (hidden 128, 4 layers, vocab {ByteTokenizer.VocabSize}, random weights) quantized to NF4 + double quantization: {InspectCommand.Size(bf16Bytes)} bf16 -> {InspectCommand.Size(nf4Bytes)} ({100.0 * nf4Bytes / bf16Bytes:F0}%; embeddings and lm_head stay bf16)");
+        long nf4Bytes = Directory.GetFiles(nf4, "*.safetensors").Sum(f => new FileInfo(f).Length);
+        string what = checkpoint is null ? $"a tiny Llama (hidden 128, 4 layers, vocab {ByteTokenizer.VocabSize}, random weights)" : dense;
+        w.WriteLine($"1. {what} quantized to NF4 + double quantization: {InspectCommand.Size(bf16Bytes)} -> {InspectCommand.Size(nf4Bytes)} ({100.0 * nf4Bytes / bf16Bytes:F0}%; embeddings and lm_head kept dense)");
 
         HfTokenizer tokenizer = HfTokenizer.FromFolder(nf4);
         var chat = new ChatFormatter(tokenizer);
@@ -58,9 +61,9 @@ internal static class DemoCommand
         using LlamaForCausalLM model = LlamaForCausalLM.Load(device, nf4);
         EngineModel engine = model.ToEngineModel();
         w.WriteLine($"2. before training ({device.Description}):");
-        foreach ((string question, _) in questions)
+        foreach (((string question, _), string answer) in questions.Zip(Answers(engine, nf4, questions.Select(q => q.Question))))
         {
-            w.WriteLine($"   {question} -> {Quote(Answer(engine, chat, tokenizer, question))}");
+            w.WriteLine($"   {question} -> {Quote(answer)}");
         }
 
         var lora = LoraConfig.Parse("""{"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}""");
@@ -84,9 +87,8 @@ internal static class DemoCommand
         w.WriteLine($"4. adapter saved (PEFT format) in {Path.Combine(root, "run", "adapter")}; loss {first:F3} -> {last:F3}");
         w.WriteLine("5. after training:");
         int right = 0;
-        foreach ((string question, string expected) in questions)
+        foreach (((string question, string expected), string answer) in questions.Zip(Answers(engine, nf4, questions.Select(q => q.Question))))
         {
-            string answer = Answer(engine, chat, tokenizer, question);
             right += answer == expected ? 1 : 0;
             w.WriteLine($"   {question} -> {Quote(answer)}{(answer == expected ? "" : $"  (taught: {Quote(expected)})")}");
         }
@@ -95,67 +97,15 @@ internal static class DemoCommand
         return check && right < questions.Count ? 1 : 0;
     }
 
-    // Greedy decoding of the assistant's turn, up to its end-of-turn token (the full prefix each step: a tiny model).
-    private static string Answer(EngineModel engine, ChatFormatter chat, HfTokenizer tokenizer, string question)
+    // Greedy answers to all questions at once: the generation engine batches them, each up to its end-of-turn token.
+    private static List<string> Answers(EngineModel engine, string folder, IEnumerable<string> questions)
     {
-        var ids = new List<int>(chat.EncodePrompt([new ChatMessage("user", question)]));
-        int start = ids.Count, vocab = engine.Config.VocabSize;
-        for (int i = 0; i < 32; i++)
-        {
-            float[] logits = engine.Logits(CollectionsMarshal.AsSpan(ids));
-            ReadOnlySpan<float> row = logits.AsSpan((ids.Count - 1) * vocab, vocab);
-            int next = row.IndexOf(System.Numerics.Tensors.TensorPrimitives.Max(row));
-            if (next == ByteTokenizer.EndOfTurn)
-            {
-                break;
-            }
-
-            ids.Add(next);
-        }
-
-        return tokenizer.Decode(CollectionsMarshal.AsSpan(ids)[start..], skipSpecialTokens: true);
+        using var generation = new GenerationEngine(engine, new GenerationEngineOptions { MaxBatch = 8, MaxSequenceLength = 256, StepTokens = 256 });
+        var text = TextGenerator.ForFolder(generation, folder);
+        var options = new TextGenerationOptions { MaxTokens = 32 };
+        var tasks = questions.Select(q => text.GenerateAsync(text.EncodeChat([new ChatMessage("user", q)]), options)).ToArray();
+        return [.. Task.WhenAll(tasks).GetAwaiter().GetResult().Select(r => r.Text)];
     }
 
     private static string Quote(string s) => "\"" + string.Concat(s.Select(c => char.IsControl(c) || char.IsSurrogate(c) || c == '\uFFFD' ? '·' : c)) + "\"";
-
-    // A Llama checkpoint of random bf16 weights (N(0, 0.02²)-like, norms 1) with the byte-level tokenizer files.
-    private static long WriteRandomModel(string folder)
-    {
-        const int hidden = 128, inter = 352, layers = 4, heads = 4, kvHeads = 2;
-        int vocab = ByteTokenizer.VocabSize;
-        Directory.CreateDirectory(folder);
-        File.WriteAllText(Path.Combine(folder, "config.json"), $$"""
-            {"model_type": "llama", "hidden_size": {{hidden}}, "intermediate_size": {{inter}}, "num_hidden_layers": {{layers}}, "num_attention_heads": {{heads}},
-             "num_key_value_heads": {{kvHeads}}, "vocab_size": {{vocab}}, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256, "torch_dtype": "bfloat16"}
-            """);
-        ByteTokenizer.WriteFiles(folder);
-        var rng = new Random(1234);
-        var tensors = new List<(SafeTensorSpec, ReadOnlyMemory<byte>)>();
-        void Add(string name, double scale, params long[] shape)
-        {
-            long n = shape.Aggregate(1L, (a, b) => a * b);
-            BFloat16[] v = [.. Enumerable.Range(0, (int)n).Select(_ => BFloat16.FromSingle(shape.Length == 1 ? 1f : (float)((rng.NextDouble() - 0.5) * 2 * scale)))];
-            tensors.Add((new SafeTensorSpec(name, DType.BF16, shape), MemoryMarshal.AsBytes(v.AsSpan()).ToArray()));
-        }
-
-        Add("model.embed_tokens.weight", 0.5, vocab, hidden);
-        for (int l = 0; l < layers; l++)
-        {
-            string p = $"model.layers.{l}.";
-            Add(p + "input_layernorm.weight", 0, hidden);
-            Add(p + "self_attn.q_proj.weight", 0.05, hidden, hidden);
-            Add(p + "self_attn.k_proj.weight", 0.05, kvHeads * hidden / heads, hidden);
-            Add(p + "self_attn.v_proj.weight", 0.05, kvHeads * hidden / heads, hidden);
-            Add(p + "self_attn.o_proj.weight", 0.05, hidden, hidden);
-            Add(p + "post_attention_layernorm.weight", 0, hidden);
-            Add(p + "mlp.gate_proj.weight", 0.05, inter, hidden);
-            Add(p + "mlp.up_proj.weight", 0.05, inter, hidden);
-            Add(p + "mlp.down_proj.weight", 0.05, hidden, inter);
-        }
-
-        Add("model.norm.weight", 0, hidden);
-        Add("lm_head.weight", 0.05, vocab, hidden);
-        SafeTensorsWriter.Save(Path.Combine(folder, "model.safetensors"), tensors);
-        return new FileInfo(Path.Combine(folder, "model.safetensors")).Length;
-    }
 }

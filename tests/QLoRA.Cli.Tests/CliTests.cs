@@ -307,6 +307,14 @@ public sealed class CliTests
         Assert.True(File.Exists(Path.Combine(output, "run", "adapter", "adapter_model.safetensors")));
         // Too few steps to learn: --check reports it with exit code 1.
         Assert.Equal(1, Qlora("demo", "--check", "--steps", "1", "--output", output).Code);
+
+        // On a checkpoint of the user's (here a random one written elsewhere): quantized on the way, its own tokenizer.
+        string mine = Path.Combine(output, "mine");
+        QLoRA.Runtime.Models.RandomLlama.Write(mine, new(Hidden: 64, Intermediate: 96, Layers: 2, Seed: 5));
+        (code, stdout, error) = Qlora("demo", "--model", mine, "--steps", "2", "--output", Path.Combine(output, "second"));
+        Assert.True(code == 0, error + stdout);
+        Assert.Contains(mine, stdout);
+        Assert.Equal(QloraCli.UserError, Qlora("demo", "--model", Path.Combine(output, "missing"), "--steps", "1").Code);
     }
 
     [Fact]
