@@ -43,7 +43,7 @@ internal static class DemoCommand
         TextWriter w = context.Output;
         var clock = Stopwatch.StartNew();
         string root = Directory.CreateDirectory(output).FullName;
-        string dense = checkpoint is null ? Path.Combine(root, "tiny-bf16") : QLoRA.Core.HuggingFace.HubCache.Resolve(checkpoint);
+        string dense = checkpoint is null ? Path.Combine(root, "tiny-bf16") : QLoRA.Core.HuggingFace.HubCache.ResolveOrDownload(checkpoint);
         long bf16Bytes = checkpoint is null ? RandomLlama.Write(dense) : Directory.GetFiles(dense, "*.safetensors").Sum(f => new FileInfo(f).Length);
         string nf4 = Path.Combine(root, checkpoint is null ? "tiny-nf4" : "model-nf4");
         var job = new WeightsJob([.. Directory.GetFiles(dense, "*.safetensors").Order(StringComparer.Ordinal)], Path.Combine(dense, "config.json"), Path.GetFileName(nf4), root, QuantizationOptions.Default, ["lm_head", "embed_tokens"]) { WriteManifest = false };

@@ -26,7 +26,7 @@ internal static class MergeCommand
                 "nf4" => MergedWeights.FourBit,
                 var other => throw new CliException($"--dtype '{other}' is not bf16 or nf4"),
             };
-            string baseFolder = HubCache.Resolve(parsed.GetValue(model)!);
+            string baseFolder = HubCache.ResolveOrDownload(parsed.GetValue(model)!);
             LoraAdapter loaded = LoraAdapter.Load(parsed.GetValue(adapter)!);
             LoraMerger.Merge(baseFolder, loaded, parsed.GetValue(output)!, new MergeOptions { Weights = weights });
             context.Output.WriteLine($"wrote {Path.GetFullPath(parsed.GetValue(output)!)} ({loaded.Modules.Count} modules merged, {(weights == MergedWeights.BFloat16 ? "bf16" : "nf4, requantized")})");

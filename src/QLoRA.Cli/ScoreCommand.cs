@@ -43,7 +43,7 @@ internal static class ScoreCommand
             throw new CliException("give exactly one of --text, --tokens and --file");
         }
 
-        modelPath = QLoRA.Core.HuggingFace.HubCache.Resolve(modelPath); // a folder, or a hub id in the local cache
+        modelPath = QLoRA.Core.HuggingFace.HubCache.ResolveOrDownload(modelPath); // a folder, or a hub id in the local cache
 
         LoadOptions options = ServingModel.ParseQuantize(quantize);
         int[] ids = tokenList is not null ? ParseTokens(tokenList) : HfTokenizer.FromFolder(modelPath).Encode(text ?? File.ReadAllText(file!));

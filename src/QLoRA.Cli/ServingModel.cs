@@ -65,7 +65,7 @@ internal sealed class ServingModel : IDisposable
 
     public static ServingModel Load(string model, string? adapter, string quantize, int maxSequenceLength = 0)
     {
-        string folder = HubCache.Resolve(model);
+        string folder = HubCache.ResolveOrDownload(model);
         LoadOptions options = ParseQuantize(quantize);
         Device device = Device.Best();
         LlamaForCausalLM? loaded = null;

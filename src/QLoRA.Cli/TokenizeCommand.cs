@@ -32,7 +32,7 @@ internal static class TokenizeCommand
                 throw new CliException("give exactly one of --text, --file and --chat-json");
             }
 
-            var tokenizer = HfTokenizer.FromFolder(HubCache.Resolve(parsed.GetValue(model)!));
+            var tokenizer = HfTokenizer.FromFolder(HubCache.ResolveOrDownload(parsed.GetValue(model)!));
             string rendered;
             int[] ids;
             if (parsed.GetValue(chatJson) is string chatPath)

@@ -47,7 +47,7 @@ internal static class TrainCommand
         };
         command.SetAction((parsed, cancellation) =>
         {
-            string folder = HubCache.Resolve(parsed.GetValue(model)!);
+            string folder = HubCache.ResolveOrDownload(parsed.GetValue(model)!);
             var kind = parsed.GetValue(optimizer)!.ToLowerInvariant() switch
             {
                 "paged_adamw_32bit" => OptimizerKind.PagedAdamW32Bit,

@@ -60,6 +60,32 @@ public static partial class HubCache
         return snapshot;
     }
 
+    /// <summary>
+    /// <see cref="Resolve"/>, and for a hub id not in the cache a download of what the model needs
+    /// (<see cref="HubDownloader"/>) unless <c>HF_HUB_OFFLINE=1</c>.
+    /// </summary>
+    /// <exception cref="DirectoryNotFoundException">Not a folder, and not a hub id (or offline and not cached).</exception>
+    /// <exception cref="HubDownloadException">The download failed (the message says why).</exception>
+    public static string ResolveOrDownload(string model, IProgress<HubProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            return Resolve(model);
+        }
+        catch (DirectoryNotFoundException) when (ParseId(model) is not null && Environment.GetEnvironmentVariable("HF_HUB_OFFLINE") is not ("1" or "true" or "TRUE"))
+        {
+            using var downloader = new HubDownloader { Progress = progress };
+            return downloader.DownloadModelAsync(model, cancellationToken).GetAwaiter().GetResult();
+        }
+    }
+
+    /// <summary>(org/name, revision) of a hub id <c>org/name[@revision]</c> (revision main by default), or null.</summary>
+    public static (string Repo, string Revision)? ParseId(string model)
+    {
+        Match m = HubId().Match(model);
+        return m.Success ? ($"{m.Groups["org"].Value}/{m.Groups["name"].Value}", m.Groups["rev"].Success ? m.Groups["rev"].Value : "main") : null;
+    }
+
     [GeneratedRegex(@"^(?<org>[A-Za-z0-9][A-Za-z0-9_.\-]*)/(?<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(@(?<rev>[A-Za-z0-9_.\-/]+))?$")]
     private static partial Regex HubId();
 
