@@ -44,6 +44,7 @@ public static class QloraCli
         root.Subcommands.Add(GenerateCommand.Create(context));
         root.Subcommands.Add(ChatCommand.Create(context));
         root.Subcommands.Add(TokenizeCommand.Create(context));
+        root.Subcommands.Add(BenchCommand.Create(context));
         root.Subcommands.Add(DemoCommand.Create(context));
 
         ParseResult parsed = root.Parse(args);

@@ -82,8 +82,13 @@ internal static class TrainCommand
             };
             using var trainer = new LoraTrainer(device, loaded.ToEngineModel(), lora, options, new EngineOptions(micro, parsed.GetValue(checkpointing), accumulate));
             context.Output.WriteLine($"training {Path.GetFileName(folder)} on {device.Description}: {train.Train.Count} examples in {rows} packed rows, {maxSteps} steps of {accumulate} × {micro} tokens, r{lora.R} α{lora.LoraAlpha}, {kind}; memory estimate {trainer.Estimate.TotalBytes / 1048576.0:F0} MiB");
-            trainer.StepCompleted += r => context.Output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"step {r.Step}/{maxSteps}  loss {r.Loss:F4}  lr {r.LearningRate:G3}  grad norm {r.GradientNorm:F3}  {r.TokensPerSecond:F0} tok/s{(r.Skipped ? "  (skipped: not finite)" : "")}"));
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            string Line(StepReport r)
+            {
+                TimeSpan eta = r.Step == 0 ? TimeSpan.Zero : clock.Elapsed / r.Step * (maxSteps - r.Step);
+                return string.Create(CultureInfo.InvariantCulture,
+                    $"step {r.Step}/{maxSteps}  loss {r.Loss:F4}  lr {r.LearningRate:G3}  grad norm {r.GradientNorm:F3}  {r.TokensPerSecond:F0} tok/s  mem {r.DeviceMemoryBytes / 1048576.0:F0} MiB  ETA {eta:hh\\:mm\\:ss}{(r.Skipped ? "  (skipped: not finite)" : "")}");
+            }
             using var interrupt = new CancellationTokenSource();
             using CancellationTokenRegistration link = cancellation.Register(interrupt.Cancel);
             ConsoleCancelEventHandler onCtrlC = (_, e) => { e.Cancel = true; interrupt.Cancel(); };
@@ -91,12 +96,33 @@ internal static class TrainCommand
             try
             {
                 string outputDir = parsed.GetValue(output)!;
-                FitResult result = trainer.Fit(train.Train, evalExamples, new FitOptions
+                var fit = new FitOptions
                 {
                     Epochs = Math.Max(epochCount, (maxSteps * accumulate / Math.Max(1, rows)) + 1), OutputDirectory = outputDir,
                     CheckpointEvery = Math.Max(1, maxSteps / 4), EvalEvery = evalExamples.Count > 0 ? Math.Max(1, maxSteps / 4) : 0,
                     ShuffleSeed = (ulong)parsed.GetValue(seed), ResumeFrom = parsed.GetValue(resume),
-                }, interrupt.Token);
+                };
+
+                // On a terminal a live line (step, loss, lr, tokens/s, memory, ETA); redirected, one plain line per step.
+                FitResult result = Progress.Run(context, $"training: step 0/{maxSteps}", report =>
+                {
+                    trainer.StepCompleted += r =>
+                    {
+                        string line = Line(r);
+                        report(line);
+                        if (context.Interactive && (r.Step % Math.Max(1, maxSteps / 20) == 0 || r.Step == maxSteps))
+                        {
+                            context.Output.WriteLine(line); // a trail of lines above the live one
+                        }
+                    };
+                    return trainer.Fit(train.Train, evalExamples, fit, interrupt.Token);
+                });
+                string metrics = Path.Combine(outputDir, "metrics.jsonl");
+                if (File.Exists(metrics) && LossCurve.Write(metrics, Path.Combine(outputDir, "loss.png")))
+                {
+                    context.Output.WriteLine($"loss curve: {Path.Combine(Path.GetFullPath(outputDir), "loss.png")}");
+                }
+
                 context.Output.WriteLine(result.Cancelled
                     ? $"interrupted at step {result.Steps}: resume with --resume {result.LastCheckpoint}"
                     : $"done: {result.Steps} steps, last loss {result.LastLoss.ToString("F4", CultureInfo.InvariantCulture)}{(result.EvalLoss is double e ? $", eval loss {e.ToString("F4", CultureInfo.InvariantCulture)}" : "")}; adapter in {Path.Combine(Path.GetFullPath(outputDir), "adapter")}");

@@ -269,6 +269,11 @@ public sealed class CliTests
         double[] losses = [.. File.ReadAllLines(Path.Combine(output, "metrics.jsonl")).Select(l => JsonNode.Parse(l)!).Where(n => n["loss"] is not null).Select(n => n["loss"]!.GetValue<double>())];
         Assert.Equal(8, losses.Length);
         Assert.True(losses[^1] < losses[0], $"the loss must fall: {string.Join(", ", losses)}");
+        Assert.Contains("ETA", stdout);
+        Assert.DoesNotContain("\u001b[", stdout); // redirected: plain lines, no terminal codes
+        byte[] png = File.ReadAllBytes(Path.Combine(output, "loss.png"));
+        Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], png[..4]);
+        Assert.True(png.Length > 2000, $"{png.Length} bytes");
 
         File.AppendAllText(data, "{\"prompt\": 3}\n");
         (code, _, error) = Qlora("train", "--model", folder, "--data", data, "--output", Path.Combine(work, "bad"), "--steps", "1");
@@ -276,6 +281,38 @@ public sealed class CliTests
         Assert.Contains("data.jsonl", error);
         Assert.Contains("9", error); // the line
         Assert.Equal(QloraCli.UserError, Qlora("train", "--model", folder, "--data", data, "--optimizer", "sgd").Code);
+    }
+
+    [Fact]
+    public async Task TrainShowsALiveDisplayInAPseudoTerminal()
+    {
+        // The real tool under `script`, which gives it a pseudo-terminal: Spectre's live status (terminal codes) and the
+        // trail of step lines; the same run redirected (above) prints plain lines only.
+        (string folder, _) = Checkpoint(QLoRA.Text.Tokenization.ByteTokenizer.VocabSize);
+        QLoRA.Text.Tokenization.ByteTokenizer.WriteFiles(folder);
+        string work = Directory.CreateTempSubdirectory("qlora-cli-").FullName;
+        string data = Path.Combine(work, "data.jsonl");
+        File.WriteAllLines(data, Enumerable.Range(0, 4).Select(i => $$"""{"prompt": "Say {{i}}:", "completion": " {{i}}"}"""));
+        string tool = Path.Combine(AppContext.BaseDirectory, "qlora.dll");
+        string dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet";
+        string command = $"'{dotnet}' '{tool}' train --model '{folder}' --data '{data}' --output '{Path.Combine(work, "out")}' --steps 4 --grad-accum 1 --seq-len 32 --rank 2";
+        var start = new System.Diagnostics.ProcessStartInfo("script") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (string arg in new[] { "-q", "-e", "-c", command, "/dev/null" })
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        start.Environment["TERM"] = "xterm-256color";
+        start.Environment["QLORA_DEVICE"] = "cpu";
+        using var process = System.Diagnostics.Process.Start(start)!;
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        timeout.CancelAfter(TimeSpan.FromMinutes(2));
+        string output = await process.StandardOutput.ReadToEndAsync(timeout.Token);
+        await process.WaitForExitAsync(timeout.Token);
+        Assert.True(process.ExitCode == 0, output);
+        Assert.Contains("\u001b[", output);   // the live display drew on the terminal
+        Assert.Contains("step 4/4", output);
+        Assert.Contains("ETA", output);
     }
 
     [Fact]
@@ -376,7 +413,25 @@ public sealed class CliTests
         Assert.Equal(QloraCli.UserError, QloraWithInput("hi\n", "chat", "--model", bare).Code); // no tokenizer, no template
     }
 
+    [Fact]
+    public void BenchPrintsItsTableOrOneJsonRecord()
+    {
+        (int code, string output, string error) = Qlora("bench", "--hidden", "64", "--layers", "1");
+        Assert.True(code == 0, error);
+        foreach (string row in new[] { "| copy (reference) |", "| NF4 + DQ quantize |", "| decode, batch 1 |", "| decode, batch 4 |", "| LoRA training step |" })
+        {
+            Assert.Contains(row, output);
+        }
+
+        (code, output, error) = Qlora("bench", "--hidden", "64", "--layers", "1", "--json");
+        Assert.True(code == 0, error);
+        JsonNode record = JsonNode.Parse(output)!;
+        Assert.True(record["decode, batch 1"]!["value"]!.GetValue<double>() > 0);
+        Assert.Equal(QloraCli.UserError, Qlora("bench", "--hidden", "100").Code);
+    }
+
     [Theory]
+    [InlineData("bench")]
     [InlineData("generate")]
     [InlineData("chat")]
     [InlineData("demo")]
