@@ -211,6 +211,7 @@ public sealed class Device : IDisposable
     internal T Kernel<T>(Func<Accelerator, T> load)
         where T : Delegate
     {
+        Interlocked.Increment(ref _launches); // every lookup is followed by exactly one launch
         MethodInfo site = load.Method;
         if (_kernels.TryGetValue(site, out Delegate? kernel))
         {
@@ -223,6 +224,17 @@ public sealed class Device : IDisposable
             return (T)_kernels.GetOrAdd(site, _ => load(Accelerator));
         }
     }
+
+    private long _launches;
+
+    /// <summary>
+    /// Kernel launches issued on this device so far (ILGPU kernels and cuBLAS calls; the CPU schedules of the CPU
+    /// accelerator launch nothing) — what the decode step's launch budget is measured with.
+    /// </summary>
+    public long LaunchCount => Interlocked.Read(ref _launches);
+
+    /// <summary>Counts a launch made outside <see cref="Kernel{T}"/> (a cuBLAS call).</summary>
+    internal void CountLaunch() => Interlocked.Increment(ref _launches);
 
     private readonly AsyncLocal<AcceleratorStream?> _stream = new();
 

@@ -17,7 +17,9 @@ internal readonly record struct StepPiece(KvSequence Sequence, int[] Tokens, Ser
 /// The forward of one generation step over several sequences at once (continuous batching): every piece's new rows
 /// go through the blocks together, each attending to its own sequence in the paged cache, and the logits of each
 /// piece's last row come out — the rows that sample. One arena, planned once for a row budget; per step only the
-/// ids, positions and block tables are uploaded.
+/// ids, positions and block tables are uploaded. A decode step (≤ 8 rows) takes the fused launches of
+/// <see cref="FusedDecode"/>: per block residual-add + norm, one q/k/v GEMV, RoPE + cache append, attention, o_proj,
+/// add + norm, one gate/up GEMV with SwiGLU, down_proj — 8 launches.
 /// </summary>
 internal sealed class StepRunner : IDisposable
 {
@@ -74,6 +76,9 @@ internal sealed class StepRunner : IDisposable
     /// <summary>Block-table width: the longest sequence is MaxPages · pageTokens positions.</summary>
     public int MaxPages { get; }
 
+    /// <summary>Take the fused decode launches where they apply (false: the plain ops, for comparison).</summary>
+    public bool Fused { get; init; } = true;
+
     /// <summary>Device bytes of the step's arena.</summary>
     public long ArenaBytes => _arena.Bytes;
 
@@ -128,27 +133,43 @@ internal sealed class StepRunner : IDisposable
         DeviceTensor inverseRms = R(_inverseRms, rows), positionTensor = R(_positions, rows);
         EngineShape s = _shape;
         _model.Embed.Forward(ids, x);
+        DeviceTensor? pending = null; // the previous block's MLP output: the next norm adds it to the residual stream
         for (int l = 0; l < _model.Blocks.Count; l++)
         {
             DecoderBlockWeights w = _model.Blocks[l];
-            w.InputNorm.Forward(x, normed, inverseRms);
-            Project(l, 0, normed, q, ranges);
-            Project(l, 1, normed, k, ranges);
-            Project(l, 2, normed, v, ranges);
+            FusedDecode.AddRmsNorm(x, pending, w.InputNorm, normed, inverseRms, Fused);
+            if (ranges is null)
+            {
+                FusedDecode.Project(normed, [w.Q, w.K, w.V], [q, k, v], Fused);
+            }
+            else
+            {
+                Project(l, 0, normed, q, ranges);
+                Project(l, 1, normed, k, ranges);
+                Project(l, 2, normed, v, ranges);
+            }
+
             DeviceTensor q3 = q.Reshape(rows, s.Heads, s.HeadDim), k3 = k.Reshape(rows, s.KeyValueHeads, s.HeadDim), v3 = v.Reshape(rows, s.KeyValueHeads, s.HeadDim);
-            Rope.Forward(q3, positionTensor, _inverseFrequencies);
-            Rope.Forward(k3, positionTensor, _inverseFrequencies);
-            PagedAttention.Write(k3, v3, _cache, l, paged);
+            FusedDecode.RopeAppend(q3, k3, v3, positionTensor, _inverseFrequencies, _cache, l, paged, Fused);
             PagedAttention.Forward(q3, _cache, l, paged, attention.Reshape(rows, s.Heads, s.HeadDim));
             Project(l, 3, attention, projected, ranges);
-            Elementwise.Add(x, projected, x);
-            w.PostNorm.Forward(x, normed, inverseRms);
-            Project(l, 4, normed, gate, ranges);
-            Project(l, 5, normed, up, ranges);
-            SwiGlu.Forward(gate, up, act);
+            FusedDecode.AddRmsNorm(x, projected, w.PostNorm, normed, inverseRms, Fused);
+            if (ranges is null)
+            {
+                FusedDecode.GateUp(normed, w.Gate, w.Up, gate, up, act, Fused);
+            }
+            else
+            {
+                Project(l, 4, normed, gate, ranges);
+                Project(l, 5, normed, up, ranges);
+                SwiGlu.Forward(gate, up, act);
+            }
+
             Project(l, 6, act, projected, ranges);
-            Elementwise.Add(x, projected, x);
+            pending = projected;
         }
+
+        Elementwise.Add(x, pending!, x);
 
         int n = pieces.Count;
         DeviceTensor last = R(_last, n), lastNormed = R(_lastNormed, n), logits = R(_logits, n);

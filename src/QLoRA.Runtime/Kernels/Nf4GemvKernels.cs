@@ -21,69 +21,60 @@ internal static class Nf4GemvKernels
         where TAbsmax : struct, IAbsmaxSource
     {
         table = CodeTable.ToShared(table);
-        TE e = default;
-        int chunksPerRow = s.In / 32;
-        int lanes = Warp.WarpSize, lane = Warp.LaneIdx;
+        int lanes = Warp.WarpSize;
         // Warps are aligned in the grid and the stride is a multiple of the warp size: a warp's lanes share a row and
         // leave the loop together, as the shuffles need.
         for (long g = Grid.GlobalIndex.X; g / lanes < s.Out; g += (long)Grid.DimX * Group.DimX)
         {
             int o = (int)(g / lanes);
-            float y0 = 0, y1 = 0, y2 = 0, y3 = 0, y4 = 0, y5 = 0, y6 = 0, y7 = 0;
-            for (int c = lane; c < chunksPerRow; c += lanes)
+            RowSums acc = Row<T, TE, TAbsmax>(packed, absmax, table, x, s, o).WarpSum(s.Batch);
+            if (Warp.LaneIdx == 0)
             {
-                long chunk = ((long)o * chunksPerRow) + c;
-                float scale = absmax.Get(chunk * 32 / s.BlockSize);
-                UInt4 bytes = packed[chunk];
-                int column = c * 32;
-                for (int word = 0; word < 4; word++)
-                {
-                    // Four packed bytes: eight weights, high nibble first within each byte.
-                    uint w = word == 0 ? bytes.X : word == 1 ? bytes.Y : word == 2 ? bytes.Z : bytes.W;
-                    var weights = new Eight(
-                        table[(int)((w >> 4) & 15)] * scale, table[(int)(w & 15)] * scale,
-                        table[(int)((w >> 12) & 15)] * scale, table[(int)((w >> 8) & 15)] * scale,
-                        table[(int)((w >> 20) & 15)] * scale, table[(int)((w >> 16) & 15)] * scale,
-                        table[(int)(w >> 28)] * scale, table[(int)((w >> 24) & 15)] * scale);
-                    long first = column + (word * 8);
-                    y0 += Dot<T, TE>(x, s, 0, first, weights);
-                    if (s.Batch > 1) { y1 += Dot<T, TE>(x, s, 1, first, weights); }
-                    if (s.Batch > 2) { y2 += Dot<T, TE>(x, s, 2, first, weights); }
-                    if (s.Batch > 3) { y3 += Dot<T, TE>(x, s, 3, first, weights); }
-                    if (s.Batch > 4) { y4 += Dot<T, TE>(x, s, 4, first, weights); }
-                    if (s.Batch > 5) { y5 += Dot<T, TE>(x, s, 5, first, weights); }
-                    if (s.Batch > 6) { y6 += Dot<T, TE>(x, s, 6, first, weights); }
-                    if (s.Batch > 7) { y7 += Dot<T, TE>(x, s, 7, first, weights); }
-                }
+                acc.Store<T, TE>(y, s.Batch, s.Out, o, 0f);
             }
-
-            for (int offset = lanes / 2; offset > 0; offset /= 2)
-            {
-                // Batch is uniform across the warp, so every lane takes the same shuffles.
-                y0 += Warp.ShuffleDown(y0, offset);
-                if (s.Batch > 1) { y1 += Warp.ShuffleDown(y1, offset); }
-                if (s.Batch > 2) { y2 += Warp.ShuffleDown(y2, offset); }
-                if (s.Batch > 3) { y3 += Warp.ShuffleDown(y3, offset); }
-                if (s.Batch > 4) { y4 += Warp.ShuffleDown(y4, offset); }
-                if (s.Batch > 5) { y5 += Warp.ShuffleDown(y5, offset); }
-                if (s.Batch > 6) { y6 += Warp.ShuffleDown(y6, offset); }
-                if (s.Batch > 7) { y7 += Warp.ShuffleDown(y7, offset); }
-            }
-
-            if (lane != 0)
-            {
-                continue;
-            }
-
-            y[o] = e.Store(y0);
-            if (s.Batch > 1) { y[s.Out + o] = e.Store(y1); }
-            if (s.Batch > 2) { y[(2L * s.Out) + o] = e.Store(y2); }
-            if (s.Batch > 3) { y[(3L * s.Out) + o] = e.Store(y3); }
-            if (s.Batch > 4) { y[(4L * s.Out) + o] = e.Store(y4); }
-            if (s.Batch > 5) { y[(5L * s.Out) + o] = e.Store(y5); }
-            if (s.Batch > 6) { y[(6L * s.Out) + o] = e.Store(y6); }
-            if (s.Batch > 7) { y[(7L * s.Out) + o] = e.Store(y7); }
         }
+    }
+
+    /// <summary>
+    /// This lane's partial sums of output row <paramref name="o"/> for every batch row: the lane reads chunks lane,
+    /// lane + warp, … of the packed row (16 bytes, 32 weights each), decodes them in registers and multiplies.
+    /// </summary>
+    public static RowSums Row<T, TE, TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, ArrayView<UInt4> x, GemvShape s, int o)
+        where T : unmanaged
+        where TE : struct, IElement<T>
+        where TAbsmax : struct, IAbsmaxSource
+    {
+        int chunksPerRow = s.In / 32;
+        int lanes = Warp.WarpSize, lane = Warp.LaneIdx;
+        var acc = default(RowSums);
+        for (int c = lane; c < chunksPerRow; c += lanes)
+        {
+            long chunk = ((long)o * chunksPerRow) + c;
+            float scale = absmax.Get(chunk * 32 / s.BlockSize);
+            UInt4 bytes = packed[chunk];
+            int column = c * 32;
+            for (int word = 0; word < 4; word++)
+            {
+                // Four packed bytes: eight weights, high nibble first within each byte.
+                uint w = word == 0 ? bytes.X : word == 1 ? bytes.Y : word == 2 ? bytes.Z : bytes.W;
+                var weights = new Eight(
+                    table[(int)((w >> 4) & 15)] * scale, table[(int)(w & 15)] * scale,
+                    table[(int)((w >> 12) & 15)] * scale, table[(int)((w >> 8) & 15)] * scale,
+                    table[(int)((w >> 20) & 15)] * scale, table[(int)((w >> 16) & 15)] * scale,
+                    table[(int)(w >> 28)] * scale, table[(int)((w >> 24) & 15)] * scale);
+                long first = column + (word * 8);
+                acc.Y0 += Dot<T, TE>(x, s, 0, first, weights);
+                if (s.Batch > 1) { acc.Y1 += Dot<T, TE>(x, s, 1, first, weights); }
+                if (s.Batch > 2) { acc.Y2 += Dot<T, TE>(x, s, 2, first, weights); }
+                if (s.Batch > 3) { acc.Y3 += Dot<T, TE>(x, s, 3, first, weights); }
+                if (s.Batch > 4) { acc.Y4 += Dot<T, TE>(x, s, 4, first, weights); }
+                if (s.Batch > 5) { acc.Y5 += Dot<T, TE>(x, s, 5, first, weights); }
+                if (s.Batch > 6) { acc.Y6 += Dot<T, TE>(x, s, 6, first, weights); }
+                if (s.Batch > 7) { acc.Y7 += Dot<T, TE>(x, s, 7, first, weights); }
+            }
+        }
+
+        return acc;
     }
 
     /// <summary>Eight decoded weights of one packed word.</summary>
@@ -108,5 +99,45 @@ internal static class Nf4GemvKernels
         sum += (e.FromVector(high, half) * w.W4) + (e.FromVector(high, half + 1) * w.W5);
         sum += (e.FromVector(high, half + 2) * w.W6) + (e.FromVector(high, half + 3) * w.W7);
         return sum;
+    }
+}
+
+/// <summary>One output row's sums for up to eight batch rows (a lane's partials, or the warp's totals after <see cref="WarpSum"/>).</summary>
+internal struct RowSums
+{
+    public float Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7;
+
+    /// <summary>The warp's totals by a shuffle-down tree (lane 0 holds them); batch is uniform across the warp.</summary>
+    public RowSums WarpSum(int batch)
+    {
+        RowSums r = this;
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)
+        {
+            r.Y0 += Warp.ShuffleDown(r.Y0, offset);
+            if (batch > 1) { r.Y1 += Warp.ShuffleDown(r.Y1, offset); }
+            if (batch > 2) { r.Y2 += Warp.ShuffleDown(r.Y2, offset); }
+            if (batch > 3) { r.Y3 += Warp.ShuffleDown(r.Y3, offset); }
+            if (batch > 4) { r.Y4 += Warp.ShuffleDown(r.Y4, offset); }
+            if (batch > 5) { r.Y5 += Warp.ShuffleDown(r.Y5, offset); }
+            if (batch > 6) { r.Y6 += Warp.ShuffleDown(r.Y6, offset); }
+            if (batch > 7) { r.Y7 += Warp.ShuffleDown(r.Y7, offset); }
+        }
+
+        return r;
+    }
+
+    /// <summary>Batch row <paramref name="b"/>'s sum.</summary>
+    public readonly float Get(int b) => b == 0 ? Y0 : b == 1 ? Y1 : b == 2 ? Y2 : b == 3 ? Y3 : b == 4 ? Y4 : b == 5 ? Y5 : b == 6 ? Y6 : Y7;
+
+    /// <summary>y[b, o] = sum_b + bias for every batch row, rounded once to the dtype.</summary>
+    public readonly void Store<T, TE>(ArrayView<T> y, int batch, int outFeatures, int o, float bias)
+        where T : unmanaged
+        where TE : struct, IElement<T>
+    {
+        TE e = default;
+        for (int b = 0; b < batch; b++)
+        {
+            y[((long)b * outFeatures) + o] = e.Store(bias == 0f ? Get(b) : Get(b) + bias); // no bias: the sum as it is (−0 stays −0)
+        }
     }
 }

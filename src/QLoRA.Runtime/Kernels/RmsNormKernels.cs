@@ -15,29 +15,38 @@ internal static class RmsNormKernels
         where T : unmanaged
         where TE : struct, IElement<T>
     {
-        TE e = default;
-        int lanes = Warp.WarpSize, lane = Warp.LaneIdx;
+        int lanes = Warp.WarpSize;
         // Warps are aligned in the grid and the stride is a multiple of the warp size: a warp's lanes share a row.
         for (long g = Grid.GlobalIndex.X; g / lanes < rows; g += (long)Grid.DimX * Group.DimX)
         {
-            long r = g / lanes, offset = r * dim;
-            float sum = 0f;
-            for (int j = lane; j < dim; j += lanes)
-            {
-                float v = e.Load(x[offset + j]);
-                sum += v * v;
-            }
+            Row<T, TE>(x, weight, y, inverseRms, g / lanes, dim, eps);
+        }
+    }
 
-            float inv = 1f / MathF.Sqrt((WarpReduce.Sum(sum) / dim) + eps);
-            if (lane == 0)
-            {
-                inverseRms[r] = inv;
-            }
+    /// <summary>Row <paramref name="r"/> by the calling warp: lanes stride over the columns, a butterfly sums the squares.</summary>
+    public static void Row<T, TE>(ArrayView<T> x, ArrayView<float> weight, ArrayView<T> y, ArrayView<float> inverseRms, long r, int dim, float eps)
+        where T : unmanaged
+        where TE : struct, IElement<T>
+    {
+        TE e = default;
+        int lanes = Warp.WarpSize, lane = Warp.LaneIdx;
+        long offset = r * dim;
+        float sum = 0f;
+        for (int j = lane; j < dim; j += lanes)
+        {
+            float v = e.Load(x[offset + j]);
+            sum += v * v;
+        }
 
-            for (int j = lane; j < dim; j += lanes)
-            {
-                y[offset + j] = e.Store(weight[j] * (e.Load(x[offset + j]) * inv));
-            }
+        float inv = 1f / MathF.Sqrt((WarpReduce.Sum(sum) / dim) + eps);
+        if (lane == 0)
+        {
+            inverseRms[r] = inv;
+        }
+
+        for (int j = lane; j < dim; j += lanes)
+        {
+            y[offset + j] = e.Store(weight[j] * (e.Load(x[offset + j]) * inv));
         }
     }
 

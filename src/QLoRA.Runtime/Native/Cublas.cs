@@ -79,6 +79,7 @@ public sealed unsafe class Cublas : IDisposable
         }
 
         int type = TypeOf(a.Dtype), cType = TypeOf(c.Dtype);
+        _device.CountLaunch();
         // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands, keep the flags.
         int status = _api.GemmEx(_handle, transposeB ? OpT : OpN, transposeA ? OpT : OpN, n, m, k, &alpha,
             Pointer(b), type, checked((int)b.Shape[1]), Pointer(a), type, checked((int)a.Shape[1]), &beta,

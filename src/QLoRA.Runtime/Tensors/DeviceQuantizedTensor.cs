@@ -12,7 +12,7 @@ namespace QLoRA.Runtime.Tensors;
 /// A 4-bit tensor resident on a device: packed codes (padded to 16 bytes for vector loads), its absmax statistics
 /// as stored (plain float32, or double-quantized codes + nested maxima + 8-bit map), and the 16-entry code table.
 /// </summary>
-public sealed class DeviceQuantizedTensor : IDisposable
+public sealed partial class DeviceQuantizedTensor : IDisposable
 {
     private readonly Device _device;
     private readonly MemoryBuffer1D<UInt4, Stride1D.Dense> _packed;
