@@ -64,6 +64,19 @@ public abstract class GenerationEngineTests<TDevice>(TDevice fixture) : IClassFi
         }
 
         Assert.Equal(engine.Cache.PageCount, engine.Cache.FreePages);
+
+        // Decode steps replay captured CUDA graphs on a GPU (and equal the plain launches above); plain launches here.
+        if (fixture.Device.Kind == QLoRA.Runtime.Devices.DeviceKind.Cuda)
+        {
+            Assert.True(engine.CapturedGraphs > 0, "no decode step was captured as a CUDA graph");
+            using var plain = new GenerationEngine(model, Small() with { CudaGraphs = false });
+            Assert.All(requests, r => Assert.Equal(plain.Generate(r, Ct).Ids, engine.Generate(r, Ct).Ids));
+            Assert.Equal(0, plain.CapturedGraphs);
+        }
+        else
+        {
+            Assert.Equal(0, engine.CapturedGraphs);
+        }
     }
 
     [Fact]

@@ -39,7 +39,7 @@ public sealed class GenerationEngine : IDisposable
         MaxSequenceLength = Options.MaxSequenceLength > 0 ? Options.MaxSequenceLength : Math.Min(4096, model.Config.MaxPositionEmbeddings);
         long cacheTokens = Options.CacheTokens > 0 ? Options.CacheTokens : Math.Min(65_536L, (long)Options.MaxBatch * MaxSequenceLength);
         Cache = KvCache.For(model, Math.Max(cacheTokens, MaxSequenceLength), Options.PageTokens);
-        _runner = new StepRunner(model, Cache, Options.StepTokens, Options.MaxBatch, Cache.PagesFor(MaxSequenceLength));
+        _runner = new StepRunner(model, Cache, Options.StepTokens, Options.MaxBatch, Cache.PagesFor(MaxSequenceLength)) { UseGraphs = Options.CudaGraphs };
         _sampler = new Sampler(model.Embed.Table.Device, model.Config.VocabSize, Options.MaxBatch, Options.MaxBatch);
         _slots = new Stack<int>(Enumerable.Range(0, Options.MaxBatch).Reverse());
         Adapters = new AdapterTable(model);
@@ -64,6 +64,12 @@ public sealed class GenerationEngine : IDisposable
 
     /// <summary>Steps run so far.</summary>
     public long Steps => Interlocked.Read(ref _steps);
+
+    /// <summary>Batch sizes whose decode step runs as a captured CUDA graph (0 on the CPU accelerator or with graphs off).</summary>
+    public int CapturedGraphs => _runner.CapturedGraphs;
+
+    /// <summary>Kernel launches the engine's device has issued (see <see cref="Devices.Device.LaunchCount"/>).</summary>
+    public long Launches => _model.Embed.Table.Device.LaunchCount;
 
     /// <summary>Device bytes of the cache and the step arena.</summary>
     public long DeviceBytes => Cache.Bytes + _runner.ArenaBytes;
@@ -150,6 +156,11 @@ public sealed class GenerationEngine : IDisposable
 
     private void Loop()
     {
+        // On CUDA the engine's work goes to a stream of its own: graphs cannot be captured on the legacy default stream,
+        // and other users of the device do not serialize behind decoding.
+        Devices.Device device = _model.Embed.Table.Device;
+        using ILGPU.Runtime.AcceleratorStream? stream = device.Kind == Devices.DeviceKind.Cuda ? device.CreateStream() : null;
+        using IDisposable? scope = stream is null ? null : device.UseStream(stream);
         while (!_shutdown.IsCancellationRequested)
         {
             bool idle;

@@ -17,6 +17,12 @@ public sealed record GenerationEngineOptions
 
     /// <summary>Rows one step runs: decode rows first, then prompt chunks up to this budget (chunked prefill).</summary>
     public int StepTokens { get; init; } = 256;
+
+    /// <summary>
+    /// On CUDA, capture decode steps (no adapters, up to 8 sequences) as CUDA graphs, one per batch size, and replay
+    /// them; plain launches where capture is unavailable, on the CPU accelerator, or when false.
+    /// </summary>
+    public bool CudaGraphs { get; init; } = true;
 }
 
 /// <summary>What one sequence asks for.</summary>

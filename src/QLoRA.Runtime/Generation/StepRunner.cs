@@ -29,7 +29,9 @@ internal sealed class StepRunner : IDisposable
     private readonly EngineShape _shape;
     private readonly ActivationArena _arena;
     private readonly ActivationArena.Slot _x, _normed, _q, _k, _v, _attention, _projected, _gate, _up, _act, _inverseRms;
-    private readonly ActivationArena.Slot _positions, _rowSequence, _blockTables, _last, _lastNormed, _lastInverseRms, _logits;
+    private readonly ActivationArena.Slot _positions, _rowSequence, _blockTables, _last, _lastNormed, _lastInverseRms, _logits, _ids, _lastRows;
+    private readonly Dictionary<int, Native.CudaGraph> _graphs = [];
+    private readonly HashSet<int> _warmed = [];
     private readonly DeviceTensor _inverseFrequencies;
     private readonly QuantizedLinear[][] _projections;
 
@@ -62,6 +64,8 @@ internal sealed class StepRunner : IDisposable
         _lastNormed = layout.Add(c, maxSequences, s.Hidden);
         _lastInverseRms = layout.Add(DType.F32, maxSequences);
         _logits = layout.Add(DType.F32, maxSequences, s.Vocab);
+        _ids = layout.Add(DType.I32, maxRows);
+        _lastRows = layout.Add(DType.I32, maxSequences);
         _arena = ActivationArena.Allocate(_device, layout);
         _inverseFrequencies = DeviceTensor.FromHost<float>(_device, RopeFrequencies.Compute(model.Config.Rope, model.Config.HeadDim), DType.F32, model.Config.HeadDim / 2);
         _projections = [.. model.Blocks.Select(b => b.Projections.ToArray())];
@@ -125,14 +129,66 @@ internal sealed class StepRunner : IDisposable
         _positions.Tensor.Rows(0, rows).CopyFromHost<int>(positions);
         _rowSequence.Tensor.Rows(0, rows).CopyFromHost<int>(sequenceOfRow);
         _blockTables.Tensor.Rows(0, pieces.Count).CopyFromHost<int>(tables);
-        var paged = new PagedRows(_blockTables.Tensor.Rows(0, pieces.Count), _rowSequence.Tensor.Rows(0, rows), _positions.Tensor.Rows(0, rows));
+        _ids.Tensor.Rows(0, rows).CopyFromHost<int>(ids);
+        _lastRows.Tensor.Rows(0, pieces.Count).CopyFromHost<int>(lastRows);
         var ranges = AdapterRanges(pieces);
+        var step = new Step(rows, pieces.Count, ids, lastRows, ranges);
+        if (!Graphable(step))
+        {
+            Forward(step);
+        }
+        else if (_graphs.TryGetValue(rows, out Native.CudaGraph? graph))
+        {
+            graph.Launch(_device.Stream);
+        }
+        else if (_warmed.Add(rows))
+        {
+            Forward(step); // the first step of this size runs plainly: kernels compile and load outside any capture
+        }
+        else if (Native.CudaGraph.TryCapture(_device.Stream, () => Forward(step)) is { } captured)
+        {
+            _graphs[rows] = captured;
+            captured.Launch(_device.Stream);
+        }
+        else
+        {
+            UseGraphs = false; // capture is refused here: plain launches from now on
+            Forward(step);
+        }
 
+        foreach (StepPiece piece in pieces)
+        {
+            piece.Sequence.Length += piece.Tokens.Length;
+            _cache.TrimToWindow(piece.Sequence);
+        }
+
+        return R(_logits, pieces.Count);
+    }
+
+    /// <summary>Replay decode steps as CUDA graphs (one per batch size) where capture works; plain launches otherwise.</summary>
+    public bool UseGraphs { get; set; } = true;
+
+    /// <summary>Batch sizes with a captured decode graph.</summary>
+    public int CapturedGraphs => _graphs.Count;
+
+    // What one step's forward reads besides the uploaded buffers.
+    private sealed record Step(int Rows, int Pieces, int[] Ids, int[] LastRows, List<(int Start, int Count, ServingAdapter? Adapter)>? Ranges);
+
+    // A decode step (one row per sequence, at most 8) on CUDA with no adapter anywhere: its launches read only fixed buffers.
+    private bool Graphable(Step step) =>
+        UseGraphs && Native.CudaGraph.IsAvailable && _device.Kind == Devices.DeviceKind.Cuda && step.Rows == step.Pieces && step.Rows <= 8
+        && step.Ranges is null && _projections.All(b => b.All(p => p.Lora is null));
+
+    private void Forward(Step step)
+    {
+        int rows = step.Rows;
+        var ranges = step.Ranges;
+        var paged = new PagedRows(_blockTables.Tensor.Rows(0, step.Pieces), _rowSequence.Tensor.Rows(0, rows), _positions.Tensor.Rows(0, rows));
         DeviceTensor x = R(_x, rows), normed = R(_normed, rows), q = R(_q, rows), k = R(_k, rows), v = R(_v, rows);
         DeviceTensor attention = R(_attention, rows), projected = R(_projected, rows), gate = R(_gate, rows), up = R(_up, rows), act = R(_act, rows);
         DeviceTensor inverseRms = R(_inverseRms, rows), positionTensor = R(_positions, rows);
         EngineShape s = _shape;
-        _model.Embed.Forward(ids, x);
+        Elementwise.GatherRows(_model.Embed.Table, R(_ids, rows), step.Ids, x);
         DeviceTensor? pending = null; // the previous block's MLP output: the next norm adds it to the residual stream
         for (int l = 0; l < _model.Blocks.Count; l++)
         {
@@ -171,18 +227,11 @@ internal sealed class StepRunner : IDisposable
 
         Elementwise.Add(x, pending!, x);
 
-        int n = pieces.Count;
+        int n = step.Pieces;
         DeviceTensor last = R(_last, n), lastNormed = R(_lastNormed, n), logits = R(_logits, n);
-        Elementwise.Embedding(x, lastRows, last); // gather each piece's last row
+        Elementwise.GatherRows(x, R(_lastRows, n), step.LastRows, last); // each piece's last row
         _model.Norm.Forward(last, lastNormed, R(_lastInverseRms, n));
         Gemm.Multiply(lastNormed, _model.LmHead, logits, transposeB: true);
-        foreach (StepPiece piece in pieces)
-        {
-            piece.Sequence.Length += piece.Tokens.Length;
-            _cache.TrimToWindow(piece.Sequence);
-        }
-
-        return logits;
     }
 
     // Row ranges of consecutive pieces sharing an adapter choice; null when every piece runs the model as attached.
@@ -237,6 +286,11 @@ internal sealed class StepRunner : IDisposable
 
     public void Dispose()
     {
+        foreach (Native.CudaGraph graph in _graphs.Values)
+        {
+            graph.Dispose();
+        }
+
         _arena.Dispose();
         _inverseFrequencies.Dispose();
     }

@@ -94,6 +94,24 @@ public static class Elementwise
     }
 
     /// <summary>
+    /// y[t] = table[ids[t]] with the ids already on the device (<paramref name="deviceIds"/>, I32) — nothing is
+    /// uploaded or allocated, so the launch can be captured in a CUDA graph; the CPU schedule reads
+    /// <paramref name="hostIds"/>, the same ids. Ids must already be checked against the table.
+    /// </summary>
+    internal static void GatherRows(DeviceTensor table, DeviceTensor deviceIds, ReadOnlySpan<int> hostIds, DeviceTensor y)
+    {
+        int dim = checked((int)table.Shape[1]);
+        Shapes.Require(y, table.Dtype, [hostIds.Length, dim], nameof(y));
+        if (Cpu.CpuOps.Runs(table))
+        {
+            Cpu.CpuOps.Gather(table, hostIds, y, dim);
+            return;
+        }
+
+        ComputeDispatch.Run(table, new GatherLaunch(table, deviceIds, y, hostIds.Length, dim), nameof(table));
+    }
+
+    /// <summary>
     /// Embedding backward: dTable[ids[t]] += dy[t] for every token, deterministic (tokens grouped by id on the host,
     /// each row summed in token order; no atomics).
     /// </summary>
