@@ -8,6 +8,7 @@ using Device = QLoRA.Runtime.Devices.Device;
 //   . .gpu/env.sh && dotnet .gpu/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.dll           (CUDA, full shapes)
 //   dotnet run -c Release --project bench/QLoRA.Bench.Gpu -- --small            (any machine, small shapes)
 //   dotnet QLoRA.Bench.Gpu.dll train [--shape 1b|8b] [--batch 1|4] [--seq 2048] [--small]  (QLoRA training tokens/s and peak memory)
+//   dotnet QLoRA.Bench.Gpu.dll decode [--shape 1b|8b] [--batch 1,8,64] [--tokens 128] [--small]  (generation tokens/s, graphs on/off, ± LoRA)
 //   dotnet QLoRA.Bench.Gpu.dll logits <hf-folder> <out.f32> <id> <id> ...   (writes our logits for tests/interop/llama_parity.py)
 if (args.Length >= 3 && args[0] == "logits")
 {
@@ -47,6 +48,11 @@ if (device.Kind != QLoRA.Runtime.Devices.DeviceKind.Cuda && !small)
 if (args.Length > 0 && args[0] == "train")
 {
     return QLoRA.Bench.Gpu.TrainBenchmark.Run(args, device);
+}
+
+if (args.Length > 0 && args[0] == "decode")
+{
+    return QLoRA.Bench.Gpu.DecodeBenchmark.Run(args, device);
 }
 
 Console.WriteLine($"device: {device.Description}");

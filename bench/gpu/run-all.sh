@@ -18,6 +18,11 @@ step() {
 }
 
 step tests dotnet .gpu/QLoRA.Runtime.Tests/QLoRA.Runtime.Tests.dll
+# Generation next to HF transformers bf16 + static cache + torch.compile (DESIGN target: llama-8b batch 1 >= 550 tokens/s on H200).
+TAIL=14 step decode_8b dotnet .gpu/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.dll decode --shape 8b --batch 1,8,64
+TAIL=8 step hf_decode_8b python3 bench/gpu/hf_decode.py --shape 8b --batch 1,8,64
+TAIL=14 step decode_1b dotnet .gpu/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.dll decode --shape 1b --batch 1,8,64
+TAIL=8 step hf_decode_1b python3 bench/gpu/hf_decode.py --shape 1b --batch 1,8,64
 TAIL=45 step bench dotnet .gpu/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.dll
 QLORA_COMPUTE_DTYPE=f32 step llama_parity python3 tests/interop/llama_parity.py
 step bnb_parity python3 tests/interop/bnb_parity.py
