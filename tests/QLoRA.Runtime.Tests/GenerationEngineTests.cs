@@ -197,6 +197,38 @@ public abstract class GenerationEngineTests<TDevice>(TDevice fixture) : IClassFi
         Assert.Equal(alone[0].Ids, engine.Generate(requests[0], Ct).Ids);
     }
 
+    [Fact]
+    public void MergedEqualsUnmergedWithinTheMergesRounding()
+    {
+        // Merged mode for a single adapter: W + s·BA rounded once to bf16 (LoraMerger) against the dense base with the
+        // adapter served beside it. The merge's only error is that rounding (≤ 2⁻⁹ relative per weight), far below the
+        // adapter's own effect on the logits.
+        (string folder, _) = TinyLlama.WriteCheckpoint();
+        var dense = new QLoRA.Modeling.LoadOptions(KeepProjectionsDense: true);
+        using LlamaForCausalLM llama = LlamaForCausalLM.LoadModel(fixture.Device, folder, dense);
+        EngineModel model = EngineModel.Of(llama);
+        (LoraAdapter adapter, _) = Adapter(model, 3, ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]);
+        string merged = Path.Combine(Directory.CreateTempSubdirectory("qlora-merged-").FullName, "merged");
+        LoraMerger.Merge(folder, adapter, merged, new MergeOptions { TrainedOnQuantized = null }); // the adapter was served on the dense base
+        using LlamaForCausalLM mergedModel = LlamaForCausalLM.LoadModel(fixture.Device, merged, dense);
+
+        int[] ids = [3, 17, 42, 0, 9, 9, 31, 5, 11, 2];
+        float[] baseLogits = Scorer.Score(model, ids).Logits;
+        float[] mergedLogits = Scorer.Score(EngineModel.Of(mergedModel), ids).Logits;
+        LoraAttachment.AttachSaved(fixture.Device, llama.EnumerateLayers(), adapter);
+        float[] unmerged = Scorer.Score(model, ids).Logits;
+        double effect = unmerged.Zip(baseLogits, (a, b) => Math.Abs(a - b)).Max();
+        double error = unmerged.Zip(mergedLogits, (a, b) => Math.Abs(a - b)).Max();
+        Assert.True(effect > 0.1, $"the adapter changes the logits by {effect}");
+        Assert.True(error < 0.02 * effect, $"merged vs unmerged {error}, adapter effect {effect}");
+
+        // And generation agrees: the same greedy tokens.
+        using var unmergedEngine = new GenerationEngine(model, Small());
+        using var mergedEngine = new GenerationEngine(EngineModel.Of(mergedModel), Small());
+        var request = new GenerationRequest(ids) { MaxTokens = 8 };
+        Assert.Equal(unmergedEngine.Generate(request, Ct).Ids, mergedEngine.Generate(request, Ct).Ids);
+    }
+
     private static (LoraAdapter Adapter, Dictionary<string, TinyLlama.LoraRef> Reference) Adapter(EngineModel model, int seed, string[] targets)
     {
         const int rank = 4;
