@@ -198,6 +198,20 @@ public abstract class GenerationEngineTests<TDevice>(TDevice fixture) : IClassFi
     }
 
     [Fact]
+    public void WeightsAndCacheShowInTheAllocatorsFigures()
+    {
+        (string folder, _) = TinyLlama.WriteCheckpoint();
+        long before = fixture.Device.Allocator.AllocatedBytes;
+        using LlamaForCausalLM llama = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        EngineModel model = EngineModel.Of(llama);
+        long weights = model.Projections().Sum(p => p.Layer.WeightBytes);
+        Assert.True(fixture.Device.Allocator.AllocatedBytes - before >= weights, $"{fixture.Device.Allocator.AllocatedBytes - before} bytes allocated for {weights} bytes of 4-bit weights");
+        long loaded = fixture.Device.Allocator.AllocatedBytes;
+        using var engine = new GenerationEngine(model, Small());
+        Assert.True(fixture.Device.Allocator.AllocatedBytes - loaded >= engine.DeviceBytes, "the cache and the arena come from the allocator");
+    }
+
+    [Fact]
     public void MergedEqualsUnmergedWithinTheMergesRounding()
     {
         // Merged mode for a single adapter: W + s·BA rounded once to bf16 (LoraMerger) against the dense base with the

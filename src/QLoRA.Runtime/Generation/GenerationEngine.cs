@@ -312,6 +312,11 @@ public sealed class GenerationEngine : IDisposable
                 }
 
                 _waiting.Dequeue();
+
+                // The caller's uploads (a hot-loaded adapter, the model itself) went to the default stream: the
+                // engine's stream waits for them on the device (a CUDA event) before the sequence runs.
+                Devices.Device device = _model.Embed.Table.Device;
+                Native.CudaEvents.Order(device.Stream, device.Accelerator.DefaultStream);
                 if (next.Request.Sampling.UsesPenalties)
                 {
                     next.Slot = _slots.Pop();

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using ILGPU;
+using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
 using QLoRA.Core;
 using QLoRA.Runtime.Tensors;
@@ -9,23 +10,79 @@ namespace QLoRA.Runtime.Native;
 
 /// <summary>
 /// cuBLAS <c>cublasGemmEx</c> through P/Invoke (ILGPU's own wrapper has no GemmEx and no bf16): bf16 or f32 row-major
-/// matrices, f32 accumulation, on the device's current stream. Available only on CUDA devices where libcublas.so.13
-/// (or .12) loads; <see cref="TryCreate"/> returns null elsewhere and callers fall back to the ILGPU GEMM.
+/// matrices, f32 accumulation, on the device's current stream. One cuBLAS handle per stream (a handle is not safe to
+/// share between streams used from different threads), each bound to its stream with a 32 MiB workspace from the
+/// device's caching allocator set (<c>cublasSetWorkspace</c>) — so cuBLAS allocates nothing itself, its memory shows in
+/// the allocator's figures and its calls can be captured in CUDA graphs. Available only on CUDA devices where
+/// libcublas.so.13 (or .12) loads; <see cref="TryCreate"/> returns null elsewhere and callers fall back to the ILGPU GEMM.
 /// </summary>
 public sealed unsafe class Cublas : IDisposable
 {
     private const int OpN = 0, OpT = 1;
     private const int CudaR32F = 0, CudaR16F = 2, CudaR16BF = 14, ComputeF32 = 68, GemmDefault = -1;
 
+    /// <summary>Workspace bytes per handle.</summary>
+    public const long WorkspaceBytes = 32L << 20;
+
     private readonly Device _device;
     private readonly Api _api;
-    private IntPtr _handle;
+    private readonly Dictionary<IntPtr, (IntPtr Handle, Memory.DeviceBlock? Workspace)> _handles = [];
 
-    private Cublas(Device device, Api api, IntPtr handle)
+    private Cublas(Device device, Api api, IntPtr handle, IntPtr stream)
     {
         _device = device;
         _api = api;
-        _handle = handle;
+        _handles[stream] = (handle, null);
+    }
+
+    /// <summary>Streams with a handle of their own.</summary>
+    public int Handles
+    {
+        get
+        {
+            lock (_handles)
+            {
+                return _handles.Count;
+            }
+        }
+    }
+
+    // The handle of the device's current stream, created (bound, workspace set) on first use.
+    private IntPtr HandleFor(AcceleratorStream stream)
+    {
+        IntPtr key = stream is CudaStream cuda ? cuda.StreamPtr : IntPtr.Zero;
+        lock (_handles)
+        {
+            if (_handles.TryGetValue(key, out var entry) && (entry.Workspace is not null || _api.SetWorkspace is null))
+            {
+                return entry.Handle;
+            }
+
+            IntPtr handle = entry.Handle;
+            if (handle == IntPtr.Zero)
+            {
+                if (_api.Create(&handle) != 0)
+                {
+                    throw new InvalidOperationException("cublasCreate failed for a new stream.");
+                }
+
+                _api.SetStream(handle, key);
+            }
+
+            Memory.DeviceBlock? workspace = null;
+            if (_api.SetWorkspace is not null)
+            {
+                workspace = _device.Allocator.Allocate(WorkspaceBytes, stream);
+                if (_api.SetWorkspace(handle, workspace.NativePointer, (nuint)WorkspaceBytes) != 0)
+                {
+                    workspace.Dispose();
+                    workspace = null;
+                }
+            }
+
+            _handles[key] = (handle, workspace ?? entry.Workspace);
+            return handle;
+        }
     }
 
     /// <summary>The library that was loaded.</summary>
@@ -45,12 +102,9 @@ public sealed unsafe class Cublas : IDisposable
             return null;
         }
 
-        if (cuda.DefaultStream is CudaStream stream)
-        {
-            api.SetStream(handle, stream.StreamPtr);
-        }
-
-        return new Cublas(device, api, handle);
+        IntPtr defaultStream = cuda.DefaultStream is CudaStream stream ? stream.StreamPtr : IntPtr.Zero;
+        api.SetStream(handle, defaultStream);
+        return new Cublas(device, api, handle, defaultStream);
     }
 
     /// <summary>
@@ -73,15 +127,11 @@ public sealed unsafe class Cublas : IDisposable
             throw new ArgumentException($"op(A) [{m}, {k}] · op(B) [{kb}, {n}] does not fit C [{string.Join(", ", c.Shape)}].", nameof(c));
         }
 
-        if (_device.Stream is CudaStream stream)
-        {
-            _api.SetStream(_handle, stream.StreamPtr); // follow the device's current stream (see Device.UseStream)
-        }
-
+        IntPtr handle = HandleFor(_device.Stream); // the current stream's own handle (see Device.UseStream)
         int type = TypeOf(a.Dtype), cType = TypeOf(c.Dtype);
         _device.CountLaunch();
         // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands, keep the flags.
-        int status = _api.GemmEx(_handle, transposeB ? OpT : OpN, transposeA ? OpT : OpN, n, m, k, &alpha,
+        int status = _api.GemmEx(handle, transposeB ? OpT : OpN, transposeA ? OpT : OpN, n, m, k, &alpha,
             Pointer(b), type, checked((int)b.Shape[1]), Pointer(a), type, checked((int)a.Shape[1]), &beta,
             Pointer(c), cType, n, ComputeF32, GemmDefault);
         if (status != 0)
@@ -103,13 +153,18 @@ public sealed unsafe class Cublas : IDisposable
         _ => CudaR32F,
     };
 
-    /// <summary>Destroys the handle.</summary>
+    /// <summary>Destroys the handles and returns their workspaces.</summary>
     public void Dispose()
     {
-        if (_handle != IntPtr.Zero)
+        lock (_handles)
         {
-            _api.Destroy(_handle);
-            _handle = IntPtr.Zero;
+            foreach ((IntPtr handle, Memory.DeviceBlock? workspace) in _handles.Values)
+            {
+                _api.Destroy(handle);
+                workspace?.Dispose();
+            }
+
+            _handles.Clear();
         }
     }
 
@@ -124,6 +179,9 @@ public sealed unsafe class Cublas : IDisposable
         public required delegate* unmanaged<IntPtr, IntPtr, int> SetStream { get; init; }
 
         public required delegate* unmanaged<IntPtr, int, int, int, int, int, float*, IntPtr, int, int, IntPtr, int, int, float*, IntPtr, int, int, int, int, int> GemmEx { get; init; }
+
+        /// <summary>cublasSetWorkspace_v2 (cuBLAS 11.4+), or null.</summary>
+        public delegate* unmanaged<IntPtr, IntPtr, nuint, int> SetWorkspace { get; init; }
 
         public static Api? TryLoad()
         {
@@ -142,6 +200,7 @@ public sealed unsafe class Cublas : IDisposable
                         Destroy = (delegate* unmanaged<IntPtr, int>)destroy,
                         SetStream = (delegate* unmanaged<IntPtr, IntPtr, int>)setStream,
                         GemmEx = (delegate* unmanaged<IntPtr, int, int, int, int, int, float*, IntPtr, int, int, IntPtr, int, int, float*, IntPtr, int, int, int, int, int>)gemmEx,
+                        SetWorkspace = NativeLibrary.TryGetExport(library, "cublasSetWorkspace_v2", out IntPtr workspace) ? (delegate* unmanaged<IntPtr, IntPtr, nuint, int>)workspace : null,
                     };
                 }
             }

@@ -15,15 +15,15 @@ namespace QLoRA.Runtime.Tensors;
 public sealed partial class DeviceQuantizedTensor : IDisposable
 {
     private readonly Device _device;
-    private readonly MemoryBuffer1D<UInt4, Stride1D.Dense> _packed;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _table;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense>? _absmax;
-    private readonly MemoryBuffer1D<byte, Stride1D.Dense>? _codes;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense>? _nested;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense>? _code8;
+    private readonly DeviceArray<UInt4> _packed;
+    private readonly DeviceArray<float> _table;
+    private readonly DeviceArray<float>? _absmax;
+    private readonly DeviceArray<byte>? _codes;
+    private readonly DeviceArray<float>? _nested;
+    private readonly DeviceArray<float>? _code8;
 
-    private DeviceQuantizedTensor(Device device, QuantState state, MemoryBuffer1D<UInt4, Stride1D.Dense> packed, MemoryBuffer1D<float, Stride1D.Dense> table,
-        MemoryBuffer1D<float, Stride1D.Dense>? absmax, MemoryBuffer1D<byte, Stride1D.Dense>? codes, MemoryBuffer1D<float, Stride1D.Dense>? nested, MemoryBuffer1D<float, Stride1D.Dense>? code8)
+    private DeviceQuantizedTensor(Device device, QuantState state, DeviceArray<UInt4> packed, DeviceArray<float> table,
+        DeviceArray<float>? absmax, DeviceArray<byte>? codes, DeviceArray<float>? nested, DeviceArray<float>? code8)
     {
         _device = device;
         State = state;
@@ -41,20 +41,22 @@ public sealed partial class DeviceQuantizedTensor : IDisposable
     /// <summary>Elements of the logical tensor.</summary>
     public long ElementCount => State.ElementCount;
 
-    /// <summary>Copies a host 4-bit tensor to the device.</summary>
+    /// <summary>
+    /// Copies a host 4-bit tensor to the device; its buffers come from the device's caching allocator, so the
+    /// allocator's figures include the weights.
+    /// </summary>
     public static DeviceQuantizedTensor Upload(Device device, QuantizedTensor tensor)
     {
-        Accelerator a = device.Accelerator;
         long chunks = (tensor.State.ElementCount + 31) / 32;
         var padded = new byte[Math.Max(1, chunks) * 16];
         tensor.Packed.Span.CopyTo(padded);
-        MemoryBuffer1D<UInt4, Stride1D.Dense> packed = a.Allocate1D<UInt4>(padded.Length / 16);
-        packed.View.AsContiguous().Cast<byte>().CopyFromCPU(padded);
-        MemoryBuffer1D<float, Stride1D.Dense> table = a.Allocate1D(FourBitCodes.Values(tensor.State.Type).ToArray());
+        var packed = DeviceArray<UInt4>.From(device, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, UInt4>(padded));
+        var table = DeviceArray<float>.From(device, FourBitCodes.Values(tensor.State.Type));
         return tensor.State.Absmax switch
         {
-            PlainAbsmax plain => new DeviceQuantizedTensor(device, tensor.State, packed, table, a.Allocate1D(plain.Values), null, null, null),
-            DoubleQuantizedAbsmax dq => new DeviceQuantizedTensor(device, tensor.State, packed, table, null, a.Allocate1D(dq.Codes), a.Allocate1D(dq.NestedAbsmax), a.Allocate1D(dq.NestedCode)),
+            PlainAbsmax plain => new DeviceQuantizedTensor(device, tensor.State, packed, table, DeviceArray<float>.From(device, plain.Values), null, null, null),
+            DoubleQuantizedAbsmax dq => new DeviceQuantizedTensor(device, tensor.State, packed, table, null,
+                DeviceArray<byte>.From(device, dq.Codes), DeviceArray<float>.From(device, dq.NestedAbsmax), DeviceArray<float>.From(device, dq.NestedCode)),
             _ => throw new NotSupportedException($"Absmax statistics {tensor.State.Absmax.GetType().Name} cannot be uploaded."),
         };
     }
@@ -293,7 +295,7 @@ public sealed partial class DeviceQuantizedTensor : IDisposable
             where TAbsmax : struct, IAbsmaxSource
         {
             Device device = Weight._device;
-            ArrayView<byte> bytes = Weight._packed.View.AsContiguous().Cast<byte>();
+            ArrayView<byte> bytes = Weight._packed.View.Cast<byte>();
             var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<byte>, TAbsmax, ArrayView<float>, ArrayView<T>, Nf4GemmShape>(Nf4GemmKernels.Gemm<T, TE, TAbsmax>));
             kernel(device.Stream, device.GridStride, X.View<T>(), bytes, absmax, Weight._table.View, C.View<T>(), Shape);
         }
@@ -307,7 +309,7 @@ public sealed partial class DeviceQuantizedTensor : IDisposable
             where TAbsmax : struct, IAbsmaxSource
         {
             Device device = Weight._device;
-            var weight = new FourBitOperand<TE, TAbsmax>(Weight._packed.View.AsContiguous().Cast<byte>(), absmax, Weight._table.View, Shape.N, Shape.K, Weight.State.BlockSize, TransposeWeight ? 0 : 1);
+            var weight = new FourBitOperand<TE, TAbsmax>(Weight._packed.View.Cast<byte>(), absmax, Weight._table.View, Shape.N, Shape.K, Weight.State.BlockSize, TransposeWeight ? 0 : 1);
             var kernel = device.Kernel(static a => a.LoadKernel<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ArrayView<ushort>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ushort, TE>));
             kernel(device.Stream, device.TensorCoreTiles(Shape.M, Shape.N), Ops.Gemm.Dense<TE>(X), weight, C.View<ushort>(), Shape);
         }
