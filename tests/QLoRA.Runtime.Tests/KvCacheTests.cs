@@ -183,3 +183,9 @@ public sealed class KvCacheTestsOnCpu(CpuDeviceFixture fixture) : KvCacheTests<C
 
 /// <summary><see cref="KvCacheTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
 public sealed class KvCacheTestsOnCuda(CudaDeviceFixture fixture) : KvCacheTests<CudaDeviceFixture>(fixture);
+
+/// <summary>The CPU accelerator running the GPU kernels with four 4-lane warps per group: paged attention's cross-warp combine.</summary>
+public sealed class CpuFourWarpDeviceFixture() : DeviceFixture(() => Devices.Device.Cpu(4, 4, multiprocessors: 1, cpuSchedules: false), "");
+
+/// <summary><see cref="PagedAttentionTests{TDevice}"/> with four warps per group splitting the key axis (flash-decoding's combine).</summary>
+public sealed class PagedAttentionTestsOnCpuFourWarps(CpuFourWarpDeviceFixture fixture) : PagedAttentionTests<CpuFourWarpDeviceFixture>(fixture);

@@ -7,6 +7,7 @@ K = "src/QLoRA.Runtime/Kernels/"
 C = "src/QLoRA.Runtime/Cpu/"
 E = "src/QLoRA.Runtime/Engine/"
 T = "src/QLoRA.Runtime/Training/"
+G = "src/QLoRA.Runtime/Generation/"
 MUTANTS = [
     ("core-nf4-tie", Q + "FourBitCodes.cs", "int code = Bit(scaled > Unsafe.Add(ref t, 7)) << 3;", "int code = Bit(scaled >= Unsafe.Add(ref t, 7)) << 3;", CORE, "*"),
     ("core-nf4-step", Q + "FourBitCodes.cs", "code |= Bit(scaled > Unsafe.Add(ref t, code + 1)) << 1;", "code |= Bit(scaled > Unsafe.Add(ref t, code + 2)) << 1;", CORE, "*"),
@@ -25,7 +26,7 @@ MUTANTS = [
     ("rt-dequant-f32-order", K + "DequantizeKernels.cs", "result.W = Interop.FloatAsInt(table[(int)((twoBytes >> 8) & 15)] * scale);", "result.W = Interop.FloatAsInt(table[(int)((twoBytes >> 12) & 15)] * scale);", RT, "*DequantizeKernelTestsOn*"),
     ("rt-nested-offset", K + "AbsmaxSources.cs", "return scaled + _offset;", "return scaled;", RT, "*DequantizeKernelTestsOn*"),
     ("rt-gemv-absmax", K + "Nf4GemvKernels.cs", "float scale = absmax.Get(chunk * 32 / s.BlockSize);", "float scale = absmax.Get((chunk + 1) * 32 / s.BlockSize);", RT, "*GemvTestsOn*"),
-    ("rt-gemv-reduce", K + "Nf4GemvKernels.cs", "for (int offset = lanes / 2; offset > 0; offset /= 2)", "for (int offset = lanes / 4; offset > 0; offset /= 2)", RT, "*GemvTestsOn*"),
+    ("rt-gemv-reduce", K + "Nf4GemvKernels.cs", "for (int offset = Warp.WarpSize / 2; offset > 0; offset /= 2)", "for (int offset = Warp.WarpSize / 4; offset > 0; offset /= 2)", RT, "*GemvTestsOn*"),
     ("rt-attn-causal", K + "AttentionKernels.cs", "if (j >= first && j <= t)", "if (j >= first && j < t)", RT, "*AttentionTestsOn*"),
     ("rt-attn-window", K + "AttentionKernels.cs", "if (j < first || j > t)", "if (j < first - 1 || j > t)", RT, "*AttentionTestsOn*"),
     ("rt-rmsnorm-eps", K + "RmsNormKernels.cs", "float inv = 1f / MathF.Sqrt((WarpReduce.Sum(sum) / dim) + eps);", "float inv = 1f / (MathF.Sqrt(WarpReduce.Sum(sum) / dim) + eps);", RT, "*OpsTestsOn*"),
@@ -64,4 +65,22 @@ MUTANTS = [
     ("loftq-b-scaling", "src/QLoRA.Core/Peft/LoftQ.cs", "float[] b = [.. l.Select(v => (float)(v / scaling))];", "float[] b = [.. l.Select(v => (float)v)];", CORE, "*LoftQTests"),
     ("engine-lora-compute-copy", E + "LoraParameters.cs", "            Elementwise.Convert(Values, Compute);", "", RT, "*TrainingEngineTestsOnCpu"),
     ("sumsq-lanes", C + "CpuRowOps.cs", "sums[j] += xs[row + j] * xs[row + j];", "sums[j] += Math.Abs(xs[row + j]);", RT, "*TrainerTestsOnCpu"),
+    # Generation: paged attention, the sampler, the cache, stop strings, adapters, the fused decode step, the scheduler.
+    ("gen-paged-combine", K + "PagedAttentionKernels.cs", "denominator += weight * sSum[w];", "denominator += sSum[w];", RT, "*PagedAttentionTestsOn*"),
+    ("gen-paged-window", K + "PagedAttentionKernels.cs", "position - s.Window + 1 > 0 ? position - s.Window + 1 : 0", "position - s.Window > 0 ? position - s.Window : 0", RT, "*PagedAttentionTestsOn*"),
+    ("gen-paged-slot", K + "PagedAttentionKernels.cs", "long kBase = ((((long)page * s.PageTokens) + (j % s.PageTokens)) * s.KvHeads + kvh) * d;", "long kBase = ((((long)page * s.PageTokens) + (j % s.PageTokens)) * s.KvHeads + 0) * d;", RT, "*PagedAttentionTestsOn*"),
+    ("gen-cpu-paged-window", C + "CpuPagedAttention.cs", "Math.Max(0, pos - s.Window + 1)", "Math.Max(0, pos - s.Window)", RT, "*PagedAttentionTestsOnCpu"),
+    ("gen-sample-topk", K + "SamplingKernels.cs", "if (CountAtLeast(work, row, vocab, (int)mid, redI, tid, g) >= p.TopK)", "if (CountAtLeast(work, row, vocab, (int)mid, redI, tid, g) > p.TopK)", RT, "*SamplingTestsOn*"),
+    ("gen-sample-greedy-tie", K + "SamplingKernels.cs", "if (b > a || (b == a && ib < ia))", "if (b > a || (b == a && ib > ia))", RT, "*SamplingTestsOn*"),
+    ("gen-sample-minp", K + "SamplingKernels.cs", "if (MathF.Exp(work[row + v] - max) < p.MinP)", "if (MathF.Exp(work[row + v] - max) < p.MinP * 0.5f)", RT, "*SamplingTestsOn*"),
+    ("gen-sample-presence", K + "SamplingKernels.cs", "x -= (times > 0 ? p.Presence : 0f) + (p.Frequency * times);", "x -= (seen > 0 ? p.Presence : 0f) + (p.Frequency * times);", RT, "*SamplingTestsOn*"),
+    ("gen-sample-repetition", K + "SamplingKernels.cs", "x = x > 0f ? x / p.Repetition : x * p.Repetition;", "x = x > 0f ? x * p.Repetition : x / p.Repetition;", RT, "*SamplingTestsOn*"),
+    ("gen-sample-cdf", K + "SamplingKernels.cs", "float target = Uniform(p.Seed, p.Step) * sum, running = 0f;", "float target = Uniform(p.Seed, p.Step) * sum * 0.8f, running = 0f;", RT, "*SamplingTestsOn*"),
+    ("gen-trim-window", G + "KvCache.cs", "int firstVisible = sequence.Length - SlidingWindow + 1;", "int firstVisible = sequence.Length - SlidingWindow + 5;", RT, "*KvCacheTestsOnCpu"),
+    ("gen-stop-holdback", G + "StopStringMatcher.cs", "for (int n = Math.Min(stop.Length - 1, _pending.Length); n > hold; n--)", "for (int n = Math.Min(stop.Length - 2, _pending.Length); n > hold; n--)", RT, "*TextGenerationTests"),
+    ("gen-adapter-slot", G + "StepRunner.cs", "adapter.Slot((layer * 7) + index)", "adapter.Slot((layer * 7) + Math.Max(0, index - 1))", RT, "*GenerationEngineTestsOnCpu"),
+    ("gen-scheduler-step", G + "GenerationEngine.cs", "s.Sequence.Seed, s.Sequence.Output.Count, s.Sequence.Slot", "s.Sequence.Seed, (int)Steps, s.Sequence.Slot", RT, "*GenerationEngineTestsOnCpu"),
+    ("gen-fused-rope-k", K + "FusedDecodeKernels.cs", "keys[target] = e.Store((a * c) - (b * sn));", "keys[target] = e.Store((a * c) + (b * sn));", RT, "*DecodeLaunchTests"),
+    ("gen-fused-gateup", K + "FusedDecodeKernels.cs", "act[((long)b * gate.Out) + o] = e.Store(gv / (1f + MathF.Exp(-gv)) * uv);", "act[((long)b * gate.Out) + o] = e.Store(gv / (1f + MathF.Exp(gv)) * uv);", RT, "*DecodeLaunchTests"),
+    ("gen-fused-addnorm", K + "FusedDecodeKernels.cs", "x[offset + j] = e.Store(e.Load(x[offset + j]) + e.Load(delta[offset + j]));", "x[offset + j] = e.Store(e.Load(x[offset + j]) + (0.5f * e.Load(delta[offset + j])));", RT, "*DecodeLaunchTests"),
 ]
