@@ -20,6 +20,7 @@ public abstract class GemvTests<TDevice>(TDevice fixture) : IClassFixture<TDevic
     [InlineData(8, 5, 128, QuantType.Fp4, true)]
     [InlineData(4, 9, 96, QuantType.Nf4, true, 64)]     // blocks straddle rows (96 % 64 = 32)
     [InlineData(2, 33, 160, QuantType.Fp4, false, 128)]
+    [InlineData(2, 6, 2048, QuantType.Nf4, true, 64)]   // 64 chunks per row: every lane of a 32-lane warp holds partial sums
     public void MatchesFloat64OfTheDequantizedWeight(int batch, int outFeatures, int inFeatures, QuantType type, bool doubleQuant, int blockSize = 32)
     {
         var tensor = QuantizedTensor.Quantize(Random(outFeatures * inFeatures, 1, 0.1), [outFeatures, inFeatures], new QuantizationOptions(type, blockSize, doubleQuant));
