@@ -16,9 +16,15 @@ string command = args.FirstOrDefault() ?? "";
 int steps = args.SkipWhile(a => a != "--steps").Skip(1).Select(int.Parse).FirstOrDefault(60);
 string adapterFolder = Path.Combine("out", "adapter");
 
-// The base model: the weights the build quantized (QLoRABaseModel in the project file), else a tiny random model.
+// The base model: the weights the build quantized (QLoRABaseModel in the project file), else a Hugging Face id
+// (downloaded into the local Hugging Face cache once, quantized to 4-bit when it loads), else a tiny random model.
 string modelFolder = Path.Combine(AppContext.BaseDirectory, "model");
-if (!File.Exists(Path.Combine(modelFolder, "config.json")))
+const string ModelId = "QLORA_MODEL_ID";
+if (!File.Exists(Path.Combine(modelFolder, "config.json")) && ModelId.Contains('/'))
+{
+    modelFolder = QLoRA.Core.HuggingFace.HubCache.ResolveOrDownload(ModelId);
+}
+else if (!File.Exists(Path.Combine(modelFolder, "config.json")))
 {
     modelFolder = Path.Combine(AppContext.BaseDirectory, "tiny-random-model");
     if (!File.Exists(Path.Combine(modelFolder, "model.safetensors")))
