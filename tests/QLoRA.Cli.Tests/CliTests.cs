@@ -395,6 +395,9 @@ public sealed class CliTests
         Assert.DoesNotContain("   at ", error);
         Assert.Equal(QloraCli.UserError, Qlora("generate", "--model", folder, "--tokens", "1", "--top-p", "0").Code);
         Assert.Equal(QloraCli.UsageError, Qlora("generate", "--tokens", "1").Code);
+        (code, _, error) = Qlora("generate", "--model", Path.Combine(folder, "missing"), "--tokens", "1");
+        Assert.Equal(QloraCli.UserError, code);
+        Assert.Contains("missing", error);
         (string bare, _) = Checkpoint();
         Assert.Equal(QloraCli.UserError, Qlora("generate", "--model", bare, "--prompt", "hi").Code); // no tokenizer.json
         Assert.Equal(0, Qlora("generate", "--model", bare, "--tokens", "1,2", "--max-tokens", "3").Code);
@@ -411,6 +414,8 @@ public sealed class CliTests
         Assert.Equal(5, output.Split("> ").Length); // four prompts: hi, /reset, hello, /exit (the rest is not read)
         (string bare, _) = Checkpoint();
         Assert.Equal(QloraCli.UserError, QloraWithInput("hi\n", "chat", "--model", bare).Code); // no tokenizer, no template
+        Assert.Equal(QloraCli.UserError, QloraWithInput("hi\n", "chat", "--model", Path.Combine(bare, "missing")).Code);
+        Assert.Equal(QloraCli.UsageError, QloraWithInput("hi\n", "chat").Code);
     }
 
     [Fact]
