@@ -20,7 +20,7 @@ internal sealed class Sampler : IDisposable
     private readonly Device _device;
     private readonly int _vocab, _maxRows, _slots;
     private readonly DeviceTensor _work, _parameters, _chosen, _logProbs;
-    private DeviceTensor? _history, _generated;
+    private DeviceTensor? _history, _generated, _biasIds, _biasValues;
 
     public Sampler(Device device, int vocab, int maxRows, int slots)
     {
@@ -100,8 +100,22 @@ internal sealed class Sampler : IDisposable
         }
 
         _parameters.Rows(0, (long)n * System.Runtime.CompilerServices.Unsafe.SizeOf<SamplingRow>()).CopyFromHost<SamplingRow>(parameters);
-        using DeviceTensor ids = DeviceTensor.FromHost<int>(_device, biasIds.Count == 0 ? [0] : [.. biasIds], DType.I32, Math.Max(1, biasIds.Count));
-        using DeviceTensor values = DeviceTensor.FromHost<float>(_device, biasValues.Count == 0 ? [0f] : [.. biasValues], DType.F32, Math.Max(1, biasValues.Count));
+        if (biasIds.Count > (_biasIds?.ElementCount ?? 0))
+        {
+            // Grown only when a step carries more bias entries than ever before; a step without bias uploads nothing.
+            _biasIds?.Dispose();
+            _biasValues?.Dispose();
+            _biasIds = DeviceTensor.Allocate(_device, DType.I32, biasIds.Count);
+            _biasValues = DeviceTensor.Allocate(_device, DType.F32, biasIds.Count);
+        }
+
+        if (biasIds.Count > 0)
+        {
+            _biasIds!.Rows(0, biasIds.Count).CopyFromHost<int>(biasIds.ToArray());
+            _biasValues!.Rows(0, biasIds.Count).CopyFromHost<float>(biasValues.ToArray());
+        }
+
+        DeviceTensor ids = _biasIds ?? _chosen, values = _biasValues ?? _logProbs; // unread when no row has bias entries
         DeviceTensor history = _history ?? _chosen, generated = _generated ?? _chosen; // unread when no row has a slot
         var kernel = _device.Kernel(static a => a.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<SamplingRow>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(SamplingKernels.Sample));
         int group = GroupSize(_device);
@@ -134,5 +148,7 @@ internal sealed class Sampler : IDisposable
         _logProbs.Dispose();
         _history?.Dispose();
         _generated?.Dispose();
+        _biasIds?.Dispose();
+        _biasValues?.Dispose();
     }
 }

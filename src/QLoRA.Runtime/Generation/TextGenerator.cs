@@ -85,13 +85,8 @@ public sealed class TextGenerator
     public int[] Encode(string prompt) => Tokenizer.Encode(prompt, addSpecialTokens: true);
 
     /// <summary>Streams the text generated after <paramref name="promptIds"/>.</summary>
-    public async IAsyncEnumerable<TextDelta> StreamAsync(IReadOnlyList<int> promptIds, TextGenerationOptions? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
-    {
-        await foreach (TextDelta delta in Run(promptIds, options ?? new TextGenerationOptions(), null, cancellationToken).ConfigureAwait(false))
-        {
-            yield return delta;
-        }
-    }
+    public IAsyncEnumerable<TextDelta> StreamAsync(IReadOnlyList<int> promptIds, TextGenerationOptions? options = null, CancellationToken cancellationToken = default) =>
+        Run(promptIds, options ?? new TextGenerationOptions(), null, cancellationToken);
 
     /// <summary>Generates after <paramref name="promptIds"/> and returns the whole text.</summary>
     public async Task<TextResult> GenerateAsync(IReadOnlyList<int> promptIds, TextGenerationOptions? options = null, CancellationToken cancellationToken = default)

@@ -304,22 +304,7 @@ internal static class SamplingKernels
             bound = max ? (k > bound ? k : bound) : (k < bound ? k : bound);
         }
 
-        redI[tid] = bound;
-        Group.Barrier();
-        for (int half = g / 2; half > 0; half /= 2)
-        {
-            if (tid < half)
-            {
-                int a = redI[tid], b = redI[tid + half];
-                redI[tid] = max ? (b > a ? b : a) : (b < a ? b : a);
-            }
-
-            Group.Barrier();
-        }
-
-        int result = redI[0];
-        Group.Barrier();
-        return result;
+        return ReduceInt(redI, bound, max ? IntMax : IntMin);
     }
 
     private static int CountAtLeast(ArrayView<float> work, long row, int vocab, int key, ArrayView<int> redI, int tid, int g)
@@ -330,19 +315,29 @@ internal static class SamplingKernels
             count += Key(work[row + v]) >= key ? 1 : 0;
         }
 
-        redI[tid] = count;
+        return ReduceInt(redI, count, IntSum);
+    }
+
+    private const int IntSum = 0, IntMax = 1, IntMin = 2;
+
+    // A group tree over ints (fixed order): the sum, max or min of every thread's value, returned to all threads.
+    private static int ReduceInt(ArrayView<int> red, int value, int op)
+    {
+        int tid = Group.IdxX;
+        red[tid] = value;
         Group.Barrier();
-        for (int half = g / 2; half > 0; half /= 2)
+        for (int half = Group.DimX / 2; half > 0; half /= 2)
         {
             if (tid < half)
             {
-                redI[tid] += redI[tid + half];
+                int a = red[tid], b = red[tid + half];
+                red[tid] = op == IntSum ? a + b : op == IntMax ? (b > a ? b : a) : (b < a ? b : a);
             }
 
             Group.Barrier();
         }
 
-        int result = redI[0];
+        int result = red[0];
         Group.Barrier();
         return result;
     }
@@ -360,7 +355,12 @@ internal static class SamplingKernels
         Group.Barrier();
     }
 
-    private static float ReduceSum(ArrayView<float> red, float value)
+    private static float ReduceSum(ArrayView<float> red, float value) => ReduceFloat(red, value, max: false);
+
+    private static float ReduceMax(ArrayView<float> red, float value) => ReduceFloat(red, value, max: true);
+
+    // A group tree over floats (fixed order, so bit-reproducible): the sum or the max, returned to all threads.
+    private static float ReduceFloat(ArrayView<float> red, float value, bool max)
     {
         int tid = Group.IdxX;
         red[tid] = value;
@@ -369,27 +369,7 @@ internal static class SamplingKernels
         {
             if (tid < half)
             {
-                red[tid] += red[tid + half];
-            }
-
-            Group.Barrier();
-        }
-
-        float result = red[0];
-        Group.Barrier();
-        return result;
-    }
-
-    private static float ReduceMax(ArrayView<float> red, float value)
-    {
-        int tid = Group.IdxX;
-        red[tid] = value;
-        Group.Barrier();
-        for (int half = Group.DimX / 2; half > 0; half /= 2)
-        {
-            if (tid < half)
-            {
-                red[tid] = Max(red[tid], red[tid + half]);
+                red[tid] = max ? Max(red[tid], red[tid + half]) : red[tid] + red[tid + half];
             }
 
             Group.Barrier();
