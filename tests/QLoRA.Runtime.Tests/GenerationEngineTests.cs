@@ -191,6 +191,17 @@ public abstract class GenerationEngineTests<TDevice>(TDevice fixture) : IClassFi
             Assert.Equal(alone[i].Ids, batched[i].Ids);
         }
 
+        // On a GPU, decode steps with adapters take the fused launches and replay captured graphs (one per batch size and
+        // set of adapters); they equal the plain launches.
+        if (fixture.Device.Kind == QLoRA.Runtime.Devices.DeviceKind.Cuda)
+        {
+            Assert.True(engine.CapturedGraphs > 0, "no decode step with adapters was captured as a CUDA graph");
+            using var plain = new GenerationEngine(model, Small() with { CudaGraphs = false });
+            plain.Adapters.Add("first", first);
+            plain.Adapters.Add("second", second);
+            Assert.All(requests, r => Assert.Equal(plain.Generate(r, Ct).Ids, engine.Generate(r, Ct).Ids));
+        }
+
         // Unloaded: new requests cannot name it; the base is untouched.
         Assert.True(engine.Adapters.Unload("first"));
         Assert.Throws<ArgumentException>(() => engine.Generate(requests[1], Ct));
@@ -243,24 +254,8 @@ public abstract class GenerationEngineTests<TDevice>(TDevice fixture) : IClassFi
         Assert.Equal(unmergedEngine.Generate(request, Ct).Ids, mergedEngine.Generate(request, Ct).Ids);
     }
 
-    private static (LoraAdapter Adapter, Dictionary<string, TinyLlama.LoraRef> Reference) Adapter(EngineModel model, int seed, string[] targets)
-    {
-        const int rank = 4;
-        const double alpha = 8;
-        var rng = new Random(seed);
-        var modules = new List<LoraModuleWeights>();
-        var reference = new Dictionary<string, TinyLlama.LoraRef>();
-        foreach ((string name, QuantizedLinear layer) in model.Projections().Where(p => targets.Any(t => p.Name.EndsWith(t, StringComparison.Ordinal))))
-        {
-            float[] a = [.. Enumerable.Range(0, rank * layer.InFeatures).Select(_ => (float)((rng.NextDouble() - 0.5) * 1.2))];
-            float[] b = [.. Enumerable.Range(0, layer.OutFeatures * rank).Select(_ => (float)((rng.NextDouble() - 0.5) * 1.2))];
-            modules.Add(new LoraModuleWeights(name, TensorData.FromSingle(a, rank, layer.InFeatures), TensorData.FromSingle(b, layer.OutFeatures, rank)));
-            reference[name] = new TinyLlama.LoraRef([.. a.Select(v => (double)v)], [.. b.Select(v => (double)v)], rank, alpha / rank);
-        }
-
-        var config = new LoraConfig { R = rank, LoraAlpha = alpha, TargetModules = [.. targets] };
-        return (new LoraAdapter(config, modules), reference);
-    }
+    private static (LoraAdapter Adapter, Dictionary<string, TinyLlama.LoraRef> Reference) Adapter(EngineModel model, int seed, string[] targets) =>
+        RandomAdapters.For(model, seed, targets);
 }
 
 /// <summary><see cref="GenerationEngineTests{TDevice}"/> on the CPU accelerator.</summary>

@@ -83,4 +83,12 @@ MUTANTS = [
     ("gen-fused-rope-k", K + "FusedDecodeKernels.cs", "keys[target] = e.Store((a * c) - (b * sn));", "keys[target] = e.Store((a * c) + (b * sn));", RT, "*DecodeLaunchTests"),
     ("gen-fused-gateup", K + "FusedDecodeKernels.cs", "act[((long)b * gate.Out) + o] = e.Store(gv / (1f + MathF.Exp(-gv)) * uv);", "act[((long)b * gate.Out) + o] = e.Store(gv / (1f + MathF.Exp(gv)) * uv);", RT, "*DecodeLaunchTests"),
     ("gen-fused-addnorm", K + "FusedDecodeKernels.cs", "x[offset + j] = e.Store(e.Load(x[offset + j]) + e.Load(delta[offset + j]));", "x[offset + j] = e.Store(e.Load(x[offset + j]) + (0.5f * e.Load(delta[offset + j])));", RT, "*DecodeLaunchTests"),
+    # LoRA fused into the decode step (LoraDecodeKernels, LoraBank, the GEMV epilogues)
+    ("lora-expand-scale", K + "LoraDecodeKernels.cs", "delta = e.Load(e.Store(delta + (d.Scale * sum)));", "delta = e.Load(e.Store(delta + sum));", RT, "*FusedAdapterDecodeTests"),
+    ("lora-shrink-norm", K + "LoraDecodeKernels.cs", "shared[j] = e.Load(n);", "shared[j] = shared[j];", RT, "*FusedAdapterDecodeTests"),
+    ("lora-shrink-own", K + "LoraDecodeKernels.cs", "partial += e.Load(xElements[xRow + j]) * e.Load(r.Weights[aRow + j]);", "partial += e.Load(xElements[j]) * e.Load(r.Weights[aRow + j]);", RT, "*FusedAdapterDecodeTests"),
+    ("lora-epilogue-segment", K + "LoraBank.cs", "long xa = (((long)b * 3) + segment) * MaxRank", "long xa = ((long)b * 3) * MaxRank", RT, "*FusedAdapterDecodeTests"),
+    ("lora-bank-slot", K + "LoraBank.cs", "        if (slot < 0)", "        if (slot < 1)", RT, "*FusedAdapterDecodeTests"),
+    ("lora-row-slot", G + "StepRunner.cs", "int slot = piece.Adapter is null ? -1 : Array.IndexOf(adapters, piece.Adapter);", "int slot = piece.Adapter is null ? -1 : 0;", RT, "*FusedAdapterDecodeTests"),
+    ("lora-norm-order", K + "LoraDecodeKernels.cs", "for (int j = lane; j < a.Dim; j += ws)\n                {\n                    float v = shared[j];", "for (int j = a.Dim - 1 - lane; j >= 0; j -= ws)\n                {\n                    float v = shared[j];", RT, "*FusedAdapterDecodeTests"),
 ]

@@ -24,13 +24,16 @@ internal readonly record struct FusedShape(int Batch, int In, int BlockSize);
 /// <list type="bullet">
 /// <item>the q, k and v projections as one GEMV over their three 4-bit weights (one read of the input rows, biases added);</item>
 /// <item>gate and up as one GEMV whose warps compute row j of both and write silu(gate)·up (SwiGLU in the epilogue);</item>
+/// <item>in both GEMVs, each row's LoRA delta s·xa·Bᵀ added before the single rounding (<see cref="LoraEpilogue"/>;
+/// disabled: exactly the sums without adapters);</item>
 /// <item>residual add + RMSNorm (x += delta, then normed = w ⊙ x / rms(x));</item>
 /// <item>RoPE of q in place and of k straight into its cache page, with v copied beside it.</item>
 /// </list>
 /// </summary>
 internal static class FusedDecodeKernels
 {
-    public static void GemvThree<T, TE, TAbsmax>(ArrayView<UInt4> x, ArrayView<float> table, GemvSegment<T, TAbsmax> a, GemvSegment<T, TAbsmax> b, GemvSegment<T, TAbsmax> c, FusedShape f)
+    public static void GemvThree<T, TE, TAbsmax>(ArrayView<UInt4> x, ArrayView<float> table, GemvSegment<T, TAbsmax> a, GemvSegment<T, TAbsmax> b, GemvSegment<T, TAbsmax> c, FusedShape f,
+        LoraBank<T> bank, LoraEpilogue lora)
         where T : unmanaged
         where TE : struct, IElement<T>
         where TAbsmax : struct, IAbsmaxSource
@@ -42,34 +45,36 @@ internal static class FusedDecodeKernels
             int row = (int)(g / lanes);
             if (row < a.Out)
             {
-                Project<T, TE, TAbsmax>(x, table, a, f, row);
+                Project<T, TE, TAbsmax>(x, table, a, f, row, bank, lora, 0);
             }
             else if (row < a.Out + b.Out)
             {
-                Project<T, TE, TAbsmax>(x, table, b, f, row - a.Out);
+                Project<T, TE, TAbsmax>(x, table, b, f, row - a.Out, bank, lora, 1);
             }
             else
             {
-                Project<T, TE, TAbsmax>(x, table, c, f, row - a.Out - b.Out);
+                Project<T, TE, TAbsmax>(x, table, c, f, row - a.Out - b.Out, bank, lora, 2);
             }
         }
     }
 
-    private static void Project<T, TE, TAbsmax>(ArrayView<UInt4> x, ArrayView<float> table, GemvSegment<T, TAbsmax> w, FusedShape f, int o)
+    private static void Project<T, TE, TAbsmax>(ArrayView<UInt4> x, ArrayView<float> table, GemvSegment<T, TAbsmax> w, FusedShape f, int o, LoraBank<T> bank, LoraEpilogue lora, int segment)
         where T : unmanaged
         where TE : struct, IElement<T>
         where TAbsmax : struct, IAbsmaxSource
     {
         var s = new GemvShape(f.Batch, w.Out, f.In, f.BlockSize);
         RowSums sums = Nf4GemvKernels.Row<T, TE, TAbsmax>(w.Packed, w.Absmax, table, x, s, o).WarpSum(f.Batch);
+        RowSums deltas = lora.Deltas<T, TE>(bank, segment, o, f.Batch, out int mask);
         if (Warp.LaneIdx == 0)
         {
-            sums.Store<T, TE>(w.Y, f.Batch, w.Out, o, w.HasBias != 0 ? w.Bias[o] : 0f);
+            sums.Store<T, TE>(w.Y, f.Batch, w.Out, o, w.HasBias != 0 ? w.Bias[o] : 0f, deltas, mask);
         }
     }
 
     /// <summary>act[b, j] = silu(gate[b, j]) · up[b, j], both rounded to the dtype first, as the plain path stores them.</summary>
-    public static void GemvGateUp<T, TE, TAbsmax>(ArrayView<UInt4> x, ArrayView<float> table, GemvSegment<T, TAbsmax> gate, GemvSegment<T, TAbsmax> up, ArrayView<T> act, FusedShape f)
+    public static void GemvGateUp<T, TE, TAbsmax>(ArrayView<UInt4> x, ArrayView<float> table, GemvSegment<T, TAbsmax> gate, GemvSegment<T, TAbsmax> up, ArrayView<T> act, FusedShape f,
+        LoraBank<T> bank, LoraEpilogue lora)
         where T : unmanaged
         where TE : struct, IElement<T>
         where TAbsmax : struct, IAbsmaxSource
@@ -83,6 +88,8 @@ internal static class FusedDecodeKernels
             int o = (int)(g / lanes);
             RowSums gs = Nf4GemvKernels.Row<T, TE, TAbsmax>(gate.Packed, gate.Absmax, table, x, s, o).WarpSum(f.Batch);
             RowSums us = Nf4GemvKernels.Row<T, TE, TAbsmax>(up.Packed, up.Absmax, table, x, s, o).WarpSum(f.Batch);
+            RowSums gd = lora.Deltas<T, TE>(bank, 0, o, f.Batch, out int gateMask);
+            RowSums ud = lora.Deltas<T, TE>(bank, 1, o, f.Batch, out int upMask);
             if (Warp.LaneIdx != 0)
             {
                 continue;
@@ -90,8 +97,9 @@ internal static class FusedDecodeKernels
 
             for (int b = 0; b < f.Batch; b++)
             {
-                float gv = e.Load(e.Store(gate.HasBias != 0 ? gs.Get(b) + gate.Bias[o] : gs.Get(b)));
-                float uv = e.Load(e.Store(up.HasBias != 0 ? us.Get(b) + up.Bias[o] : us.Get(b)));
+                float g0 = gate.HasBias != 0 ? gs.Get(b) + gate.Bias[o] : gs.Get(b), u0 = up.HasBias != 0 ? us.Get(b) + up.Bias[o] : us.Get(b);
+                float gv = e.Load(e.Store((gateMask & (1 << b)) != 0 ? g0 + gd.Get(b) : g0));
+                float uv = e.Load(e.Store((upMask & (1 << b)) != 0 ? u0 + ud.Get(b) : u0));
                 act[((long)b * gate.Out) + o] = e.Store(gv / (1f + MathF.Exp(-gv)) * uv);
             }
         }

@@ -126,6 +126,19 @@ internal struct RowSums
         return r;
     }
 
+    /// <summary>Sets batch row <paramref name="b"/>'s sum.</summary>
+    public void Set(int b, float value)
+    {
+        if (b == 0) { Y0 = value; }
+        else if (b == 1) { Y1 = value; }
+        else if (b == 2) { Y2 = value; }
+        else if (b == 3) { Y3 = value; }
+        else if (b == 4) { Y4 = value; }
+        else if (b == 5) { Y5 = value; }
+        else if (b == 6) { Y6 = value; }
+        else { Y7 = value; }
+    }
+
     /// <summary>Batch row <paramref name="b"/>'s sum.</summary>
     public readonly float Get(int b) => b == 0 ? Y0 : b == 1 ? Y1 : b == 2 ? Y2 : b == 3 ? Y3 : b == 4 ? Y4 : b == 5 ? Y5 : b == 6 ? Y6 : Y7;
 
@@ -138,6 +151,22 @@ internal struct RowSums
         for (int b = 0; b < batch; b++)
         {
             y[((long)b * outFeatures) + o] = e.Store(bias == 0f ? Get(b) : Get(b) + bias); // no bias: the sum as it is (−0 stays −0)
+        }
+    }
+
+    /// <summary>
+    /// As <see cref="Store{T, TE}(ArrayView{T}, int, int, int, float)"/>, plus each adapted row's delta (rows whose bit is
+    /// set in <paramref name="mask"/>) before the single rounding; the other rows are stored exactly as without adapters.
+    /// </summary>
+    public readonly void Store<T, TE>(ArrayView<T> y, int batch, int outFeatures, int o, float bias, RowSums deltas, int mask)
+        where T : unmanaged
+        where TE : struct, IElement<T>
+    {
+        TE e = default;
+        for (int b = 0; b < batch; b++)
+        {
+            float sum = bias == 0f ? Get(b) : Get(b) + bias;
+            y[((long)b * outFeatures) + o] = e.Store((mask & (1 << b)) != 0 ? sum + deltas.Get(b) : sum);
         }
     }
 }

@@ -1,6 +1,7 @@
 using ILGPU;
 using ILGPU.Runtime;
 using QLoRA.Core;
+using QLoRA.Runtime.Engine;
 using QLoRA.Runtime.Generation;
 using QLoRA.Runtime.Kernels;
 using QLoRA.Runtime.Layers;
@@ -49,8 +50,11 @@ internal static class FusedDecode
         ComputeDispatch.Run(q3, new RopeAppendLaunch(q3, k3, v3, positions, invFreq, cache.Keys(layer), cache.Values(layer), rows, shape), nameof(q3));
     }
 
-    /// <summary>y_i = x W_iᵀ (+ bias_i) for two or three projections sharing the input, in one launch when they can.</summary>
-    public static void Project(DeviceTensor x, IReadOnlyList<QuantizedLinear> layers, IReadOnlyList<DeviceTensor> outputs, bool fuse = true)
+    /// <summary>
+    /// y_i = x W_iᵀ (+ bias_i) (+ each row's LoRA delta from <paramref name="lora"/>'s shrink, projections module0 + i) for
+    /// two or three projections sharing the input, in one launch when they can.
+    /// </summary>
+    public static void Project(DeviceTensor x, IReadOnlyList<QuantizedLinear> layers, IReadOnlyList<DeviceTensor> outputs, DecodeLora lora, int module0, bool fuse = true)
     {
         if (!fuse || !Fusable(x, layers))
         {
@@ -62,11 +66,11 @@ internal static class FusedDecode
             return;
         }
 
-        ComputeDispatch.Run(x, new ThreeLaunch(x, layers, outputs), nameof(x));
+        ComputeDispatch.Run(x, new ThreeLaunch(x, layers, outputs, lora, module0), nameof(x));
     }
 
-    /// <summary>act = silu(gate(x)) ⊙ up(x); gate and up are scratch for the plain path.</summary>
-    public static void GateUp(DeviceTensor x, QuantizedLinear gate, QuantizedLinear up, DeviceTensor gateOut, DeviceTensor upOut, DeviceTensor act, bool fuse = true)
+    /// <summary>act = silu(gate(x)) ⊙ up(x) (each with its rows' LoRA deltas, projections module0 and module0 + 1); gate and up are scratch for the plain path.</summary>
+    public static void GateUp(DeviceTensor x, QuantizedLinear gate, QuantizedLinear up, DeviceTensor gateOut, DeviceTensor upOut, DeviceTensor act, DecodeLora lora, int module0, bool fuse = true)
     {
         if (!fuse || !Fusable(x, [gate, up]))
         {
@@ -76,8 +80,30 @@ internal static class FusedDecode
             return;
         }
 
-        ComputeDispatch.Run(x, new GateUpLaunch(x, gate, up, act), nameof(x));
+        ComputeDispatch.Run(x, new GateUpLaunch(x, gate, up, act, lora, module0), nameof(x));
     }
+
+    /// <summary>
+    /// y = x Wᵀ (no bias) and, in the same launch, each row's shrink by its adapter's A of projection
+    /// <paramref name="module"/> into <see cref="DecodeLora.XaOwn"/> (the next add + norm adds the expand).
+    /// </summary>
+    public static void ProjectShrink(DeviceTensor x, QuantizedLinear layer, DeviceTensor y, DecodeLora lora, int module) =>
+        ComputeDispatch.Run(x, new ShrinkLaunch(x, layer, y, lora, module), nameof(x));
+
+    /// <summary>
+    /// x_out = x_in + (delta + its rows' LoRA expand from <see cref="DecodeLora.XaOwn"/>, projection deltaModule; −1 or no
+    /// delta: none), normed = norm(x_out), and the shrink of normed by projections module0 … module0 + count − 1 into
+    /// <see cref="DecodeLora.XaNext"/>. x_in and x_out are different buffers.
+    /// </summary>
+    public static void AddNormShrink(DeviceTensor xIn, DeviceTensor xOut, DeviceTensor? delta, int deltaModule, RmsNormLayer norm, DeviceTensor normed, DeviceTensor inverseRms,
+        int module0, int count, DecodeLora lora) =>
+        ComputeDispatch.Run(xIn, new AddNormShrinkLaunch(xIn, xOut, delta, deltaModule, norm, normed, inverseRms, module0, count, lora), nameof(xIn));
+
+    /// <summary>Whether the adapters' fused launches apply: a GPU schedule, ≤ 8 rows, 4-bit projections fusable as the plain fused path needs, o and down without bias, the row in shared memory.</summary>
+    internal static bool LoraFusable(DeviceTensor x, DecoderBlockWeights w, DeviceTensor attention, DeviceTensor act) =>
+        Fusable(x, [w.Q, w.K, w.V]) && Fusable(x, [w.Gate, w.Up]) && Fusable(attention, [w.O]) && Fusable(act, [w.Down])
+        && w.O.Bias is null && w.Down.Bias is null
+        && (long)LoraDecodeKernels.SharedFloats(checked((int)x.Shape[1])) * sizeof(float) <= x.Device.Accelerator.MaxSharedMemoryPerGroup;
 
     // One GEMV launch over several weights: 4-bit, one code table and absmax layout, input rows ≤ 8 of width % 32, no adapter.
     private static bool Fusable(DeviceTensor x, IReadOnlyList<QuantizedLinear> layers) =>
@@ -91,7 +117,7 @@ internal static class FusedDecode
         where TAbsmax : struct, IAbsmaxSource =>
         new(layer.Weight!.PackedView, absmax, y.View<T>(), (layer.Bias ?? y).View<float>(), layer.OutFeatures, layer.Bias is not null);
 
-    private readonly record struct ThreeLaunch(DeviceTensor X, IReadOnlyList<QuantizedLinear> Layers, IReadOnlyList<DeviceTensor> Outputs) : IComputeLaunch
+    private readonly record struct ThreeLaunch(DeviceTensor X, IReadOnlyList<QuantizedLinear> Layers, IReadOnlyList<DeviceTensor> Outputs, DecodeLora Lora, int Module0) : IComputeLaunch
     {
         public void Run<T, TE>()
             where T : unmanaged
@@ -118,12 +144,12 @@ internal static class FusedDecode
             // Two projections: the third segment is empty (no rows).
             var c = Layers.Count > 2 ? Segment<T, TAbsmax>(Layers[2], Outputs[2], absmax(Layers[2])) : new GemvSegment<T, TAbsmax>(b.Packed, b.Absmax, b.Y, b.Bias, 0, false);
             var shape = new FusedShape(checked((int)X.Shape[0]), checked((int)X.Shape[1]), Layers[0].Weight!.State.BlockSize);
-            var kernel = device.Kernel(static acc => acc.LoadKernel<ArrayView<UInt4>, ArrayView<float>, GemvSegment<T, TAbsmax>, GemvSegment<T, TAbsmax>, GemvSegment<T, TAbsmax>, FusedShape>(FusedDecodeKernels.GemvThree<T, TE, TAbsmax>));
-            kernel(device.Stream, device.GridStride, X.View<T>().Cast<UInt4>(), Layers[0].Weight!.TableView, a, b, c, shape);
+            var kernel = device.Kernel(static acc => acc.LoadKernel<ArrayView<UInt4>, ArrayView<float>, GemvSegment<T, TAbsmax>, GemvSegment<T, TAbsmax>, GemvSegment<T, TAbsmax>, FusedShape, LoraBank<T>, LoraEpilogue>(FusedDecodeKernels.GemvThree<T, TE, TAbsmax>));
+            kernel(device.Stream, device.GridStride, X.View<T>().Cast<UInt4>(), Layers[0].Weight!.TableView, a, b, c, shape, Lora.Bank<T>(), Lora.Epilogue(Module0));
         }
     }
 
-    private readonly record struct GateUpLaunch(DeviceTensor X, QuantizedLinear Gate, QuantizedLinear Up, DeviceTensor Act) : IComputeLaunch
+    private readonly record struct GateUpLaunch(DeviceTensor X, QuantizedLinear Gate, QuantizedLinear Up, DeviceTensor Act, DecodeLora Lora, int Module0) : IComputeLaunch
     {
         public void Run<T, TE>()
             where T : unmanaged
@@ -146,8 +172,8 @@ internal static class FusedDecode
         {
             Device device = X.Device;
             var shape = new FusedShape(checked((int)X.Shape[0]), checked((int)X.Shape[1]), Gate.Weight!.State.BlockSize);
-            var kernel = device.Kernel(static acc => acc.LoadKernel<ArrayView<UInt4>, ArrayView<float>, GemvSegment<T, TAbsmax>, GemvSegment<T, TAbsmax>, ArrayView<T>, FusedShape>(FusedDecodeKernels.GemvGateUp<T, TE, TAbsmax>));
-            kernel(device.Stream, device.GridStride, X.View<T>().Cast<UInt4>(), Gate.Weight.TableView, Segment<T, TAbsmax>(Gate, Act, gateAbsmax), Segment<T, TAbsmax>(Up, Act, upAbsmax), Act.View<T>(), shape);
+            var kernel = device.Kernel(static acc => acc.LoadKernel<ArrayView<UInt4>, ArrayView<float>, GemvSegment<T, TAbsmax>, GemvSegment<T, TAbsmax>, ArrayView<T>, FusedShape, LoraBank<T>, LoraEpilogue>(FusedDecodeKernels.GemvGateUp<T, TE, TAbsmax>));
+            kernel(device.Stream, device.GridStride, X.View<T>().Cast<UInt4>(), Gate.Weight.TableView, Segment<T, TAbsmax>(Gate, Act, gateAbsmax), Segment<T, TAbsmax>(Up, Act, upAbsmax), Act.View<T>(), shape, Lora.Bank<T>(), Lora.Epilogue(Module0));
         }
     }
 
@@ -172,6 +198,59 @@ internal static class FusedDecode
             Device device = Q.Device;
             var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<float>, ArrayView<T>, ArrayView<T>, ArrayView<int>, ArrayView<int>, PagedAttentionShape>(FusedDecodeKernels.RopeAppend<T, TE>));
             kernel(device.Stream, device.GridStride, Q.View<T>(), K.View<T>(), V.View<T>(), Positions.View<int>(), InvFreq.View<float>(), Keys.View<T>(), Values.View<T>(), Rows.BlockTables.View<int>(), Rows.RowSequence.View<int>(), Shape);
+        }
+    }
+    private readonly record struct ShrinkLaunch(DeviceTensor X, QuantizedLinear Layer, DeviceTensor Y, DecodeLora Lora, int Module) : IComputeLaunch
+    {
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            if (Layer.Weight!.HasNestedAbsmax)
+            {
+                Launch<T, TE, NestedAbsmaxSource>(Layer.Weight.NestedSource());
+            }
+            else
+            {
+                Launch<T, TE, PlainAbsmaxSource>(Layer.Weight.PlainSource());
+            }
+        }
+
+        private void Launch<T, TE, TAbsmax>(TAbsmax absmax)
+            where T : unmanaged
+            where TE : struct, IElement<T>
+            where TAbsmax : struct, IAbsmaxSource
+        {
+            Device device = X.Device;
+            var shape = new FusedShape(checked((int)X.Shape[0]), checked((int)X.Shape[1]), Layer.Weight!.State.BlockSize);
+            var kernel = device.Kernel(static acc => acc.LoadKernel<ArrayView<UInt4>, ArrayView<T>, ArrayView<float>, GemvSegment<T, TAbsmax>, LoraBank<T>, ArrayView<float>, int, int, FusedShape>(LoraDecodeKernels.GemvShrink<T, TE, TAbsmax>));
+            kernel(device.Stream, device.GridStride, X.View<T>().Cast<UInt4>(), X.View<T>(), Layer.Weight.TableView, Segment<T, TAbsmax>(Layer, Y, absmax), Lora.Bank<T>(), Lora.XaOwn.View<float>(), Module, Lora.Enabled ? Lora.MaxRank : 0, shape);
+        }
+    }
+
+    private readonly record struct AddNormShrinkLaunch(DeviceTensor XIn, DeviceTensor XOut, DeviceTensor? Delta, int DeltaModule, RmsNormLayer Norm, DeviceTensor Normed, DeviceTensor InverseRms,
+        int Module0, int Count, DecodeLora Lora) : IComputeLaunch
+    {
+        // Shrink dots a warp takes per row: few, so that the rows' dots spread over several groups.
+        private const int DotsPerWarp = 2;
+
+        public void Run<T, TE>()
+            where T : unmanaged
+            where TE : struct, IElement<T>
+        {
+            Device device = XIn.Device;
+            int rows = checked((int)XIn.Shape[0]), dim = checked((int)XIn.Shape[1]), ws = device.Accelerator.WarpSize;
+            int threads = Math.Max(ws, Math.Min(256, device.Accelerator.MaxNumThreadsPerGroup) / ws * ws), warps = threads / ws;
+            int count = Lora.Enabled ? Count : 0, maxRank = Lora.MaxRank;
+            int slices = Math.Max(1, ((count * maxRank) + (warps * DotsPerWarp) - 1) / (warps * DotsPerWarp));
+            var args = new AddNormShrinkArgs<T>(XIn.View<T>(), XOut.View<T>(), (Delta ?? XIn).View<T>(), Lora.XaOwn.View<float>(), Delta is not null, Lora.Enabled ? DeltaModule : -1,
+                Norm.Weight.View<float>(), Normed.View<T>(), InverseRms.View<float>(), Lora.XaNext.View<float>(), Module0, count, rows, dim, slices, maxRank, Norm.Epsilon);
+            var config = new KernelConfig(
+                checked((int)Math.Max(1, Math.Min((long)rows * slices, device.GroupCount))),
+                threads,
+                SharedMemoryConfig.RequestDynamic<float>(LoraDecodeKernels.SharedFloats(dim)));
+            var kernel = device.Kernel(static a => a.LoadKernel<AddNormShrinkArgs<T>, LoraBank<T>>(LoraDecodeKernels.AddNormShrink<T, TE>));
+            kernel(device.Stream, config, args, Lora.Bank<T>());
         }
     }
 }
