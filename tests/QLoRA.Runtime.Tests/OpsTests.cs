@@ -100,6 +100,17 @@ public abstract class OpsTests<TDevice>(TDevice fixture) : IClassFixture<TDevice
             Assert.True(Math.Abs(gotDw[j] - expectedDw) <= 1e-5 * scale + 1e-7, $"dw[{j}] {gotDw[j]} vs {expectedDw}");
         }
 
+        // Accumulating (a trained norm over micro-batches): the new sum is added to what dw held, one rounding per
+        // element — old + (the overwrite's value) exactly; frozen (null): nothing computed, dx the same.
+        float[] old = Random(dim, 4);
+        using (DeviceTensor acc = Up(old, dim), gx2 = Empty(rows, dim))
+        {
+            RmsNorm.Backward(dx, dw, dy, inv, gx2, acc, accumulate: true);
+            Assert.Equal(old.Select((v, j) => v + gotDw[j]), acc.ToHost<float>());
+            RmsNorm.Backward(dx, dw, dy, inv, gx2, null);
+            Assert.Equal(gotDx, gx2.ToHost<float>());
+        }
+
         // Finite differences (central, float64 forward) on a few coordinates of x and w.
         double Loss(float[] xs, float[] ws) => RmsNormReference(xs, ws, rows, dim, eps, out _).Select((v, i) => v * c[i]).Sum();
         foreach (int i in new[] { 0, dim + 3, (rows * dim) - 1 })

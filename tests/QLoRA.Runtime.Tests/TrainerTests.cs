@@ -150,6 +150,56 @@ public abstract class TrainerTests<TDevice>(TDevice fixture) : IClassFixture<TDe
         }
     }
 
+    [Fact]
+    public void ModulesToSaveTrainLeaveInPeftsFormatAndComeBackIntoAttachAndMerge()
+    {
+        (string folder, _) = TinyLlama.WriteCheckpoint();
+        LoraConfig lora = LoraConfig.Parse("""{"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "modules_to_save": ["norm", "lm_head"]}""");
+        string adapterFolder = Directory.CreateTempSubdirectory("qlora-adapter-saved-").FullName;
+        double trainedLoss;
+        float[] finalNorm, lmHead, before;
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        {
+            before = model.Norm.Weight.ToHost<float>();
+            using LoraTrainer trainer = new(fixture.Device, EngineModel.Of(model), lora, Options with { Optimizer = OptimizerKind.AdamW }, new EngineOptions(16));
+            // "norm" matches as PEFT matches it: the final norm and both norms of each block; lm_head is not tied here.
+            Assert.Equal(["model.layers.0.input_layernorm", "model.layers.0.post_attention_layernorm", "model.layers.1.input_layernorm", "model.layers.1.post_attention_layernorm", "model.norm", "lm_head"],
+                trainer.Engine.Parameters.WholeModules.Select(w => w.Module));
+            trainer.TrainStep(MicroBatches);
+            trainer.TrainStep(MicroBatches);
+            trainer.ExportAdapter().Save(adapterFolder);
+            trainedLoss = trainer.Evaluate(MicroBatches).Loss;
+            finalNorm = model.Norm.Weight.ToHost<float>();
+            lmHead = model.LmHead.Weight.ToHost<float>();
+        }
+
+        // The optimizer moved the whole modules (the model's own tensors follow their masters after each step).
+        Assert.NotEqual(before, finalNorm);
+        LoraAdapter saved = LoraAdapter.Load(adapterFolder);
+        Assert.Equal(6, saved.SavedModules.Count);
+        Assert.Equal(finalNorm, saved.SavedModules["model.norm.weight"].ToSingle());
+        Assert.Equal(lmHead, saved.SavedModules["lm_head.weight"].ToSingle());
+
+        // Attached to a fresh base: the saved modules replace its weights and the loss is the trained model's.
+        using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
+        {
+            LoraAttachment.AttachSaved(fixture.Device, model.EnumerateLayers(), saved);
+            Assert.Equal(finalNorm, model.Norm.Weight.ToHost<float>());
+            using var engine = new TrainingEngine(fixture.Device, EngineModel.Of(model), new EngineOptions(16));
+            Assert.Equal(trainedLoss, MicroBatches.Sum(b => engine.EvaluateLoss(b) * b.TargetTokens) / MicroBatches.Sum(b => b.TargetTokens), 12);
+            // A serving adapter cannot replace base weights per request: refused, naming a saved module.
+            var refused = Assert.Throws<PeftAdapterException>(() => QLoRA.Runtime.Generation.ServingAdapter.Create(EngineModel.Of(model), "saved", saved));
+            Assert.Contains("modules_to_save", refused.Message);
+        }
+
+        // Merged into bf16: the saved modules replace the base's tensors (rounded to bf16 as the merge writes).
+        string merged = Path.Combine(Directory.CreateTempSubdirectory("qlora-merged-saved-").FullName, "merged");
+        LoraMerger.Merge(folder, saved, merged);
+        using var file = QLoRA.Core.SafeTensors.SafeTensorsFile.Open(Path.Combine(merged, "model.safetensors"));
+        ushort[] mergedNorm = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(file.GetBytes("model.norm.weight")).ToArray();
+        Assert.Equal(finalNorm.Select(v => QLoRA.Core.Numerics.BFloat16.FromSingle(v).Bits), mergedNorm);
+    }
+
     // Prompt/completion examples: only the completion (and its closing token 49, standing for EOS) is trained.
     private static List<QLoRA.Text.TrainingExample> Examples(int count, int seed)
     {

@@ -107,6 +107,68 @@ public abstract class TrainingEngineTests<TDevice>(TDevice fixture) : IClassFixt
         Assert.True(worst > 1e-3, "the sampled gradients must not all be negligible");
     }
 
+    // PEFT's modules_to_save: the embeddings, every norm and lm_head trained whole next to the adapters.
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ModulesToSaveGradientsMatchCentralDifferencesOfTheFloat64Model(bool checkpointing)
+    {
+        (string folder, TinyLlama.Weights weights) = TinyLlama.WriteCheckpoint();
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        Dictionary<string, TinyLlama.LoraRef> lora = Attach(fixture.Device, model, seed: 5);
+        PackedBatch batch = PackedBatch.ForNextToken(Sequences);
+        using var engine = new TrainingEngine(fixture.Device, EngineModel.Of(model),
+            new EngineOptions(MaxTokens: 32, GradientCheckpointing: checkpointing, ModulesToSave: ["embed_tokens", "norm", "lm_head"]));
+        Assert.Equal(1 + (2 * TinyLlama.LayerCount) + 2, engine.Parameters.WholeModules.Count);
+        // Two micro-batches accumulate: the whole modules' gradients must add up, not overwrite.
+        PackedBatch first = PackedBatch.ForNextToken([Sequences[0]]), second = PackedBatch.ForNextToken([Sequences[1]]);
+        (_, float[] gradients) = Run(engine, [first, second]);
+
+        double Reference() => TinyLlama.Loss(weights, batch.Ids, batch.Labels, batch.Boundaries, lora);
+        var rng = new Random(13);
+        double worst = 0;
+        foreach (LoraParameters.WholeEntry entry in engine.Parameters.WholeModules)
+        {
+            float[] values = weights.Dense[entry.Module + ".weight"];
+            for (int sample = 0; sample < 3; sample++)
+            {
+                // Embedding rows of tokens the batch uses (the others' gradients are zero by construction).
+                int i = entry.Module == "model.embed_tokens"
+                    ? (Sequences[sample % 2][rng.Next(Sequences[sample % 2].Length)] * TinyLlama.Hidden) + rng.Next(TinyLlama.Hidden)
+                    : rng.Next(values.Length);
+                float saved = values[i];
+                // The weights are float32: step by representable values and divide by the actual difference.
+                float up = (float)(saved + 1e-3), down = (float)(saved - 1e-3);
+                values[i] = up;
+                double plus = Reference();
+                values[i] = down;
+                double minus = Reference();
+                values[i] = saved;
+                double numeric = (plus - minus) / ((double)up - down);
+                double analytic = gradients[entry.Span.Offset + i];
+                Assert.True(Math.Abs(analytic - numeric) <= (5e-4 * Math.Abs(numeric)) + 5e-6, $"{entry.Module}[{i}]: engine {analytic} vs central difference {numeric}");
+                worst = Math.Max(worst, Math.Abs(numeric));
+            }
+        }
+
+        Assert.True(worst > 1e-3, "the sampled gradients must not all be negligible");
+    }
+
+    [Fact]
+    public void ModulesToSaveOfATiedTableOrOfNoModuleAreRefused()
+    {
+        (string folder, _) = TinyLlama.WriteCheckpoint(tied: true);
+        using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
+        EngineModel engineModel = EngineModel.Of(model);
+        Assert.True(engineModel.TiedLmHead);
+        var tied = Assert.Throws<NotSupportedException>(() => TrainingEngine.WholeModules(engineModel, ["lm_head"]));
+        Assert.Contains("tie_word_embeddings", tied.Message);
+        Assert.Throws<NotSupportedException>(() => TrainingEngine.WholeModules(engineModel, ["embed_tokens"]));
+        var none = Assert.Throws<ArgumentException>(() => TrainingEngine.WholeModules(engineModel, ["final_layernorm"]));
+        Assert.Contains("final_layernorm", none.Message);
+        Assert.Equal(5, TrainingEngine.WholeModules(engineModel, ["norm"]).Count);
+    }
+
     // bf16 (unit roundoff u = 2⁻⁹) and f16 (2⁻¹¹) activations, adapters rounded once per step: the loss stays within a
     // few u of the float32 run and the adapter gradients within ~10–20 u of it, relative to their RMS.
     [Theory]

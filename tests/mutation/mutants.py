@@ -91,4 +91,9 @@ MUTANTS = [
     ("lora-bank-slot", K + "LoraBank.cs", "        if (slot < 0)", "        if (slot < 1)", RT, "*FusedAdapterDecodeTests"),
     ("lora-row-slot", G + "StepRunner.cs", "int slot = piece.Adapter is null ? -1 : Array.IndexOf(adapters, piece.Adapter);", "int slot = piece.Adapter is null ? -1 : 0;", RT, "*FusedAdapterDecodeTests"),
     ("lora-norm-order", K + "LoraDecodeKernels.cs", "for (int j = lane; j < a.Dim; j += ws)\n                {\n                    float v = shared[j];", "for (int j = a.Dim - 1 - lane; j >= 0; j -= ws)\n                {\n                    float v = shared[j];", RT, "*FusedAdapterDecodeTests"),
+    # modules_to_save training (norms, embeddings, lm_head trained whole)
+    ("mts-norm-accumulate", "src/QLoRA.Runtime/Layers/RmsNormLayer.cs", "RmsNorm.Backward(x, Weight, dy, inverseRms, dx, dWeight, accumulate: true);", "RmsNorm.Backward(x, Weight, dy, inverseRms, dx, dWeight, accumulate: false);", RT, "*TrainingEngineTestsOnCpu"),
+    ("mts-embed-backward", "src/QLoRA.Runtime/Engine/TrainingEngine.cs", "_model.Embed.Backward(batch.Ids, Rows(_scratch.DResidual, t), _embedGradient);", "_ = batch;", RT, "*TrainingEngineTestsOnCpu"),
+    ("mts-refresh", "src/QLoRA.Runtime/Engine/LoraParameters.cs", "            Elementwise.Convert(entry.Of(Values), entry.Target);", "            _ = entry;", RT, "*TrainerTestsOnCpu"),
+    ("mts-norm-kernel-accumulate", K + "RmsNormKernels.cs", "dw[j] = accumulate != 0 ? dw[j] + sum : sum;", "dw[j] = sum;", RT, "*OpsTestsOnCpuWarp32"),
 ]

@@ -121,9 +121,15 @@ public sealed partial class LoraConfig
     /// <summary>The scaling s of <paramref name="moduleName"/> in y = base(x) + s·B·A·x.</summary>
     public double ScalingOf(string moduleName) => ScalingFor(AlphaOf(moduleName), RankOf(moduleName));
 
-    /// <summary>True if <paramref name="moduleName"/> is listed in modules_to_save (by name or dotted suffix).</summary>
-    public bool SavesModule(string moduleName) =>
-        ModulesToSave.Any(m => moduleName == m || moduleName.EndsWith("." + m, StringComparison.Ordinal));
+    /// <summary>
+    /// True if <paramref name="moduleName"/> is matched by modules_to_save as PEFT matches it: the module name ends with
+    /// an entry (a plain suffix, so "norm" also matches every input_layernorm and post_attention_layernorm).
+    /// </summary>
+    public bool SavesModule(string moduleName) => MatchesModulesToSave(ModulesToSave, moduleName);
+
+    /// <summary>PEFT's modules_to_save match: <paramref name="moduleName"/> ends with one of <paramref name="modulesToSave"/>.</summary>
+    public static bool MatchesModulesToSave(IEnumerable<string> modulesToSave, string moduleName) =>
+        modulesToSave.Any(m => moduleName.EndsWith(m, StringComparison.Ordinal));
 
     private double ScalingFor(double alpha, int rank) => UseRsLora ? alpha / Math.Sqrt(rank) : alpha / rank;
 

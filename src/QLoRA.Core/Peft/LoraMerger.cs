@@ -66,6 +66,10 @@ public static class LoraMerger
                 }
 
                 adapter.Validate(shapes);
+                if (adapter.SavedModules.Keys.FirstOrDefault(k => source.Describe(k) is null) is string absent)
+                {
+                    throw new PeftAdapterException(adapter.SourcePath, absent, $"is saved whole (modules_to_save) but the base model in {baseFolder} has no such weight (a tied lm_head is not untied by a merge)");
+                }
                 var entries = new List<(SafeTensorSpec, ReadOnlyMemory<byte>)>();
                 foreach (string name in source.Names)
                 {
@@ -125,13 +129,23 @@ public static class LoraMerger
         string module = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^".weight".Length] : name;
         bool adapted = adapter.Modules.TryGetValue(module, out LoraModuleWeights? lora);
         bool keepDense = options.Keep.Any(k => name.Contains(k, StringComparison.Ordinal)) || info.Shape.Count != 2;
-        if (!adapted && info.QuantType is not null && options.Weights == MergedWeights.FourBit)
+        if (!adapted && info.QuantType is not null && options.Weights == MergedWeights.FourBit && !adapter.SavedModules.ContainsKey(name))
         {
             return BnbFourBitTensor.Entries(name, source.ReadQuantized(name)); // untouched 4-bit weight: copied as is
         }
 
         float[] weight;
-        if (info.QuantType is not null)
+        if (adapter.SavedModules.TryGetValue(name, out TensorData? saved))
+        {
+            // A module trained whole (modules_to_save): its weight replaces the base's.
+            if (saved.ElementCount != info.Shape.Aggregate(1L, (a, d) => a * d))
+            {
+                throw new PeftAdapterException(adapter.SourcePath, name, $"is saved whole with {saved.ElementCount} values; the base's is [{string.Join(", ", info.Shape)}]");
+            }
+
+            weight = saved.ToSingle();
+        }
+        else if (info.QuantType is not null)
         {
             weight = source.ReadQuantized(name).DequantizeToSingle();
         }

@@ -40,36 +40,44 @@ internal static unsafe class CpuRowOps
     }
 
     /// <summary>dx = inv·(w⊙dy) − x·inv³·mean(w⊙dy⊙x) per row; dw[j] = Σ_r dy·x·inv over rows in order.</summary>
-    public static void RmsNormBackward(DeviceTensor x, DeviceTensor weight, DeviceTensor dy, DeviceTensor inverseRms, DeviceTensor dx, DeviceTensor dWeight, int rows, int dim)
+    public static void RmsNormBackward(DeviceTensor x, DeviceTensor weight, DeviceTensor dy, DeviceTensor inverseRms, DeviceTensor dx, DeviceTensor? dWeight, int rows, int dim, bool accumulate = false)
     {
         x.Device.Stream.Synchronize();
         void* xs = (void*)x.NativePointer, dys = (void*)dy.NativePointer, dxs = (void*)dx.NativePointer;
-        float* w = (float*)weight.NativePointer, inv = (float*)inverseRms.NativePointer, dw = (float*)dWeight.NativePointer;
+        float* w = (float*)weight.NativePointer, inv = (float*)inverseRms.NativePointer, dw = dWeight is null ? null : (float*)dWeight.NativePointer;
         CpuElement element = CpuMatrix.ElementOf(x.Dtype);
 
-        // The weight gradient first: dx may alias dy.
+        // The weight gradient first: dx may alias dy. Each column's sum runs over rows in order (as the GPU kernel's),
+        // then is stored or added.
         int columnTasks = Math.Max(1, Math.Min(Environment.ProcessorCount * 4, dim / 64));
-        Parallel.For(0, columnTasks, task =>
+        Parallel.For(0, dw is null ? 0 : columnTasks, task =>
         {
             int j0 = (int)((long)dim * task / columnTasks), j1 = (int)((long)dim * (task + 1) / columnTasks);
-            float[] a = ArrayPool<float>.Shared.Rent(dim), b = ArrayPool<float>.Shared.Rent(dim);
+            float[] a = ArrayPool<float>.Shared.Rent(dim), b = ArrayPool<float>.Shared.Rent(dim), sums = ArrayPool<float>.Shared.Rent(dim);
             try
             {
-                new Span<float>(dw + j0, j1 - j0).Clear();
+                Span<float> sum = sums.AsSpan(0, j1 - j0);
+                sum.Clear();
                 for (int r = 0; r < rows; r++)
                 {
                     CpuElements.Load(dys, element, ((long)r * dim) + j0, j1 - j0, a);
                     CpuElements.Load(xs, element, ((long)r * dim) + j0, j1 - j0, b);
                     for (int j = 0; j < j1 - j0; j++)
                     {
-                        dw[j0 + j] += a[j] * b[j] * inv[r];
+                        sum[j] += a[j] * b[j] * inv[r];
                     }
+                }
+
+                for (int j = 0; j < j1 - j0; j++)
+                {
+                    dw[j0 + j] = accumulate ? dw[j0 + j] + sum[j] : sum[j];
                 }
             }
             finally
             {
                 ArrayPool<float>.Shared.Return(a);
                 ArrayPool<float>.Shared.Return(b);
+                ArrayPool<float>.Shared.Return(sums);
             }
         });
 

@@ -79,7 +79,6 @@ internal sealed class BlockScratch
         DQ = layout.Add(c, s.Tokens, s.QueryDim);
         DK = layout.Add(c, s.Tokens, s.KeyValueDim);
         DV = layout.Add(c, s.Tokens, s.KeyValueDim);
-        DNormWeight = layout.Add(DType.F32, s.Hidden);
     }
 
     /// <summary>o_proj's and down_proj's output before the residual add (forward).</summary>
@@ -107,7 +106,4 @@ internal sealed class BlockScratch
     public Slot DK { get; }
 
     public Slot DV { get; }
-
-    /// <summary>Where the frozen norms' weight gradients go (discarded).</summary>
-    public Slot DNormWeight { get; }
 }

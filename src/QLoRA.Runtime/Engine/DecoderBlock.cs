@@ -40,13 +40,15 @@ internal static class DecoderBlock
 
     /// <summary>
     /// dL/dx from dL/dy: reads dL/dy from <see cref="BlockScratch.DResidual"/> and leaves dL/dx there; LoRA gradients
-    /// accumulate into the adapters' gradient buffers. <paramref name="x"/> is the block's input of the forward.
+    /// accumulate into the adapters' gradient buffers, and the norms' weight gradients into <paramref name="inputNormGradient"/>
+    /// and <paramref name="postNormGradient"/> when those norms are trained (null: frozen). <paramref name="x"/> is the
+    /// block's input of the forward.
     /// </summary>
-    public static void Backward(DecoderBlockWeights w, EngineShape s, BatchContext b, BlockActivations a, BlockScratch g, DeviceTensor x)
+    public static void Backward(DecoderBlockWeights w, EngineShape s, BatchContext b, BlockActivations a, BlockScratch g, DeviceTensor x,
+        DeviceTensor? inputNormGradient = null, DeviceTensor? postNormGradient = null)
     {
         int t = b.Tokens;
         DeviceTensor dResidual = R(g.DResidual, t), dh = R(g.DHidden, t), dhPart = R(g.DHiddenPart, t), dxPart = R(g.DResidualPart, t);
-        DeviceTensor dNorm = g.DNormWeight;
 
         // MLP: y = mid + down(act); dL/dmid gets dy directly and through norm₂.
         DeviceTensor dAct = R(g.DAct, t), dGate = R(g.DGate, t), dUp = R(g.DUp, t), normed2 = R(a.Normed2, t);
@@ -55,7 +57,7 @@ internal static class DecoderBlock
         w.Gate.Backward(normed2, dGate, dh, b.Training);
         w.Up.Backward(normed2, dUp, dhPart, b.Training);
         Elementwise.Add(dh, dhPart, dh);
-        w.PostNorm.Backward(R(a.Mid, t), dh, R(a.InverseRms2, t), dxPart, dNorm);
+        w.PostNorm.Backward(R(a.Mid, t), dh, R(a.InverseRms2, t), dxPart, postNormGradient);
         Elementwise.Add(dResidual, dxPart, dResidual);
 
         // Attention: mid = x + o(attn); dL/dx gets dmid directly and through norm₁.
@@ -72,7 +74,7 @@ internal static class DecoderBlock
         Elementwise.Add(dh, dhPart, dh);
         w.V.Backward(normed, R(g.DV, t), dhPart, b.Training);
         Elementwise.Add(dh, dhPart, dh);
-        w.InputNorm.Backward(x, dh, R(a.InverseRms, t), dxPart, dNorm);
+        w.InputNorm.Backward(x, dh, R(a.InverseRms, t), dxPart, inputNormGradient);
         Elementwise.Add(dResidual, dxPart, dResidual);
     }
 

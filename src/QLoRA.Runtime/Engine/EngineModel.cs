@@ -37,6 +37,32 @@ public sealed record EngineModel(HfModelConfig Config, EmbeddingLayer Embed, IRe
         return engine.Logits(ids);
     }
 
+    /// <summary>
+    /// The modules PEFT's modules_to_save can train whole, with their module names and tensors: model.embed_tokens,
+    /// each block's input_layernorm and post_attention_layernorm, model.norm, lm_head (omitted when tied to the embeddings).
+    /// </summary>
+    public IEnumerable<(string Name, DeviceTensor Tensor)> WholeModules()
+    {
+        yield return ("model.embed_tokens", Embed.Table);
+        for (int l = 0; l < Blocks.Count; l++)
+        {
+            yield return ($"model.layers.{l}.input_layernorm", Blocks[l].InputNorm.Weight);
+            yield return ($"model.layers.{l}.post_attention_layernorm", Blocks[l].PostNorm.Weight);
+        }
+
+        yield return ("model.norm", Norm.Weight);
+        if (!TiedLmHead)
+        {
+            yield return ("lm_head", LmHead);
+        }
+    }
+
+    /// <summary>
+    /// True when config.json ties lm_head to the embeddings (tie_word_embeddings), as transformers ties them: one matrix,
+    /// whatever copies the engine holds.
+    /// </summary>
+    public bool TiedLmHead => Config.TieWordEmbeddings || LmHead.NativePointer == Embed.Table.NativePointer;
+
     /// <summary>Every projection with its PEFT module name (model.layers.{i}.self_attn.q_proj, …), bottom to top.</summary>
     public IEnumerable<(string Name, QuantizedLinear Layer)> Projections()
     {

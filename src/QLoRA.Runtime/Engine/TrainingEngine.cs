@@ -9,7 +9,10 @@ namespace QLoRA.Runtime.Engine;
 /// <param name="MaxTokens">Most tokens of one packed micro-batch: fixes the activation arena.</param>
 /// <param name="GradientCheckpointing">Keep only each block's input and re-run its forward inside the backward.</param>
 /// <param name="MaxMicroBatches">Most micro-batches accumulated into one optimizer step (sizes the step's loss record).</param>
-public sealed record EngineOptions(int MaxTokens, bool GradientCheckpointing = true, int MaxMicroBatches = 16);
+/// <param name="ModulesToSave">PEFT's modules_to_save: modules trained whole besides the adapters, matched as PEFT
+/// matches them (a module name ending with an entry): "embed_tokens", "lm_head", "norm" (every norm),
+/// "input_layernorm", "post_attention_layernorm".</param>
+public sealed record EngineOptions(int MaxTokens, bool GradientCheckpointing = true, int MaxMicroBatches = 16, IReadOnlyList<string>? ModulesToSave = null);
 
 /// <summary>What one optimizer step measured, read from the device once.</summary>
 /// <param name="Loss">Mean loss over every target token of the step's micro-batches.</param>
@@ -35,6 +38,8 @@ public sealed class TrainingEngine : IDisposable
     private readonly BlockScratch _scratch;
     private readonly ActivationArena.Slot _finalNormed, _finalInverseRms, _dFinalNormed, _positions, _labels;
     private readonly DeviceTensor _stepLosses, _normPartials, _inverseFrequencies;
+    private readonly DeviceTensor? _embedGradient, _lmHeadGradient, _finalNormGradient;
+    private readonly (DeviceTensor? Input, DeviceTensor? Post)[] _normGradients;
     private int _microBatches;
     private int _targetTokens;
 
@@ -50,7 +55,12 @@ public sealed class TrainingEngine : IDisposable
         DType compute = model.Embed.Table.Dtype;
         _shape = EngineShape.Of(model.Config, options.MaxTokens, compute);
         Layout = Plan(_shape, options.GradientCheckpointing, out _residual, out _saved, out _scratch, out _finalNormed, out _finalInverseRms, out _dFinalNormed, out _positions, out _labels);
-        Parameters = LoraParameters.Flatten(device, model.Projections(), compute);
+        Parameters = LoraParameters.Flatten(device, model.Projections(), compute, WholeModules(model, options.ModulesToSave ?? []));
+        _embedGradient = Parameters.GradientOf("model.embed_tokens");
+        _lmHeadGradient = Parameters.GradientOf("lm_head");
+        _finalNormGradient = Parameters.GradientOf("model.norm");
+        _normGradients = [.. Enumerable.Range(0, model.Blocks.Count).Select(l =>
+            (Parameters.GradientOf($"model.layers.{l}.input_layernorm"), Parameters.GradientOf($"model.layers.{l}.post_attention_layernorm")))];
         try
         {
             _arena = ActivationArena.Allocate(device, Layout);
@@ -73,6 +83,28 @@ public sealed class TrainingEngine : IDisposable
 
     /// <summary>The adapters' flat buffers.</summary>
     public LoraParameters Parameters { get; }
+
+    /// <summary>The model's modules that <paramref name="modulesToSave"/> selects, with their tensors.</summary>
+    /// <exception cref="NotSupportedException">lm_head or embed_tokens is selected while lm_head is tied to the embeddings.</exception>
+    /// <exception cref="ArgumentException">An entry matches no module of the model.</exception>
+    public static IReadOnlyList<(string Module, DeviceTensor Tensor)> WholeModules(EngineModel model, IReadOnlyList<string> modulesToSave)
+    {
+        if (model.TiedLmHead && modulesToSave.Any(m => "lm_head".EndsWith(m, StringComparison.Ordinal) || "model.embed_tokens".EndsWith(m, StringComparison.Ordinal)))
+        {
+            throw new NotSupportedException("modules_to_save names lm_head or embed_tokens, but lm_head is tied to the embeddings (tie_word_embeddings): training a tied table whole is not supported; train the adapters and norms, or untie the checkpoint.");
+        }
+
+        var selected = model.WholeModules().Where(m => QLoRA.Core.Peft.LoraConfig.MatchesModulesToSave(modulesToSave, m.Name)).ToList();
+        foreach (string entry in modulesToSave)
+        {
+            if (!model.WholeModules().Any(m => m.Name.EndsWith(entry, StringComparison.Ordinal)))
+            {
+                throw new ArgumentException($"modules_to_save entry '{entry}' matches no module of the model (embed_tokens, the norms, lm_head).", nameof(modulesToSave));
+            }
+        }
+
+        return selected;
+    }
 
     /// <summary>Activation bytes a run of <paramref name="model"/> needs for these options, without allocating anything.</summary>
     public static long ActivationBytes(EngineModel model, EngineOptions options) =>
@@ -124,8 +156,8 @@ public sealed class TrainingEngine : IDisposable
         int t = b.Tokens, layers = _model.Blocks.Count;
         Forward(batch, b);
         DeviceTensor final = Rows(_residual[layers], t), normed = Rows(_finalNormed, t), inverseRms = Rows(_finalInverseRms, t), dNormed = Rows(_dFinalNormed, t);
-        CrossEntropy.Accumulate(normed, _model.LmHead, Rows(_labels, t), _stepLosses.Rows(_microBatches, 1).Reshape(Options.MaxTokens).Slice(0, DType.F32, t), lossScale, dNormed, null);
-        _model.Norm.Backward(final, dNormed, inverseRms, Rows(_scratch.DResidual, t), _scratch.DNormWeight);
+        CrossEntropy.Accumulate(normed, _model.LmHead, Rows(_labels, t), _stepLosses.Rows(_microBatches, 1).Reshape(Options.MaxTokens).Slice(0, DType.F32, t), lossScale, dNormed, _lmHeadGradient);
+        _model.Norm.Backward(final, dNormed, inverseRms, Rows(_scratch.DResidual, t), _finalNormGradient);
         for (int l = layers - 1; l >= 0; l--)
         {
             BlockActivations saved = SavedOf(l);
@@ -135,7 +167,12 @@ public sealed class TrainingEngine : IDisposable
                 DecoderBlock.Forward(_model.Blocks[l], _shape, b, saved, _scratch, Rows(_residual[l], t), Rows(_scratch.Projected, t));
             }
 
-            DecoderBlock.Backward(_model.Blocks[l], _shape, b, saved, _scratch, Rows(_residual[l], t));
+            DecoderBlock.Backward(_model.Blocks[l], _shape, b, saved, _scratch, Rows(_residual[l], t), _normGradients[l].Input, _normGradients[l].Post);
+        }
+
+        if (_embedGradient is not null)
+        {
+            _model.Embed.Backward(batch.Ids, Rows(_scratch.DResidual, t), _embedGradient); // dL/d(embedding rows), summed per id
         }
 
         _microBatches++;

@@ -59,10 +59,16 @@ public sealed class ServingAdapter
     internal bool IsFreed { get; private set; }
 
     /// <summary>Places <paramref name="adapter"/> on <paramref name="model"/>'s projections (shapes checked, names PEFT's).</summary>
-    /// <exception cref="PeftAdapterException">A module is missing from the model or its shapes disagree (named).</exception>
+    /// <exception cref="PeftAdapterException">A module is missing from the model or its shapes disagree, or the adapter saves modules whole (named).</exception>
     public static ServingAdapter Create(EngineModel model, string name, LoraAdapter adapter)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        if (adapter.SavedModules.Count > 0)
+        {
+            throw new PeftAdapterException(adapter.SourcePath, adapter.SavedModules.Keys.First(),
+                "is saved whole (modules_to_save): it replaces base weights, so the adapter cannot be chosen per request; attach it to the model (LoraAttachment.AttachSaved) or merge it (qlora merge)");
+        }
+
         var projections = model.Projections().ToList();
         adapter.Validate(projections.ToDictionary(p => p.Name, p => (p.Layer.InFeatures, p.Layer.OutFeatures), StringComparer.Ordinal));
         var index = projections.Select((p, i) => (p.Name, i)).ToDictionary(p => p.Name, p => p.i, StringComparer.Ordinal);

@@ -75,8 +75,11 @@ internal static class RmsNormKernels
         }
     }
 
-    /// <summary>dw[j] = Σ_r dy[r, j] · x[r, j] · inv[r], summed over rows in order (adjacent lanes: adjacent columns).</summary>
-    public static void BackwardWeight<T, TE>(ArrayView<T> x, ArrayView<T> dy, ArrayView<float> inverseRms, ArrayView<float> dw, int rows, int dim)
+    /// <summary>
+    /// dw[j] = Σ_r dy[r, j] · x[r, j] · inv[r], summed over rows in order (adjacent lanes: adjacent columns); with
+    /// <paramref name="accumulate"/> ≠ 0 the sum is added to dw[j].
+    /// </summary>
+    public static void BackwardWeight<T, TE>(ArrayView<T> x, ArrayView<T> dy, ArrayView<float> inverseRms, ArrayView<float> dw, int rows, int dim, int accumulate)
         where T : unmanaged
         where TE : struct, IElement<T>
     {
@@ -90,7 +93,7 @@ internal static class RmsNormKernels
                 sum += e.Load(dy[i]) * e.Load(x[i]) * inverseRms[r];
             }
 
-            dw[j] = sum;
+            dw[j] = accumulate != 0 ? dw[j] + sum : sum;
         }
     }
 }

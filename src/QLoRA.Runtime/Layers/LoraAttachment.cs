@@ -73,17 +73,47 @@ public static class LoraAttachment
         }
     }
 
-    /// <summary>Attaches a saved PEFT adapter: every adapted module must exist in the model with matching in/out features.</summary>
+    /// <summary>
+    /// Attaches a saved PEFT adapter: every adapted module must exist in the model with matching in/out features; the
+    /// modules it saved whole (modules_to_save: norms, embeddings, lm_head) replace the model's weights.
+    /// </summary>
     /// <exception cref="PeftAdapterException">A module is missing from the model or its shapes disagree (named).</exception>
     public static void AttachSaved(Device device, IEnumerable<(string Name, object Layer)> layers, LoraAdapter adapter)
     {
-        var byName = layers.Where(l => l.Layer is QuantizedLinear).ToDictionary(l => l.Name, l => (QuantizedLinear)l.Layer, StringComparer.Ordinal);
+        var all = layers.ToList();
+        ReplaceSavedModules(all, adapter);
+        var byName = all.Where(l => l.Layer is QuantizedLinear).ToDictionary(l => l.Name, l => (QuantizedLinear)l.Layer, StringComparer.Ordinal);
         adapter.Validate(byName.ToDictionary(e => e.Key, e => (e.Value.InFeatures, e.Value.OutFeatures)));
         foreach (LoraModuleWeights module in adapter.Modules.Values)
         {
             QuantizedLinear linear = byName[module.Module];
             linear.Lora?.Dispose();
             linear.Lora = new LoraSlot(device, module.A.ToSingle(), module.B.ToSingle(), module.Rank, module.InFeatures, module.OutFeatures, (float)adapter.Config.ScalingOf(module.Module), adapter.Config.LoraDropout);
+        }
+    }
+
+    // A saved module's weight goes into the model's tensor, rounded to its dtype; the shapes must agree.
+    private static void ReplaceSavedModules(List<(string Name, object Layer)> layers, LoraAdapter adapter)
+    {
+        foreach ((string path, TensorData saved) in adapter.SavedModules)
+        {
+            string module = path.EndsWith(".weight", StringComparison.Ordinal) ? path[..^".weight".Length] : path;
+            DeviceTensor? target = layers.FirstOrDefault(l => l.Name == module).Layer switch
+            {
+                RmsNormLayer norm => norm.Weight,
+                EmbeddingLayer embedding => embedding.Table,
+                Linear linear => linear.Weight,
+                _ => null,
+            };
+            if (target is null || target.ElementCount != saved.ElementCount)
+            {
+                throw new PeftAdapterException(adapter.SourcePath, path, target is null
+                    ? "is saved whole (modules_to_save) but the model has no norm, embedding or lm_head of that name"
+                    : $"has {saved.ElementCount} values; the model's is [{string.Join(", ", target.Shape)}]");
+            }
+
+            using DeviceTensor values = DeviceTensor.FromSingle(target.Device, saved.ToSingle(), target.Dtype, [.. target.Shape]);
+            values.CopyTo(target);
         }
     }
 

@@ -36,9 +36,9 @@ public sealed class RmsNormLayer : IDisposable
     /// <summary>y = w ⊙ x / rms(x); <paramref name="inverseRms"/> [rows] is kept for the backward.</summary>
     public void Forward(DeviceTensor x, DeviceTensor y, DeviceTensor inverseRms) => RmsNorm.Forward(x, Weight, y, inverseRms, Epsilon);
 
-    /// <summary>dx and dW from dy.</summary>
-    public void Backward(DeviceTensor x, DeviceTensor dy, DeviceTensor inverseRms, DeviceTensor dx, DeviceTensor dWeight) =>
-        RmsNorm.Backward(x, Weight, dy, inverseRms, dx, dWeight);
+    /// <summary>dx from dy, and dW added to <paramref name="dWeight"/> when the weight is trained (null: frozen).</summary>
+    public void Backward(DeviceTensor x, DeviceTensor dy, DeviceTensor inverseRms, DeviceTensor dx, DeviceTensor? dWeight) =>
+        RmsNorm.Backward(x, Weight, dy, inverseRms, dx, dWeight, accumulate: true);
 
     /// <summary>Frees the weight.</summary>
     public void Dispose() => Weight.Dispose();

@@ -29,20 +29,32 @@ public static class RmsNorm
         ComputeDispatch.Run(x, new ForwardLaunch(x, weight, y, inverseRms, rows, dim, eps), nameof(x));
     }
 
-    /// <summary>Gradients of the input and the weight from dy and the forward's saved 1/rms.</summary>
+    /// <summary>Gradients of the input and (when asked) the weight from dy and the forward's saved 1/rms.</summary>
+    /// <param name="x">The forward's input [rows, dim].</param>
+    /// <param name="weight">[dim] F32.</param>
+    /// <param name="dy">[rows, dim] of x's dtype.</param>
+    /// <param name="inverseRms">The forward's 1/rms [rows].</param>
+    /// <param name="dx">[rows, dim] of x's dtype, written (may alias dy).</param>
+    /// <param name="dWeight">F32 [dim]: Σ over rows of dy·x/rms, written — or added to it with <paramref name="accumulate"/>
+    /// (a trained norm over accumulated micro-batches); null: the weight is frozen and its gradient not computed.</param>
+    /// <param name="accumulate">Add to <paramref name="dWeight"/> instead of overwriting it.</param>
     /// <exception cref="ArgumentException">Shapes or dtypes disagree.</exception>
-    public static void Backward(DeviceTensor x, DeviceTensor weight, DeviceTensor dy, DeviceTensor inverseRms, DeviceTensor dx, DeviceTensor dWeight)
+    public static void Backward(DeviceTensor x, DeviceTensor weight, DeviceTensor dy, DeviceTensor inverseRms, DeviceTensor dx, DeviceTensor? dWeight, bool accumulate = false)
     {
         (int rows, int dim) = Check(x, weight, dy, inverseRms);
         Shapes.Require(dx, x.Dtype, x.Shape, nameof(dx));
-        Shapes.Require(dWeight, DType.F32, weight.Shape, nameof(dWeight));
+        if (dWeight is not null)
+        {
+            Shapes.Require(dWeight, DType.F32, weight.Shape, nameof(dWeight));
+        }
+
         if (Cpu.CpuOps.Runs(x))
         {
-            Cpu.CpuRowOps.RmsNormBackward(x, weight, dy, inverseRms, dx, dWeight, rows, dim);
+            Cpu.CpuRowOps.RmsNormBackward(x, weight, dy, inverseRms, dx, dWeight, rows, dim, accumulate);
             return;
         }
 
-        ComputeDispatch.Run(x, new BackwardLaunch(x, weight, dy, inverseRms, dx, dWeight, rows, dim), nameof(x));
+        ComputeDispatch.Run(x, new BackwardLaunch(x, weight, dy, inverseRms, dx, dWeight, rows, dim, accumulate ? 1 : 0), nameof(x));
     }
 
     private readonly record struct ForwardLaunch(DeviceTensor X, DeviceTensor Weight, DeviceTensor Y, DeviceTensor InverseRms, int Rows, int Dim, float Eps) : IComputeLaunch
@@ -57,7 +69,7 @@ public static class RmsNorm
         }
     }
 
-    private readonly record struct BackwardLaunch(DeviceTensor X, DeviceTensor Weight, DeviceTensor Dy, DeviceTensor InverseRms, DeviceTensor Dx, DeviceTensor DWeight, int Rows, int Dim) : IComputeLaunch
+    private readonly record struct BackwardLaunch(DeviceTensor X, DeviceTensor Weight, DeviceTensor Dy, DeviceTensor InverseRms, DeviceTensor Dx, DeviceTensor? DWeight, int Rows, int Dim, int Accumulate) : IComputeLaunch
     {
         public void Run<T, TE>()
             where T : unmanaged
@@ -66,8 +78,13 @@ public static class RmsNorm
             Device device = X.Device;
             var input = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<float>, ArrayView<T>, int, int>(RmsNormKernels.BackwardInput<T, TE>));
             input(device.Stream, device.GridStride, X.View<T>(), Weight.View<float>(), Dy.View<T>(), InverseRms.View<float>(), Dx.View<T>(), Rows, Dim);
-            var weights = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int>(RmsNormKernels.BackwardWeight<T, TE>));
-            weights(device.Stream, device.GridStride, X.View<T>(), Dy.View<T>(), InverseRms.View<float>(), DWeight.View<float>(), Rows, Dim);
+            if (DWeight is null)
+            {
+                return;
+            }
+
+            var weights = device.Kernel(static a => a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, int, int, int>(RmsNormKernels.BackwardWeight<T, TE>));
+            weights(device.Stream, device.GridStride, X.View<T>(), Dy.View<T>(), InverseRms.View<float>(), DWeight.View<float>(), Rows, Dim, Accumulate);
         }
     }
 

@@ -28,7 +28,7 @@ public sealed partial class LoraTrainer : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(options.GradientAccumulation, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxSteps, 1);
-        engine = engine with { MaxMicroBatches = Math.Max(engine.MaxMicroBatches, options.GradientAccumulation) };
+        engine = engine with { MaxMicroBatches = Math.Max(engine.MaxMicroBatches, options.GradientAccumulation), ModulesToSave = engine.ModulesToSave ?? lora.ModulesToSave };
         Estimate = MemoryEstimate.For(model, lora, engine, options);
         // The CPU accelerator reports no limit of its own: its tensors live in host memory, so that is the budget.
         long budget = options.MemoryBudgetBytes
@@ -158,13 +158,20 @@ public sealed partial class LoraTrainer : IDisposable
         return (loss, Math.Exp(loss));
     }
 
-    /// <summary>The adapters as trained, as a PEFT adapter (float32 A and B, the run's config).</summary>
+    /// <summary>
+    /// The adapters as trained, as a PEFT adapter (float32 A and B, the run's config), with the modules trained whole
+    /// (modules_to_save) as float32 weights under their parameter paths (model.norm.weight, lm_head.weight, …).
+    /// </summary>
     public LoraAdapter ExportAdapter()
     {
         float[] values = Engine.Parameters.Values.ToHost<float>();
         var modules = Engine.Parameters.Entries.Select(e => new LoraModuleWeights(e.Module,
             TensorData.FromSingle(values.AsSpan((int)e.A.Offset, (int)e.A.Count), e.A.Rows, e.A.Columns),
             TensorData.FromSingle(values.AsSpan((int)e.B.Offset, (int)e.B.Count), e.B.Rows, e.B.Columns)));
+        var saved = Engine.Parameters.WholeModules.ToDictionary(
+            w => w.Module + ".weight",
+            w => TensorData.FromSingle(values.AsSpan(checked((int)w.Span.Offset), checked((int)w.Span.Count)), [.. w.Target.Shape]),
+            StringComparer.Ordinal);
         // As PEFT saves an all-linear adapter: target_modules lists the module names it found.
         LoraConfig config = Lora;
         if (Lora.TargetModules is [LoraConfig.AllLinear])
@@ -174,7 +181,7 @@ public sealed partial class LoraTrainer : IDisposable
             config = LoraConfig.Parse(json.ToJsonString());
         }
 
-        return new LoraAdapter(config, modules);
+        return new LoraAdapter(config, modules, saved);
     }
 
     /// <summary>Overwrites the adapters with a saved PEFT adapter's values (same modules and shapes).</summary>
@@ -192,6 +199,16 @@ public sealed partial class LoraTrainer : IDisposable
 
             module.A.ToSingle().CopyTo(values.AsSpan((int)entry.A.Offset));
             module.B.ToSingle().CopyTo(values.AsSpan((int)entry.B.Offset));
+        }
+
+        foreach (LoraParameters.WholeEntry entry in Engine.Parameters.WholeModules)
+        {
+            if (!adapter.SavedModules.TryGetValue(entry.Module + ".weight", out TensorData? saved) || saved.ElementCount != entry.Span.Count)
+            {
+                throw new PeftAdapterException(adapter.SourcePath, entry.Module + ".weight", $"missing or of another shape: modules_to_save trains it whole, [{string.Join(", ", entry.Target.Shape)}]");
+            }
+
+            saved.ToSingle().CopyTo(values.AsSpan(checked((int)entry.Span.Offset)));
         }
 
         Engine.Parameters.Values.CopyFromHost<float>(values);
@@ -228,6 +245,16 @@ public sealed partial class LoraTrainer : IDisposable
                     topmost = entry.Module;
                 }
             }
+        }
+
+        foreach (LoraParameters.WholeEntry entry in Engine.Parameters.WholeModules)
+        {
+            if (!AllFinite(values.AsSpan((int)entry.Span.Offset, (int)entry.Span.Count)))
+            {
+                return entry.Module;
+            }
+
+            topmost ??= AllFinite(gradients.AsSpan((int)entry.Span.Offset, (int)entry.Span.Count)) ? null : entry.Module;
         }
 
         return topmost;

@@ -45,6 +45,10 @@ public sealed record MemoryEstimate(long WeightsBytes, long AdapterBytes, long O
         }
 
         long adapters = adapterElements * (4 + 4 + (compute == DType.F32 ? 0 : compute.SizeInBytes()));
+        // Modules trained whole (modules_to_save): float32 master and gradient each; the optimizer's state covers them too.
+        long whole = TrainingEngine.WholeModules(model, engine.ModulesToSave ?? lora.ModulesToSave).Sum(m => LoraParameters.Align(m.Tensor.ElementCount));
+        adapters += whole * 8;
+        adapterElements += whole;
         const int Page = PagedAdamWOptimizer.DefaultPageElements;
         long optimizer = options.Optimizer switch
         {

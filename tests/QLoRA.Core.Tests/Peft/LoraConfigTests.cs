@@ -103,6 +103,13 @@ public class LoraConfigTests
         Assert.True(c.SavesModule("lm_head"));
         Assert.True(c.SavesModule("model.layers.3.input_layernorm"));
         Assert.False(c.SavesModule("model.layers.3.mlp"));
+
+        // PEFT matches a plain suffix of the module name: "norm" takes the blocks' norms too, "layernorm" both of theirs.
+        LoraConfig norms = LoraConfig.Parse("""{"r": 4, "target_modules": ["q_proj"], "modules_to_save": ["norm"]}""");
+        Assert.True(norms.SavesModule("model.norm"));
+        Assert.True(norms.SavesModule("model.layers.0.post_attention_layernorm"));
+        Assert.False(norms.SavesModule("lm_head"));
+        Assert.False(norms.SavesModule("model.embed_tokens"));
     }
 
     public static TheoryData<string, string, string> Rejected() => new()
