@@ -77,8 +77,17 @@ public abstract class TrainerTests<TDevice>(TDevice fixture) : IClassFixture<TDe
     {
         (string folder, _) = TinyLlama.WriteCheckpoint();
         using LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder);
-        using LoraTrainer trainer = NewTrainer(model, Options with { OnNonFinite = policy });
-        trainer.TrainStep(MicroBatches);
+        var log = new RecordingLogger();
+        using LoraTrainer trainer = new(fixture.Device, EngineModel.Of(model), Lora, Options with { OnNonFinite = policy }, new EngineOptions(16, GradientCheckpointing: true)) { Logger = log };
+        StepReport first = trainer.TrainStep(MicroBatches);
+
+        // The logger gets each step with the report's values under metrics.jsonl's names.
+        RecordingLogger.Entry logged = Assert.Single(log.Entries);
+        Assert.Equal((Microsoft.Extensions.Logging.LogLevel.Information, 1), (logged.Level, logged.EventId));
+        Assert.Equal(1, logged.Values["Step"]);
+        Assert.Equal(first.Loss, logged.Values["Loss"]);
+        Assert.Equal(first.GradientNorm, logged.Values["GradientNorm"]);
+        Assert.StartsWith("step 1: loss ", logged.Message);
         LoraParameters.Entry poisoned = trainer.Engine.Parameters.Entries.Single(e => e.Module == "model.layers.1.mlp.down_proj");
         float[] values = trainer.Engine.Parameters.Values.ToHost<float>();
         values[poisoned.A.Offset + 3] = float.NaN;
@@ -88,10 +97,12 @@ public abstract class TrainerTests<TDevice>(TDevice fixture) : IClassFixture<TDe
             var e = Assert.Throws<TrainingDivergedException>(() => trainer.TrainStep(MicroBatches));
             Assert.Equal(2, e.Step);
             Assert.Equal("model.layers.1.mlp.down_proj", e.Module);
+            Assert.Equal((Microsoft.Extensions.Logging.LogLevel.Error, 3, "model.layers.1.mlp.down_proj"), (log.Entries[^1].Level, log.Entries[^1].EventId, log.Entries[^1].Values["Module"]));
             return;
         }
 
         StepReport report = trainer.TrainStep(MicroBatches);
+        Assert.Equal((Microsoft.Extensions.Logging.LogLevel.Warning, 2, (object?)2, "model.layers.1.mlp.down_proj"), (log.Entries[^1].Level, log.Entries[^1].EventId, log.Entries[^1].Values["Step"], log.Entries[^1].Values["Module"]));
         Assert.True(report.Skipped);
         Assert.True(double.IsNaN(report.Loss));
         Assert.Equal(1, trainer.UpdatesApplied);
@@ -234,12 +245,17 @@ public abstract class TrainerTests<TDevice>(TDevice fixture) : IClassFixture<TDe
         }
 
         string output = Directory.CreateTempSubdirectory("qlora-fit-").FullName;
+        var log = new RecordingLogger();
         using (LlamaForCausalLM model = LlamaForCausalLM.LoadModel(fixture.Device, folder))
-        using (LoraTrainer trainer = NewTrainer(model, options))
+        using (LoraTrainer trainer = new(fixture.Device, EngineModel.Of(model), Lora, options, new EngineOptions(16, GradientCheckpointing: true)) { Logger = log })
         using (var cts = new CancellationTokenSource())
         {
             trainer.StepCompleted += r => { if (r.Step == 3) { cts.Cancel(); } }; // Ctrl-C during step 3
             FitResult result = trainer.Fit(train, eval, fit with { OutputDirectory = output }, cts.Token);
+            // Logged: the start (trainable parameters, the memory estimate), three steps, the checkpoint written on Ctrl-C.
+            Assert.Equal([6, 1, 1, 1, 5], log.Entries.Select(e => e.EventId));
+            Assert.Equal(trainer.Engine.Parameters.TrainableCount, log.Entries[0].Values["TrainableParameters"]);
+            Assert.Equal(Path.Combine(output, "checkpoint-3"), log.Entries[^1].Values["Path"]);
             Assert.True(result.Cancelled);
             Assert.Equal(3, result.Steps);
             Assert.Equal(Path.Combine(output, "checkpoint-3"), result.LastCheckpoint);

@@ -58,6 +58,7 @@ public sealed partial class LoraTrainer
         string? output = options.OutputDirectory is string dir ? Directory.CreateDirectory(dir).FullName : null;
         using StreamWriter? metrics = output is null ? null : new StreamWriter(Path.Combine(output, "metrics.jsonl"), append: options.ResumeFrom is not null);
         string? lastCheckpoint = null;
+        TrainerLog.Started(Logger, Step, Engine.Parameters.TrainableCount, train.Count, Estimate.ToString());
         double lastLoss = double.NaN;
         bool cancelled = false;
         IEnumerable<EnginePackedBatch> stream = MicroBatches(train, options).Skip(checked((int)position));
@@ -94,6 +95,7 @@ public sealed partial class LoraTrainer
             {
                 lastCheckpoint = Path.Combine(output, string.Create(CultureInfo.InvariantCulture, $"checkpoint-{report.Step}"));
                 TrainingCheckpoint.Save(this, lastCheckpoint, position);
+                TrainerLog.CheckpointWritten(Logger, report.Step, lastCheckpoint);
             }
 
             if (cancelled)
@@ -114,6 +116,7 @@ public sealed partial class LoraTrainer
     private double WriteEval(StreamWriter? metrics, int step, List<EnginePackedBatch> batches)
     {
         (double loss, double perplexity) = Evaluate(batches);
+        TrainerLog.Evaluated(Logger, step, loss, perplexity);
         metrics?.WriteLine(new JsonObject { ["step"] = step, ["eval_loss"] = loss, ["eval_perplexity"] = perplexity }.ToJsonString());
         metrics?.Flush();
         return loss;

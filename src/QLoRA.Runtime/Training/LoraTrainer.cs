@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using QLoRA.Core;
 using QLoRA.Core.Peft;
 using QLoRA.Core.Weights;
@@ -74,6 +76,11 @@ public sealed partial class LoraTrainer : IDisposable
     /// <summary>Raised after every optimizer step.</summary>
     public event Action<StepReport>? StepCompleted;
 
+    /// <summary>
+    /// Where the run logs its steps, skipped steps, evaluations and checkpoints (event ids in the docs); none by default.
+    /// </summary>
+    public ILogger Logger { get; init; } = NullLogger.Instance;
+
     /// <summary>The model trained.</summary>
     public EngineModel Model { get; }
 
@@ -124,8 +131,11 @@ public sealed partial class LoraTrainer : IDisposable
             string? module = FirstNonFiniteModule();
             if (Options.OnNonFinite == NonFinitePolicy.Stop)
             {
+                TrainerLog.Diverged(Logger, step, stats.Loss, module);
                 throw new TrainingDivergedException(step, module, stats.Loss);
             }
+
+            TrainerLog.StepSkipped(Logger, step, stats.Loss, module);
         }
         else
         {
@@ -139,6 +149,11 @@ public sealed partial class LoraTrainer : IDisposable
         Step = step;
         int tokens = microBatches.Sum(b => b.Tokens);
         var report = new StepReport(step, stats.Loss, lr, stats.GradientNorm, tokens, tokens / Math.Max(1e-9, _clock.Elapsed.TotalSeconds), _device.Allocator.AllocatedBytes, skipped);
+        if (!skipped)
+        {
+            TrainerLog.Step(Logger, step, report.Loss, lr, report.GradientNorm, report.TokensPerSecond, report.DeviceMemoryBytes);
+        }
+
         StepCompleted?.Invoke(report);
         return report;
     }
