@@ -30,6 +30,7 @@ public sealed class EightBitAdamWOptimizer : AdapterOptimizer
     private readonly DeviceTensor[] _codes1, _codes2, _absmax1, _absmax2; // device state (one) or two page buffers
     private readonly PinnedHostBuffer<byte>? _hostCodes1, _hostCodes2;
     private readonly PinnedHostBuffer<float>? _hostAbsmax1, _hostAbsmax2;
+    private readonly PagePipeline? _pipeline; // paged: copies overlapped with the updates
 
     /// <summary>Zero state for <paramref name="count"/> flat parameters; paged when <paramref name="pageElements"/> is given (rounded up to a multiple of 256).</summary>
     /// <exception cref="ArgumentOutOfRangeException">The page is not positive, or paged state exceeds one host array.</exception>
@@ -55,6 +56,7 @@ public sealed class EightBitAdamWOptimizer : AdapterOptimizer
             _codes2 = [DeviceTensor.Allocate(device, DType.U8, _page), DeviceTensor.Allocate(device, DType.U8, _page)];
             _absmax1 = [DeviceTensor.Allocate(device, DType.F32, pageBlocks), DeviceTensor.Allocate(device, DType.F32, pageBlocks)];
             _absmax2 = [DeviceTensor.Allocate(device, DType.F32, pageBlocks), DeviceTensor.Allocate(device, DType.F32, pageBlocks)];
+            _pipeline = new PagePipeline(device);
         }
         else
         {
@@ -92,24 +94,36 @@ public sealed class EightBitAdamWOptimizer : AdapterOptimizer
             return;
         }
 
-        AcceleratorStream stream = _device.Stream;
-        for (long start = 0, page = 0; start < _count; start += _page, page++)
-        {
-            int n = (int)Math.Min(_page, _count - start), blocks = (n + BlockSize - 1) / BlockSize, firstBlock = (int)(start / BlockSize);
-            int slot = (int)(page & 1);
-            DeviceTensor c1 = _codes1[slot].Rows(0, n), c2 = _codes2[slot].Rows(0, n), a1 = _absmax1[slot].Rows(0, blocks), a2 = _absmax2[slot].Rows(0, blocks);
-            c1.View<byte>().CopyFromCPUUnsafeAsync(stream, ref _hostCodes1!.Array[start], n);
-            c2.View<byte>().CopyFromCPUUnsafeAsync(stream, ref _hostCodes2!.Array[start], n);
-            a1.View<float>().CopyFromCPUUnsafeAsync(stream, ref _hostAbsmax1!.Array[firstBlock], blocks);
-            a2.View<float>().CopyFromCPUUnsafeAsync(stream, ref _hostAbsmax2!.Array[firstBlock], blocks);
-            Launch(values.Rows(start, n), gradients.Rows(start, n), c1, c2, a1, a2, h);
-            c1.View<byte>().CopyToCPUUnsafeAsync(stream, ref _hostCodes1.Array[start], n);
-            c2.View<byte>().CopyToCPUUnsafeAsync(stream, ref _hostCodes2.Array[start], n);
-            a1.View<float>().CopyToCPUUnsafeAsync(stream, ref _hostAbsmax1.Array[firstBlock], blocks);
-            a2.View<float>().CopyToCPUUnsafeAsync(stream, ref _hostAbsmax2.Array[firstBlock], blocks);
-        }
-
-        stream.Synchronize();
+        int pages = checked((int)((_count + _page - 1) / _page));
+        long Start(int page) => (long)page * _page;
+        int Length(int page) => (int)Math.Min(_page, _count - Start(page));
+        int Blocks(int page) => (Length(page) + BlockSize - 1) / BlockSize;
+        int FirstBlock(int page) => (int)(Start(page) / BlockSize);
+        (DeviceTensor C1, DeviceTensor C2, DeviceTensor A1, DeviceTensor A2) Buffers(int page) =>
+            (_codes1[page & 1].Rows(0, Length(page)), _codes2[page & 1].Rows(0, Length(page)), _absmax1[page & 1].Rows(0, Blocks(page)), _absmax2[page & 1].Rows(0, Blocks(page)));
+        _pipeline!.Run(
+            pages,
+            (page, stream) =>
+            {
+                var (c1, c2, a1, a2) = Buffers(page);
+                c1.View<byte>().CopyFromCPUUnsafeAsync(stream, ref _hostCodes1!.Array[Start(page)], Length(page));
+                c2.View<byte>().CopyFromCPUUnsafeAsync(stream, ref _hostCodes2!.Array[Start(page)], Length(page));
+                a1.View<float>().CopyFromCPUUnsafeAsync(stream, ref _hostAbsmax1!.Array[FirstBlock(page)], Blocks(page));
+                a2.View<float>().CopyFromCPUUnsafeAsync(stream, ref _hostAbsmax2!.Array[FirstBlock(page)], Blocks(page));
+            },
+            page =>
+            {
+                var (c1, c2, a1, a2) = Buffers(page);
+                Launch(values.Rows(Start(page), Length(page)), gradients.Rows(Start(page), Length(page)), c1, c2, a1, a2, h);
+            },
+            (page, stream) =>
+            {
+                var (c1, c2, a1, a2) = Buffers(page);
+                c1.View<byte>().CopyToCPUUnsafeAsync(stream, ref _hostCodes1!.Array[Start(page)], Length(page));
+                c2.View<byte>().CopyToCPUUnsafeAsync(stream, ref _hostCodes2!.Array[Start(page)], Length(page));
+                a1.View<float>().CopyToCPUUnsafeAsync(stream, ref _hostAbsmax1!.Array[FirstBlock(page)], Blocks(page));
+                a2.View<float>().CopyToCPUUnsafeAsync(stream, ref _hostAbsmax2!.Array[FirstBlock(page)], Blocks(page));
+            });
     }
 
     private void Launch(DeviceTensor p, DeviceTensor g, DeviceTensor c1, DeviceTensor c2, DeviceTensor a1, DeviceTensor a2, EightBitAdamWHyper h)
@@ -171,6 +185,7 @@ public sealed class EightBitAdamWOptimizer : AdapterOptimizer
             t.Dispose();
         }
 
+        _pipeline?.Dispose();
         _hostCodes1?.Dispose();
         _hostCodes2?.Dispose();
         _hostAbsmax1?.Dispose();

@@ -11,19 +11,19 @@ namespace QLoRA.Runtime.Training;
 
 /// <summary>
 /// Paged AdamW: the float32 moments live in pinned host memory and visit the device one fixed-size page of the flat
-/// state at a time (two page buffers, so page i+1's upload is queued while page i updates), so the optimizer's device
-/// memory is O(page) whatever the adapters' size. Same arithmetic as <see cref="AdamWOptimizer"/>: identical results.
+/// state at a time (two page buffers; page i+1 uploads and page i−1 downloads on their own streams while page i
+/// updates, see <see cref="PagePipeline"/>), so the optimizer's device memory is O(page) whatever the adapters' size. Same arithmetic as <see cref="AdamWOptimizer"/>: identical results.
 /// </summary>
 public sealed class PagedAdamWOptimizer : AdapterOptimizer
 {
     /// <summary>Default page: 1 Mi elements (4 MiB per moment).</summary>
     public const int DefaultPageElements = 1 << 20;
 
-    private readonly Device _device;
     private readonly AdamWOptions _options;
     private readonly PinnedHostBuffer<float> _m, _v;
     private readonly DeviceTensor[] _pageM, _pageV;
     private readonly int _page;
+    private readonly PagePipeline _pipeline;
 
     /// <summary>Zero host state for <paramref name="count"/> flat parameters, paged in pages of <paramref name="pageElements"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The page is not positive, or the state exceeds one host array.</exception>
@@ -31,7 +31,6 @@ public sealed class PagedAdamWOptimizer : AdapterOptimizer
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(pageElements, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(count, Array.MaxLength, nameof(count));
-        _device = device;
         _options = options;
         int elements = (int)count;
         _page = Math.Min(pageElements, elements);
@@ -39,6 +38,7 @@ public sealed class PagedAdamWOptimizer : AdapterOptimizer
         _v = new PinnedHostBuffer<float>(device.Accelerator, elements);
         _pageM = [DeviceTensor.Allocate(device, DType.F32, _page), DeviceTensor.Allocate(device, DType.F32, _page)];
         _pageV = [DeviceTensor.Allocate(device, DType.F32, _page), DeviceTensor.Allocate(device, DType.F32, _page)];
+        _pipeline = new PagePipeline(device);
     }
 
     /// <inheritdoc />
@@ -54,23 +54,24 @@ public sealed class PagedAdamWOptimizer : AdapterOptimizer
     public override void Step(DeviceTensor values, DeviceTensor gradients, int step, double learningRate, float gradientScale)
     {
         AdamWOptions options = _options with { LearningRate = learningRate };
-        AcceleratorStream stream = _device.Stream;
-        int count = _m.Array.Length;
-        for (int start = 0, page = 0; start < count; start += _page, page++)
-        {
-            int n = Math.Min(_page, count - start);
-            int slot = page & 1;
-            DeviceTensor m = _pageM[slot].Rows(0, n), v = _pageV[slot].Rows(0, n);
-            // In stream order: upload this page's moments, update, download them; the copies are asynchronous against
-            // the host, and the next page's upload goes to the other buffer, so nothing waits on a finished page.
-            m.View<float>().CopyFromCPUUnsafeAsync(stream, ref _m.Array[start], n);
-            v.View<float>().CopyFromCPUUnsafeAsync(stream, ref _v.Array[start], n);
-            AdamW.Step(values.Rows(start, n), gradients.Rows(start, n), m, v, step, options, gradientScale);
-            m.View<float>().CopyToCPUUnsafeAsync(stream, ref _m.Array[start], n);
-            v.View<float>().CopyToCPUUnsafeAsync(stream, ref _v.Array[start], n);
-        }
-
-        stream.Synchronize(); // the host state is complete when the step returns
+        int count = _m.Array.Length, pages = (count + _page - 1) / _page;
+        int Start(int page) => page * _page;
+        int Length(int page) => Math.Min(_page, count - Start(page));
+        DeviceTensor M(int page) => _pageM[page & 1].Rows(0, Length(page));
+        DeviceTensor V(int page) => _pageV[page & 1].Rows(0, Length(page));
+        _pipeline.Run(
+            pages,
+            (page, stream) =>
+            {
+                M(page).View<float>().CopyFromCPUUnsafeAsync(stream, ref _m.Array[Start(page)], Length(page));
+                V(page).View<float>().CopyFromCPUUnsafeAsync(stream, ref _v.Array[Start(page)], Length(page));
+            },
+            page => AdamW.Step(values.Rows(Start(page), Length(page)), gradients.Rows(Start(page), Length(page)), M(page), V(page), step, options, gradientScale),
+            (page, stream) =>
+            {
+                M(page).View<float>().CopyToCPUUnsafeAsync(stream, ref _m.Array[Start(page)], Length(page));
+                V(page).View<float>().CopyToCPUUnsafeAsync(stream, ref _v.Array[Start(page)], Length(page));
+            });
     }
 
     /// <inheritdoc />
@@ -90,6 +91,7 @@ public sealed class PagedAdamWOptimizer : AdapterOptimizer
     /// <inheritdoc />
     public override void Dispose()
     {
+        _pipeline.Dispose();
         _m.Dispose();
         _v.Dispose();
         foreach (DeviceTensor t in _pageM.Concat(_pageV))
