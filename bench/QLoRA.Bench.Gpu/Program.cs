@@ -65,6 +65,7 @@ foreach ((string name, Action<QLoRA.Bench.Gpu.BenchReport> section) in new (stri
     ("gemm", QLoRA.Bench.Gpu.Sections.Gemms),
     ("attention", QLoRA.Bench.Gpu.Sections.Attention),
     ("cross-entropy", QLoRA.Bench.Gpu.Sections.CrossEntropyLoss),
+    ("optimizer", QLoRA.Bench.Gpu.Sections.Optimizers),
 })
 {
     try
