@@ -33,6 +33,7 @@ internal static class TrainCommand
         var alpha = new Option<double>("--alpha") { Description = "LoRA alpha", DefaultValueFactory = _ => 16 };
         var dropout = new Option<double>("--dropout") { Description = "LoRA dropout", DefaultValueFactory = _ => 0.05 };
         var targets = new Option<string>("--targets") { Description = "Modules to adapt: all-linear or a comma-separated list (q_proj,v_proj)", DefaultValueFactory = _ => "all-linear" };
+        var modulesToSave = new Option<string?>("--modules-to-save") { Description = "Modules trained whole besides the adapters (PEFT's modules_to_save): a comma-separated list of embed_tokens, lm_head, norm, input_layernorm, post_attention_layernorm" };
         var batch = new Option<int>("--batch") { Description = "Sequences' worth of tokens per micro-batch (× --seq-len)", DefaultValueFactory = _ => 1 };
         var accumulation = new Option<int>("--grad-accum") { Description = "Micro-batches per optimizer step", DefaultValueFactory = _ => 16 };
         var seqLen = new Option<int>("--seq-len") { Description = "Longest example in tokens (longer ones are cut)", DefaultValueFactory = _ => 1024 };
@@ -43,7 +44,7 @@ internal static class TrainCommand
         var seed = new Option<int>("--seed") { Description = "Seed of initialization, dropout and shuffling", DefaultValueFactory = _ => 42 };
         var command = new Command("train", "Fine-tune LoRA adapters on a JSONL dataset")
         {
-            model, data, output, eval, steps, epochs, lr, rank, alpha, dropout, targets, batch, accumulation, seqLen, optimizer, checkpointing, loftQ, resume, seed,
+            model, data, output, eval, steps, epochs, lr, rank, alpha, dropout, targets, modulesToSave, batch, accumulation, seqLen, optimizer, checkpointing, loftQ, resume, seed,
         };
         command.SetAction((parsed, cancellation) =>
         {
@@ -59,7 +60,12 @@ internal static class TrainCommand
             string targetList = parsed.GetValue(targets)!;
             JsonNode targetJson = targetList == LoraConfig.AllLinear ? JsonValue.Create(targetList) : new JsonArray([.. targetList.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t => (JsonNode?)t)]);
             var loraJson = new JsonObject { ["r"] = parsed.GetValue(rank), ["lora_alpha"] = parsed.GetValue(alpha), ["lora_dropout"] = parsed.GetValue(dropout), ["target_modules"] = targetJson, ["base_model_name_or_path"] = parsed.GetValue(model) };
-            LoraConfig lora = LoraConfig.Parse(loraJson.ToJsonString(), "--rank/--alpha/--dropout/--targets");
+            if (parsed.GetValue(modulesToSave) is string saved)
+            {
+                loraJson["modules_to_save"] = new JsonArray([.. saved.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(m => (JsonNode?)m)]);
+            }
+
+            LoraConfig lora = LoraConfig.Parse(loraJson.ToJsonString(), "--rank/--alpha/--dropout/--targets/--modules-to-save");
             int seqLength = parsed.GetValue(seqLen), micro = parsed.GetValue(batch) * seqLength;
             var chat = new ChatFormatter(HfTokenizer.FromFolder(folder));
             var datasetOptions = new SftDatasetOptions { MaxSequenceLength = seqLength, Seed = (ulong)parsed.GetValue(seed) };

@@ -281,6 +281,20 @@ public sealed class CliTests
         Assert.Contains("data.jsonl", error);
         Assert.Contains("9", error); // the line
         Assert.Equal(QloraCli.UserError, Qlora("train", "--model", folder, "--data", data, "--optimizer", "sgd").Code);
+
+        // --modules-to-save trains the norms and lm_head whole: the adapter saves them as PEFT does.
+        File.WriteAllLines(data, Enumerable.Range(0, 4).Select(i => $$"""{"prompt": "Say {{i}}:", "completion": " {{i}}{{i}}"}"""));
+        string saved = Path.Combine(work, "saved");
+        (code, stdout, error) = Qlora("train", "--model", folder, "--data", data, "--output", saved, "--steps", "2", "--grad-accum", "1",
+            "--seq-len", "32", "--rank", "4", "--optimizer", "adamw", "--modules-to-save", "norm,lm_head");
+        Assert.True(code == 0, error + stdout);
+        var withSaved = QLoRA.Core.Peft.LoraAdapter.Load(Path.Combine(saved, "adapter"));
+        Assert.Equal(["norm", "lm_head"], withSaved.Config.ModulesToSave);
+        Assert.Contains("model.norm.weight", withSaved.SavedModules.Keys);
+        Assert.Contains("lm_head.weight", withSaved.SavedModules.Keys);
+        (code, _, error) = Qlora("train", "--model", folder, "--data", data, "--output", Path.Combine(work, "bad2"), "--steps", "1", "--modules-to-save", "mlp");
+        Assert.Equal(QloraCli.UserError, code);
+        Assert.Contains("modules_to_save", error);
     }
 
     [Fact]
