@@ -1,3 +1,4 @@
+using QLoRA.Core;
 using QLoRA.Runtime.Devices;
 using QLoRA.Runtime.Engine;
 using QLoRA.Runtime.Generation;
@@ -31,14 +32,17 @@ public sealed class DecodeLaunchTests
         return (logits, device.LaunchCount - before);
     }
 
-    [Fact]
-    public void FusedDecodeEqualsThePlainOpsBitForBitInAtMostEightLaunchesPerBlock()
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.BF16)]
+    public void FusedDecodeEqualsThePlainOpsBitForBitInAtMostEightLaunchesPerBlock(DType compute)
     {
         const int sequences = 3;
         string one = Directory.CreateTempSubdirectory("qlora-decode-").FullName, two = Directory.CreateTempSubdirectory("qlora-decode-").FullName;
         RandomLlama.Write(one, new RandomLlamaOptions(Hidden: 64, Intermediate: 96, Layers: 1, Heads: 4, KeyValueHeads: 2, Seed: 3));
         RandomLlama.Write(two, new RandomLlamaOptions(Hidden: 64, Intermediate: 96, Layers: 2, Heads: 4, KeyValueHeads: 2, Seed: 3));
         using Device device = Device.Cpu(4, 2, multiprocessors: 2, cpuSchedules: false);
+        device.ComputeDtype = compute;
         long fusedTwo, plainTwo;
         using (LlamaForCausalLM llama = LlamaForCausalLM.Load(device, two))
         {

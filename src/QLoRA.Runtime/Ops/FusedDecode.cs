@@ -115,7 +115,8 @@ internal static class FusedDecode
     private static GemvSegment<T, TAbsmax> Segment<T, TAbsmax>(QuantizedLinear layer, DeviceTensor y, TAbsmax absmax)
         where T : unmanaged
         where TAbsmax : struct, IAbsmaxSource =>
-        new(layer.Weight!.PackedView, absmax, y.View<T>(), (layer.Bias ?? y).View<float>(), layer.OutFeatures, layer.Bias is not null);
+        // Without a bias the segment still needs a float view (never read): the weight's code table is one.
+        new(layer.Weight!.PackedView, absmax, y.View<T>(), layer.Bias?.View<float>() ?? layer.Weight.TableView, layer.OutFeatures, layer.Bias is not null);
 
     private readonly record struct ThreeLaunch(DeviceTensor X, IReadOnlyList<QuantizedLinear> Layers, IReadOnlyList<DeviceTensor> Outputs, DecodeLora Lora, int Module0) : IComputeLaunch
     {
