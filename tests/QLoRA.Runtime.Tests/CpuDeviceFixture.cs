@@ -74,3 +74,9 @@ public sealed class CudaDeviceFixture() : DeviceFixture(CreateCuda, "no CUDA dev
         return Device.Cuda();
     }
 }
+
+/// <summary>
+/// The CPU accelerator running the GPU schedules' kernels with small warps (4 lanes, 2 warps per group, 2 groups at
+/// once): whole-model tests of the path a GPU takes (tensor layouts, dtype views, barriers) at CPU-test speed.
+/// </summary>
+public sealed class CpuGpuKernelsDeviceFixture() : DeviceFixture(() => Device.Cpu(4, 2, multiprocessors: 2, cpuSchedules: false), "");

@@ -136,5 +136,30 @@ public sealed class FusedAdapterDecodeTests
         Assert.True(plainPerBlock > 2 * fusedPerBlock, $"plain {plainPerBlock} vs fused {fusedPerBlock}");
     }
 
+    // The whole engine on the GPU kernels in bf16 — prefill chunks, fused decode steps with and without adapters,
+    // sampling — as a GPU runs it: batched greedy tokens equal each request alone.
+    [Fact]
+    public void TheEngineGeneratesOnTheGpuKernelsInBf16()
+    {
+        (string folder, _) = TinyLlama.WriteCheckpoint();
+        using Device device = Emulated();
+        device.ComputeDtype = DType.BF16;
+        using LlamaForCausalLM llama = LlamaForCausalLM.LoadModel(device, folder);
+        EngineModel model = EngineModel.Of(llama);
+        using var engine = new GenerationEngine(model, new GenerationEngineOptions { MaxBatch = 4, MaxSequenceLength = 48, PageTokens = 4, StepTokens = 16 });
+        engine.Adapters.Add("first", Adapter(model, 1, 4, ["q_proj", "v_proj", "down_proj"]).Adapter);
+        engine.Adapters.Add("second", Adapter(model, 2, 8, All).Adapter);
+        var requests = Prompts.Select((p, i) => new GenerationRequest(p) { MaxTokens = 6, Adapter = Choice[i] }).ToList();
+        var alone = requests.Select(r => engine.Generate(r, TestContext.Current.CancellationToken)).ToList();
+        var batched = engine.GenerateBatch(requests, TestContext.Current.CancellationToken);
+        for (int i = 0; i < requests.Count; i++)
+        {
+            Assert.Equal(6, alone[i].Ids.Count);
+            Assert.Equal(alone[i].Ids, batched[i].Ids);
+        }
+
+        Assert.NotEqual(alone[0].Ids, engine.Generate(requests[0] with { Adapter = null }, TestContext.Current.CancellationToken).Ids);
+    }
+
     private readonly record struct StepReport(long Launches, bool FusedAdapters);
 }

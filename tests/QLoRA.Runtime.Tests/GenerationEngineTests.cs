@@ -263,3 +263,6 @@ public sealed class GenerationEngineTestsOnCpu(CpuDeviceFixture fixture) : Gener
 
 /// <summary><see cref="GenerationEngineTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
 public sealed class GenerationEngineTestsOnCuda(CudaDeviceFixture fixture) : GenerationEngineTests<CudaDeviceFixture>(fixture);
+
+/// <summary><see cref="GenerationEngineTests{TDevice}"/> on the GPU schedules' kernels (fused decode, paged attention), emulated on the CPU accelerator.</summary>
+public sealed class GenerationEngineTestsOnGpuKernels(CpuGpuKernelsDeviceFixture fixture) : GenerationEngineTests<CpuGpuKernelsDeviceFixture>(fixture);

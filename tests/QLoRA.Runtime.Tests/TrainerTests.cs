@@ -447,3 +447,6 @@ public sealed class TrainerTestsOnCpu(CpuDeviceFixture fixture) : TrainerTests<C
 
 /// <summary><see cref="TrainerTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
 public sealed class TrainerTestsOnCuda(CudaDeviceFixture fixture) : TrainerTests<CudaDeviceFixture>(fixture);
+
+/// <summary><see cref="TrainerTests{TDevice}"/> on the GPU schedules' kernels, emulated on the CPU accelerator.</summary>
+public sealed class TrainerTestsOnGpuKernels(CpuGpuKernelsDeviceFixture fixture) : TrainerTests<CpuGpuKernelsDeviceFixture>(fixture);

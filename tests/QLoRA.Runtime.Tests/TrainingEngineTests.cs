@@ -402,3 +402,6 @@ public sealed class TrainingEngineTestsOnCpu(CpuDeviceFixture fixture) : Trainin
 
 /// <summary><see cref="TrainingEngineTests{TDevice}"/> on CUDA (skipped without a CUDA device).</summary>
 public sealed class TrainingEngineTestsOnCuda(CudaDeviceFixture fixture) : TrainingEngineTests<CudaDeviceFixture>(fixture);
+
+/// <summary><see cref="TrainingEngineTests{TDevice}"/> on the GPU schedules' kernels, emulated on the CPU accelerator.</summary>
+public sealed class TrainingEngineTestsOnGpuKernels(CpuGpuKernelsDeviceFixture fixture) : TrainingEngineTests<CpuGpuKernelsDeviceFixture>(fixture);
