@@ -31,6 +31,11 @@ internal sealed class RandomWeights(HfModelConfig config, int seed = 1) : IWeigh
 
     public WeightInfo? Describe(string name)
     {
+        if (name.EndsWith(".bias", StringComparison.Ordinal))
+        {
+            return null; // llama without attention_bias / mlp_bias: no projection has one
+        }
+
         long[]? shape = LlamaTensorShapes.Expected(config, name, out _);
         if (shape is null)
         {

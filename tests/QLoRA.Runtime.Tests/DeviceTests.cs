@@ -79,5 +79,13 @@ public class DeviceTests
     {
         using Device device = Device.Parse("CPU");
         Assert.Equal(DeviceKind.Cpu, device.Kind);
+        Assert.True(device.CpuSchedules);
+
+        // The GPU schedules' kernels on the CPU accelerator: small warps, several per group, no CPU schedules.
+        using Device gpuKernels = Device.Parse("cpu-gpu-kernels");
+        Assert.Equal(DeviceKind.Cpu, gpuKernels.Kind);
+        Assert.False(gpuKernels.CpuSchedules);
+        Assert.Equal(4, gpuKernels.Accelerator.WarpSize);
+        Assert.Equal(8, gpuKernels.Accelerator.MaxNumThreadsPerGroup);
     }
 }

@@ -49,12 +49,13 @@ public sealed class FusedAdapterDecodeTests
     }
 
     [Theory]
-    [InlineData(false, DType.F32)]
-    [InlineData(true, DType.F32)] // qwen2: q/k/v biases, added before the delta
-    [InlineData(false, DType.BF16)]
-    public void FusedAdaptersEqualTheFloat64ModelAndThePlainPathAndDoNotDependOnTheBatch(bool qwen, DType compute)
+    [InlineData(false, false, DType.F32)]
+    [InlineData(true, false, DType.F32)] // qwen2: q/k/v biases, added before the delta
+    [InlineData(false, true, DType.F32)] // llama's attention_bias: o_proj's bias too, in the GEMV that shrinks
+    [InlineData(false, false, DType.BF16)]
+    public void FusedAdaptersEqualTheFloat64ModelAndThePlainPathAndDoNotDependOnTheBatch(bool qwen, bool attentionBias, DType compute)
     {
-        (string folder, TinyLlama.Weights weights) = TinyLlama.WriteCheckpoint(qwen: qwen);
+        (string folder, TinyLlama.Weights weights) = TinyLlama.WriteCheckpoint(qwen: qwen, attentionBias: attentionBias);
         using Device device = Emulated();
         device.ComputeDtype = compute;
         using LlamaForCausalLM llama = LlamaForCausalLM.LoadModel(device, folder);

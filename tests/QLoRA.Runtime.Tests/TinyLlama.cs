@@ -31,11 +31,12 @@ public static class TinyLlama
         public Weights AsLoadedDense() => this with { Linear = new(Stored) };
     }
 
-    public static (string Folder, Weights W) WriteCheckpoint(bool tied = false, bool qwen = false, int slidingWindow = 0)
+    /// <param name="attentionBias">llama's attention_bias: q, k, v and o_proj get biases.</param>
+    public static (string Folder, Weights W) WriteCheckpoint(bool tied = false, bool qwen = false, int slidingWindow = 0, bool attentionBias = false)
     {
         string dir = Directory.CreateTempSubdirectory("qlora-llama-").FullName;
         string modelType = qwen ? "qwen2" : slidingWindow > 0 ? "mistral" : "llama";
-        string window = (slidingWindow > 0 ? $",\"sliding_window\":{slidingWindow}" : "") + (tied ? ",\"tie_word_embeddings\":true" : "");
+        string window = (slidingWindow > 0 ? $",\"sliding_window\":{slidingWindow}" : "") + (tied ? ",\"tie_word_embeddings\":true" : "") + (attentionBias ? ",\"attention_bias\":true" : "");
         File.WriteAllText(Path.Combine(dir, "config.json"), $$"""
             {"model_type":"{{modelType}}","hidden_size":{{Hidden}},"intermediate_size":{{Inter}},"num_hidden_layers":{{LayerCount}},"num_attention_heads":{{Heads}},
              "num_key_value_heads":{{KvHeads}},"vocab_size":{{Vocab}},"rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":128,"torch_dtype":"bfloat16"{{window}}}
@@ -86,7 +87,7 @@ public static class TinyLlama
             Linear(p + "self_attn.q_proj.weight", Heads * HeadDim, Hidden);
             Linear(p + "self_attn.k_proj.weight", KvHeads * HeadDim, Hidden);
             Linear(p + "self_attn.v_proj.weight", KvHeads * HeadDim, Hidden);
-            if (qwen)
+            if (qwen || attentionBias)
             {
                 Dense(p + "self_attn.q_proj.bias", 0.3, Heads * HeadDim);
                 Dense(p + "self_attn.k_proj.bias", 0.3, KvHeads * HeadDim);
@@ -94,6 +95,11 @@ public static class TinyLlama
             }
 
             Linear(p + "self_attn.o_proj.weight", Hidden, Heads * HeadDim);
+            if (attentionBias)
+            {
+                Dense(p + "self_attn.o_proj.bias", 0.3, Hidden);
+            }
+
             Linear(p + "mlp.gate_proj.weight", Inter, Hidden);
             Linear(p + "mlp.up_proj.weight", Inter, Hidden);
             Linear(p + "mlp.down_proj.weight", Hidden, Inter);
@@ -133,6 +139,17 @@ public static class TinyLlama
     {
         (float[] W, int Out, int In) linear = w.Linear[module + ".weight"];
         double[][] y = MatMul(x, linear);
+        if (w.Dense.TryGetValue(module + ".bias", out float[]? bias))
+        {
+            foreach (double[] row in y)
+            {
+                for (int o = 0; o < row.Length; o++)
+                {
+                    row[o] += bias[o];
+                }
+            }
+        }
+
         if (lora is not null && lora.TryGetValue(module, out LoraRef? adapter))
         {
             foreach ((double[] row, int t) in x.Select((r, t) => (r, t)))
@@ -186,19 +203,6 @@ public static class TinyLlama
             string p = $"model.layers.{l}.";
             double[][] h = RmsNorm(x, w.Dense[p + "input_layernorm.weight"]);
             double[][] q = Project(h, w, p + "self_attn.q_proj", lora), k = Project(h, w, p + "self_attn.k_proj", lora), v = Project(h, w, p + "self_attn.v_proj", lora);
-            foreach ((double[][] m, string bias) in new[] { (q, "q_proj"), (k, "k_proj"), (v, "v_proj") })
-            {
-                if (w.Dense.TryGetValue(p + $"self_attn.{bias}.bias", out float[]? b))
-                {
-                    foreach (double[] row in m)
-                    {
-                        for (int j = 0; j < row.Length; j++)
-                        {
-                            row[j] += b[j];
-                        }
-                    }
-                }
-            }
 
             Rope(q, Heads, invFreq);
             Rope(k, KvHeads, invFreq);

@@ -167,7 +167,7 @@ public sealed class Device : IDisposable
         return Create(context, context.GetCudaDevice(ordinal), DeviceKind.Cuda);
     }
 
-    /// <summary>Parses <c>cpu</c>, <c>cuda</c> or <c>cuda:N</c>.</summary>
+    /// <summary>Parses <c>cpu</c>, <c>cpu-gpu-kernels</c> (the GPU schedules' kernels emulated on the CPU), <c>cuda</c> or <c>cuda:N</c>.</summary>
     /// <exception cref="DeviceNotAvailableException">Malformed or unavailable.</exception>
     public static Device Parse(string spec)
     {
@@ -175,6 +175,13 @@ public sealed class Device : IDisposable
         if (s == "cpu")
         {
             return Cpu();
+        }
+
+        if (s == "cpu-gpu-kernels")
+        {
+            // The GPU schedules' kernels on the CPU accelerator (4-lane warps, 2 per group): what a GPU runs, slowly,
+            // on any machine — for checking a GPU run's code path before it gets a GPU.
+            return Cpu(4, 2, cpuSchedules: false);
         }
 
         if (s == "cuda")
@@ -187,7 +194,7 @@ public sealed class Device : IDisposable
             return Cuda(n);
         }
 
-        throw new DeviceNotAvailableException($"{EnvironmentVariable}='{spec}' is not 'cpu', 'cuda' or 'cuda:N'.");
+        throw new DeviceNotAvailableException($"{EnvironmentVariable}='{spec}' is not 'cpu', 'cpu-gpu-kernels', 'cuda' or 'cuda:N'.");
     }
 
     private static Device Create(Context context, ILGPU.Runtime.Device device, DeviceKind kind)

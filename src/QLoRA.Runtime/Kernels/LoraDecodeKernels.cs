@@ -158,7 +158,7 @@ internal static class LoraDecodeKernels
     }
 
     /// <summary>
-    /// y = x·Wᵀ (warps 0 … out − 1, as <see cref="Nf4GemvKernels.Gemv{T, TE, TAbsmax}"/>) and, in warps out … out + batch·maxRank − 1,
+    /// y = x·Wᵀ (+ bias) (warps 0 … out − 1, as <see cref="Nf4GemvKernels.Gemv{T, TE, TAbsmax}"/> and the bias add) and, in warps out … out + batch·maxRank − 1,
     /// the shrink of each row by its adapter's A of projection <paramref name="module"/>: xa[b, k] = x[b] · A[k] (float32).
     /// </summary>
     public static void GemvShrink<T, TE, TAbsmax>(ArrayView<UInt4> x, ArrayView<T> xElements, ArrayView<float> table, GemvSegment<T, TAbsmax> w,
@@ -180,7 +180,13 @@ internal static class LoraDecodeKernels
                 RowSums sums = Nf4GemvKernels.Row<T, TE, TAbsmax>(w.Packed, w.Absmax, table, x, s, (int)row).WarpSum(f.Batch);
                 if (lane == 0)
                 {
-                    sums.Store<T, TE>(w.Y, f.Batch, w.Out, (int)row, 0f);
+                    for (int batchRow = 0; batchRow < f.Batch; batchRow++)
+                    {
+                        // Rounded as the plain path rounds: the GEMV's store, then the bias added to it (o_proj with
+                        // attention_bias, down_proj with mlp_bias) — so a row without an adapter equals a step without any.
+                        T v = e.Store(sums.Get(batchRow));
+                        w.Y[((long)batchRow * w.Out) + row] = w.HasBias != 0 ? e.Store(e.Load(v) + w.Bias[row]) : v;
+                    }
                 }
 
                 continue;

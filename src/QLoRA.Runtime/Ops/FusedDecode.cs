@@ -84,7 +84,7 @@ internal static class FusedDecode
     }
 
     /// <summary>
-    /// y = x Wᵀ (no bias) and, in the same launch, each row's shrink by its adapter's A of projection
+    /// y = x Wᵀ (+ bias) and, in the same launch, each row's shrink by its adapter's A of projection
     /// <paramref name="module"/> into <see cref="DecodeLora.XaOwn"/> (the next add + norm adds the expand).
     /// </summary>
     public static void ProjectShrink(DeviceTensor x, QuantizedLinear layer, DeviceTensor y, DecodeLora lora, int module) =>
@@ -99,10 +99,9 @@ internal static class FusedDecode
         int module0, int count, DecodeLora lora) =>
         ComputeDispatch.Run(xIn, new AddNormShrinkLaunch(xIn, xOut, delta, deltaModule, norm, normed, inverseRms, module0, count, lora), nameof(xIn));
 
-    /// <summary>Whether the adapters' fused launches apply: a GPU schedule, ≤ 8 rows, 4-bit projections fusable as the plain fused path needs, o and down without bias, the row in shared memory.</summary>
+    /// <summary>Whether the adapters' fused launches apply: a GPU schedule, ≤ 8 rows, 4-bit projections fusable as the plain fused path needs, the row in shared memory.</summary>
     internal static bool LoraFusable(DeviceTensor x, DecoderBlockWeights w, DeviceTensor attention, DeviceTensor act) =>
         Fusable(x, [w.Q, w.K, w.V]) && Fusable(x, [w.Gate, w.Up]) && Fusable(attention, [w.O]) && Fusable(act, [w.Down])
-        && w.O.Bias is null && w.Down.Bias is null
         && (long)LoraDecodeKernels.SharedFloats(checked((int)x.Shape[1])) * sizeof(float) <= x.Device.Accelerator.MaxSharedMemoryPerGroup;
 
     // One GEMV launch over several weights: 4-bit, one code table and absmax layout, input rows ≤ 8 of width % 32, no adapter.
