@@ -22,7 +22,7 @@ internal static class DecodeBenchmark
 {
     public static int Run(string[] args, Device device)
     {
-        string Option(string name, string fallback) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault() ?? fallback;
+        string Option(string name, string fallback) => RandomWeights.Option(args, name, fallback);
         bool small = args.Contains("--small");
         string shape = Option("--shape", "8b");
         int[] batches = [.. Option("--batch", small ? "1,4" : "1,8,64").Split(',').Select(int.Parse)];
@@ -31,8 +31,8 @@ internal static class DecodeBenchmark
         Sections.Copy(report);
         var config = RandomWeights.Config(shape, small);
         using var source = new RandomWeights(config);
-        using LlamaForCausalLM model = LlamaForCausalLM.LoadFrom(device, source, new ModelDimensions(config), "");
-        EngineModel engineModel = new(config, model.Embed, [.. model.Layers.Select(l => new DecoderBlockWeights(l.InputLayernorm, l.QProj, l.KProj, l.VProj, l.OProj, l.PostAttentionLayernorm, l.GateProj, l.UpProj, l.DownProj))], model.Norm, model.LmHead.Weight);
+        (LlamaForCausalLM model, EngineModel engineModel) = RandomWeights.Load(device, config, source);
+        using LlamaForCausalLM owned = model;
         long weightBytes = engineModel.Projections().Sum(p => p.Layer.WeightBytes) + engineModel.LmHead.ByteLength;
         var rows = new List<Dictionary<string, object>>();
         Console.WriteLine($"device: {device.Description}; llama-{(small ? "small" : shape)} shape, NF4 + DQ, {weightBytes / 1e9:F2} GB of weights read per decode step; copy bandwidth {report.CopyBandwidth / 1e12:F2} TB/s");

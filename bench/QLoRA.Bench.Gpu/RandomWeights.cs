@@ -2,6 +2,10 @@ using QLoRA.Core;
 using QLoRA.Core.HuggingFace;
 using QLoRA.Core.Quantization;
 using QLoRA.Core.Weights;
+using QLoRA.Modeling;
+using QLoRA.Runtime.Engine;
+using QLoRA.Runtime.Models;
+using Device = QLoRA.Runtime.Devices.Device;
 
 namespace QLoRA.Bench.Gpu;
 
@@ -13,6 +17,20 @@ namespace QLoRA.Bench.Gpu;
 internal sealed class RandomWeights(HfModelConfig config, int seed = 1) : IWeightSource
 {
     public string Location => "random weights";
+
+    /// <summary>
+    /// Loads the built-in Llama from these weights and its engine form (LoadFrom keeps no config of its own, so the
+    /// engine model is assembled here from <paramref name="config"/>).
+    /// </summary>
+    public static (LlamaForCausalLM Model, EngineModel Engine) Load(Device device, HfModelConfig config, RandomWeights source)
+    {
+        LlamaForCausalLM model = LlamaForCausalLM.LoadFrom(device, source, new ModelDimensions(config), "");
+        var blocks = model.Layers.Select(l => new DecoderBlockWeights(l.InputLayernorm, l.QProj, l.KProj, l.VProj, l.OProj, l.PostAttentionLayernorm, l.GateProj, l.UpProj, l.DownProj));
+        return (model, new EngineModel(config, model.Embed, [.. blocks], model.Norm, model.LmHead.Weight));
+    }
+
+    /// <summary>The value after <paramref name="name"/> on the command line, or <paramref name="fallback"/>.</summary>
+    public static string Option(string[] args, string name, string fallback) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault() ?? fallback;
 
     public static HfModelConfig Config(string shape, bool small)
     {

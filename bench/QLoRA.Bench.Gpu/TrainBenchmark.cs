@@ -19,7 +19,7 @@ internal static class TrainBenchmark
 {
     public static int Run(string[] args, Device device)
     {
-        string Option(string name, string fallback) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault() ?? fallback;
+        string Option(string name, string fallback) => RandomWeights.Option(args, name, fallback);
         bool small = args.Contains("--small");
         string shape = Option("--shape", "1b");
         int batch = int.Parse(Option("--batch", "1")), seq = int.Parse(Option("--seq", small ? "128" : "2048")), steps = int.Parse(Option("--steps", "5"));
@@ -27,8 +27,8 @@ internal static class TrainBenchmark
         var config = RandomWeights.Config(shape, small);
         var load = Stopwatch.StartNew();
         using var source = new RandomWeights(config);
-        using LlamaForCausalLM model = LlamaForCausalLM.LoadFrom(device, source, new ModelDimensions(config), "");
-        EngineModel engineModel = new(config, model.Embed, [.. model.Layers.Select(l => new DecoderBlockWeights(l.InputLayernorm, l.QProj, l.KProj, l.VProj, l.OProj, l.PostAttentionLayernorm, l.GateProj, l.UpProj, l.DownProj))], model.Norm, model.LmHead.Weight);
+        (LlamaForCausalLM model, EngineModel engineModel) = RandomWeights.Load(device, config, source);
+        using LlamaForCausalLM owned = model;
         double loadSeconds = load.Elapsed.TotalSeconds;
         var lora = LoraConfig.Parse("""{"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}""");
         var options = new TrainerOptions { MaxSteps = steps + 1, LearningRate = 2e-4, WarmupRatio = 0, GradientAccumulation = 1, Optimizer = OptimizerKind.PagedAdamW32Bit };

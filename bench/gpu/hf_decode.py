@@ -11,12 +11,8 @@ generate(max_new_tokens=N, min_new_tokens=N, do_sample=False, cache_implementati
 import argparse, json, time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from random_llama import SHAPES, random_llama
 
-SHAPES = {
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8),
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8),
-}
 
 
 def timed(fn):
@@ -35,11 +31,7 @@ def main():
     p.add_argument("--prefill", type=int, default=2048)
     p.add_argument("--no-compile", action="store_true")
     a = p.parse_args()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128256, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192,
-                         tie_word_embeddings=False, **SHAPES[a.shape])
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    model = random_llama(a.shape).eval()
     if not a.no_compile:
         model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
     rows = []
@@ -47,7 +39,7 @@ def main():
     print("| decode | batch | tokens/s | step |")
     print("| --- | ---: | ---: | ---: |")
     for batch in [int(b) for b in a.batch.split(",")]:
-        ids = torch.randint(0, config.vocab_size, (batch, 16), device="cuda")
+        ids = torch.randint(0, model.config.vocab_size, (batch, 16), device="cuda")
 
         def run(n):
             with torch.no_grad():
@@ -60,7 +52,7 @@ def main():
         step = (full - one) / (a.tokens - 1)
         rows.append(dict(batch=batch, tokens_per_s=batch / step, step_s=step))
         print(f"| decode | {batch} | {batch / step:.0f} | {step * 1000:.2f} ms |")
-    prompt = torch.randint(0, config.vocab_size, (1, a.prefill), device="cuda")
+    prompt = torch.randint(0, model.config.vocab_size, (1, a.prefill), device="cuda")
     with torch.no_grad():
         model(prompt)
         seconds = timed(lambda: model(prompt))

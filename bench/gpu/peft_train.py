@@ -11,12 +11,8 @@ import argparse, json, time
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from random_llama import SHAPES, random_llama
 
-SHAPES = {
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8),
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8),
-}
 
 
 def main():
@@ -27,17 +23,13 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--no-checkpointing", action="store_true")
     a = p.parse_args()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128256, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192,
-                         tie_word_embeddings=False, **SHAPES[a.shape])
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = random_llama(a.shape)
     if not a.no_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
     optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=2e-4)
-    ids = torch.randint(0, config.vocab_size, (a.batch, a.seq), device="cuda")
+    ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq), device="cuda")
 
     def step():
         loss = model(input_ids=ids, labels=ids).loss
