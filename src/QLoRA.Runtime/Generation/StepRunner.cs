@@ -147,7 +147,8 @@ internal sealed class StepRunner : IDisposable
         _lastRows.Tensor.Rows(0, pieces.Count).CopyFromHost<int>(lastRows);
         var ranges = AdapterRanges(pieces);
         ServingAdapter[] adapters = [.. pieces.Select(p => p.Adapter).OfType<ServingAdapter>().Distinct()];
-        bool fusedLora = ranges is not null && LoraFusable(rows, adapters);
+        bool attached = _projections.Any(b => b.Any(p => p.Lora is not null)); // adapters on the model's own layers
+        bool fusedLora = ranges is not null && !attached && LoraFusable(rows, adapters);
         if (fusedLora)
         {
             int[] slots = new int[rows];
@@ -163,7 +164,7 @@ internal sealed class StepRunner : IDisposable
             EnsureShrinkBuffers(adapters.Max(a => a.MaxRank));
         }
 
-        var step = new Step(rows, pieces.Count, ids, lastRows, ranges, adapters, fusedLora);
+        var step = new Step(rows, pieces.Count, ids, lastRows, ranges, adapters, fusedLora, attached);
         string key = $"{rows}:{string.Join(',', adapters.Select(a => a.Id))}";
         DropStaleGraphs();
         if (!Graphable(step))
@@ -208,20 +209,19 @@ internal sealed class StepRunner : IDisposable
     internal bool LastStepFusedAdapters { get; private set; }
 
     // What one step's forward reads besides the uploaded buffers.
-    private sealed record Step(int Rows, int Pieces, int[] Ids, int[] LastRows, List<(int Start, int Count, ServingAdapter? Adapter)>? Ranges, ServingAdapter[] Adapters, bool FusedLora);
+    private sealed record Step(int Rows, int Pieces, int[] Ids, int[] LastRows, List<(int Start, int Count, ServingAdapter? Adapter)>? Ranges, ServingAdapter[] Adapters, bool FusedLora, bool AttachedAdapters);
 
     // A decode step (one row per sequence, at most 8) on CUDA with no attached adapter and no serving adapter off the
     // fused path: its launches read only fixed buffers.
     private bool Graphable(Step step) =>
         UseGraphs && Native.CudaGraph.IsAvailable && _device.Kind == Devices.DeviceKind.Cuda && step.Rows == step.Pieces && step.Rows <= 8
-        && (step.Ranges is null || step.FusedLora) && _projections.All(b => b.All(p => p.Lora is null));
+        && (step.Ranges is null || step.FusedLora) && !step.AttachedAdapters;
 
-    // The adapters' fused launches: the fused path applies to every block, no adapter is attached to the model itself,
-    // at most eight adapters, each in the compute dtype.
+    // The adapters' fused launches (no adapter attached to the model itself, checked by the caller): the fused path
+    // applies to every block, at most eight adapters, each in the compute dtype.
     private bool LoraFusable(int rows, ServingAdapter[] adapters)
     {
-        if (!Fused || rows > 8 || adapters.Length is 0 or > LoraBank<float>.Slots || adapters.Any(a => a.IsFreed || a.Bank.Dtype != _shape.ComputeDtype)
-            || _projections.Any(b => b.Any(p => p.Lora is not null)))
+        if (!Fused || rows > 8 || adapters.Length is 0 or > LoraBank<float>.Slots || adapters.Any(a => a.IsFreed || a.Bank.Dtype != _shape.ComputeDtype))
         {
             return false;
         }
