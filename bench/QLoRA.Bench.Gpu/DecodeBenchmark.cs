@@ -71,6 +71,9 @@ internal static class DecodeBenchmark
                 double perSecond = batch / step, bound = batch * report.CopyBandwidth / 2 / weightBytes; // copy bandwidth counts read + write
                 Console.WriteLine($"| decode | {batch} | {(graphs ? $"on ({engine.CapturedGraphs})" : "off")} | {(lora ? "r16 all-linear" : "none")} | {perSecond:F0} | {step * 1000:F2} ms | {bound:F0} | {perSecond / bound:P0} | {launchesPerStep:F0} |");
                 rows.Add(new() { ["batch"] = batch, ["graphs"] = graphs, ["captured"] = engine.CapturedGraphs, ["adapter"] = lora, ["tokens_per_s"] = perSecond, ["step_s"] = step, ["bound_tokens_per_s"] = bound, ["launches_per_step"] = launchesPerStep });
+
+                // A record per row as it is measured: a run cut short by its time limit still leaves the rows it finished.
+                Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>(rows[^1]) { ["benchmark"] = "qlora-decode-row", ["shape"] = small ? "small" : shape }));
             }
         }
 

@@ -9,15 +9,17 @@ using Device = QLoRA.Runtime.Devices.Device;
 //   dotnet run -c Release --project bench/QLoRA.Bench.Gpu -- --small            (any machine, small shapes)
 //   dotnet QLoRA.Bench.Gpu.dll train [--shape 1b|8b] [--batch 1|4] [--seq 2048] [--small]  (QLoRA training tokens/s and peak memory)
 //   dotnet QLoRA.Bench.Gpu.dll decode [--shape 1b|8b] [--batch 1,8,64] [--tokens 128] [--small]  (generation tokens/s, graphs on/off, ± LoRA)
-//   dotnet QLoRA.Bench.Gpu.dll logits <hf-folder> <out.f32> <id> <id> ...   (writes our logits for tests/interop/llama_parity.py)
+//   dotnet QLoRA.Bench.Gpu.dll preflight [--small]   (device capabilities and quick end-to-end checks; exit 3 without CUDA, 4 on a failed check)
+//   dotnet QLoRA.Bench.Gpu.dll logits <hf-folder> <out.f32> [--dense] [--adapter DIR] <id> <id> ...   (our logits for tests/interop/*_parity.py)
+//   dotnet QLoRA.Bench.Gpu.dll train-adapter <hf-folder> <out-dir> [--dense] [--steps N] [--rank R]  (our PEFT adapter for tests/interop/peft_parity.py)
 if (args.Length >= 3 && args[0] == "logits")
 {
-    using Device parityDevice = Device.Best();
-    using var model = QLoRA.Runtime.Models.LlamaForCausalLM.LoadModel(parityDevice, args[1]);
-    float[] logits = model.Forward([.. args.Skip(3).Select(int.Parse)]);
-    File.WriteAllBytes(args[2], System.Runtime.InteropServices.MemoryMarshal.AsBytes(logits.AsSpan()).ToArray());
-    Console.WriteLine($"device: {parityDevice.Description}; wrote {logits.Length} logits to {args[2]}");
-    return 0;
+    return QLoRA.Bench.Gpu.InteropCommands.Logits(args);
+}
+
+if (args.Length >= 3 && args[0] == "train-adapter")
+{
+    return QLoRA.Bench.Gpu.InteropCommands.TrainAdapter(args);
 }
 
 //   dotnet QLoRA.Bench.Gpu.dll quantize <in.safetensors> <out.safetensors>   (bitsandbytes layout, for tests/interop/bnb_parity.py)
@@ -38,6 +40,11 @@ if (args.Length == 3 && args[0] == "quantize")
 
 bool small = args.Contains("--small");
 using Device device = Device.Best();
+if (args.Length > 0 && args[0] == "preflight")
+{
+    return QLoRA.Bench.Gpu.Preflight.Run(args, device);
+}
+
 if (device.Kind != QLoRA.Runtime.Devices.DeviceKind.Cuda && !small)
 {
     // Full llama shapes on the CPU accelerator would run for many minutes: say so instead.

@@ -52,6 +52,8 @@ def main():
         step = (full - one) / (a.tokens - 1)
         rows.append(dict(batch=batch, tokens_per_s=batch / step, step_s=step))
         print(f"| decode | {batch} | {batch / step:.0f} | {step * 1000:.2f} ms |")
+        # A record per row as it is measured: a run cut short by its time limit still leaves the rows it finished.
+        print(json.dumps(dict(benchmark="hf-decode-row", shape=a.shape, compiled=not a.no_compile, **rows[-1])))
     prompt = torch.randint(0, model.config.vocab_size, (1, a.prefill), device="cuda")
     with torch.no_grad():
         model(prompt)

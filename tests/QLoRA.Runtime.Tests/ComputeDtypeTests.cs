@@ -329,7 +329,8 @@ public abstract class ComputeDtypeTests<TDevice>(TDevice fixture) : IClassFixtur
     public void TheCpuAcceleratorDefaultsToFloat32AndNarrowWeightsLoadInTheComputeDtype()
     {
         using Device cpu = Device.Cpu();
-        Assert.Equal(DType.F32, cpu.ComputeDtype);
+        // F32 unless QLORA_COMPUTE_DTYPE says otherwise (GPU scripts set it for whole runs).
+        Assert.Equal(Device.ParseComputeDtype(Environment.GetEnvironmentVariable(Device.ComputeDtypeVariable)) ?? DType.F32, cpu.ComputeDtype);
         cpu.ComputeDtype = DType.BF16;
         Assert.Equal(DType.BF16, cpu.ComputeDtype);
         Assert.Equal(DType.F16, Device.ParseComputeDtype(" F16 "));

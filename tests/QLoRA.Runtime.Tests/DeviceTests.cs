@@ -41,6 +41,33 @@ public class DeviceTests
         Assert.True(device.GroupSize >= 1 && device.GroupCount >= 1);
     }
 
+    [Fact]
+    public void CapabilitiesSayWhichNativePathsLoaded()
+    {
+        using Device cpu = Device.Cpu();
+        DeviceCapabilities c = cpu.Capabilities;
+        Assert.Equal(DeviceKind.Cpu, c.Kind);
+        Assert.Null(c.Architecture);
+        Assert.Null(c.DriverVersion);
+        Assert.Null(c.CublasLibrary); // no cuBLAS on the CPU accelerator, whatever is installed
+        Assert.False(c.CudaGraphs);
+        Assert.False(c.TensorCoreMma);
+        Assert.Equal(cpu.ComputeDtype, c.ComputeDtype);
+        Assert.Contains("cuBLAS: not loaded", c.ToString());
+
+        using var context = ILGPU.Context.Create(b => b.Cuda());
+        if (context.GetCudaDevices().Count > 0)
+        {
+            // On a GPU machine: everything the fast paths need must have loaded, or the benchmarks measure fallbacks.
+            using Device gpu = Device.Cuda();
+            DeviceCapabilities g = gpu.Capabilities;
+            Assert.StartsWith("SM_", g.Architecture);
+            Assert.NotNull(g.DriverVersion);
+            Assert.NotNull(g.CublasLibrary);
+            Assert.True(g.CudaGraphs);
+        }
+    }
+
     [Theory]
     [InlineData("gpu")]
     [InlineData("cuda:x")]

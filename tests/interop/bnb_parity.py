@@ -2,7 +2,7 @@
 """Bit-level interop with bitsandbytes: our NF4 + double-quantized files against bitsandbytes' own quantizer.
 
 Needs a CUDA machine with PyTorch and bitsandbytes, and the packed .NET runtime (see docs/gpu.md):
-    ../shared/gpu/pack.sh bench/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.csproj
+    bench/gpu/pack.sh
     . .gpu/env.sh && python3 tests/interop/bnb_parity.py
 1. Writes random bf16 weights, has QLoRA.Sdk quantize them (bitsandbytes layout), loads our file with
    bitsandbytes' QuantState.from_dict and dequantizes with bitsandbytes: must equal our own dequantization path's

@@ -2,7 +2,7 @@
 """Logits parity of QLoRA.Sdk's LlamaForCausalLM against transformers' LlamaForCausalLM on the same random checkpoint.
 
 Run on a machine with PyTorch + transformers and the packed .NET runtime (see docs/gpu.md):
-    ../shared/gpu/pack.sh bench/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.csproj
+    bench/gpu/pack.sh
     . .gpu/env.sh && python3 tests/interop/llama_parity.py
 It writes a tiny random Llama (bf16) with save_pretrained, runs our model through the benchmark app's `logits` command
 (which quantizes the projections to NF4 on load, as QLoRA does), and compares with transformers running the same

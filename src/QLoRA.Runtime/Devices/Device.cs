@@ -23,6 +23,9 @@ public sealed class Device : IDisposable
     private readonly ConcurrentDictionary<MethodInfo, Delegate> _kernels = new(ReferenceEqualityComparer.Instance);
     private readonly object _kernelLoads = new();
 
+    // Before any ILGPU context: lets ILGPU find a driver installed as libcuda.so.1 alone (see CudaDriverLibrary).
+    static Device() => Native.CudaDriverLibrary.Install();
+
     private Device(Context context, Accelerator accelerator, DeviceKind kind)
     {
         _context = context;
@@ -299,6 +302,18 @@ public sealed class Device : IDisposable
 
                 return _blas;
             }
+        }
+    }
+
+    /// <summary>What this device offers: driver, ISA, cuBLAS, graphs, tensor cores, compute dtype (loads cuBLAS if not yet).</summary>
+    public DeviceCapabilities Capabilities
+    {
+        get
+        {
+            var cuda = Accelerator as CudaAccelerator;
+            return new DeviceCapabilities(
+                Kind, Accelerator.Name, cuda?.Architecture.ToString(), cuda is null ? null : $"{cuda.DriverVersion.Major}.{cuda.DriverVersion.Minor}",
+                cuda?.InstructionSet.ToString(), Blas?.Library, cuda is not null && Native.CudaGraph.IsAvailable, HasTensorCoreMma, ComputeDtype, MemoryBytes);
         }
     }
 

@@ -61,7 +61,7 @@ internal static unsafe class CudaEvents
 
         public static Api? TryLoad()
         {
-            if (!NativeLibrary.TryLoad("libcuda.so.1", out IntPtr lib) && !NativeLibrary.TryLoad("nvcuda.dll", out lib))
+            if (!CudaDriverLibrary.TryLoad(out IntPtr lib))
             {
                 return null;
             }

@@ -117,7 +117,7 @@ internal sealed unsafe class CudaGraph : IDisposable
 
         public static Api? TryLoad()
         {
-            if (!NativeLibrary.TryLoad("libcuda.so.1", out IntPtr lib) && !NativeLibrary.TryLoad("nvcuda.dll", out lib))
+            if (!CudaDriverLibrary.TryLoad(out IntPtr lib))
             {
                 return null;
             }
