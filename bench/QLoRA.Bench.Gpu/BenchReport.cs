@@ -13,7 +13,7 @@ internal sealed class BenchReport(Device device, bool small)
 
     public bool Small { get; } = small;
 
-    public Dictionary<string, object> Summary { get; } = new() { ["device"] = device.Description, ["small"] = small };
+    public Dictionary<string, object> Summary { get; } = new() { ["benchmark"] = "qlora-kernels", ["device"] = device.Description, ["small"] = small };
 
     /// <summary>Device copy bandwidth in bytes/s (read + write), measured first.</summary>
     public double CopyBandwidth { get; set; }

@@ -16,7 +16,8 @@ namespace QLoRA.Bench.Gpu;
 /// beside its bandwidth bound — the weight bytes a step reads ÷ the device copy bandwidth measured in the same run —
 /// and prefill tokens/s of one long prompt. bench/gpu/hf_decode.py measures HF transformers bf16 (static cache +
 /// torch.compile) on the same shapes.
-///   dotnet QLoRA.Bench.Gpu.dll decode [--shape 1b|8b] [--batch 1,8,64] [--tokens 128] [--prefill 2048] [--small]
+///   dotnet QLoRA.Bench.Gpu.dll decode [--shape 1b|8b] [--batch 1,8,64] [--tokens 128] [--prefill 2048] [--profile] [--small]
+/// --profile adds the device time of each kernel per decode step at batch 1 (plain launches), without and with the adapter.
 /// </summary>
 internal static class DecodeBenchmark
 {
@@ -74,6 +75,31 @@ internal static class DecodeBenchmark
 
                 // A record per row as it is measured: a run cut short by its time limit still leaves the rows it finished.
                 Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>(rows[^1]) { ["benchmark"] = "qlora-decode-row", ["shape"] = small ? "small" : shape }));
+            }
+        }
+
+        if (args.Contains("--profile"))
+        {
+            // Batch 1 with plain launches, without and with the adapter: device time per decode step, kernel by kernel.
+            foreach (bool lora in new[] { false, true })
+            {
+                using var engine = new GenerationEngine(engineModel, new GenerationEngineOptions
+                {
+                    MaxBatch = 1, MaxSequenceLength = 64 + tokens, StepTokens = 256, CudaGraphs = false, CacheTokens = 64 + tokens,
+                });
+                if (lora)
+                {
+                    engine.Adapters.Add("bench", adapter);
+                }
+
+                var prompt = new GenerationRequest([.. Enumerable.Range(0, 16).Select(i => (i * 131) % config.VocabSize)]) { MaxTokens = tokens, Adapter = lora ? "bench" : null };
+                engine.Generate(prompt with { MaxTokens = 4 }); // warm
+                List<QLoRA.Runtime.Devices.KernelTime> perStep = KernelProfile.PerStep(device, () => engine.Generate(prompt), () => engine.Generate(prompt with { MaxTokens = 1 }), tokens - 1);
+                KernelProfile.Print($"decode profile, batch 1, {(lora ? "r16 adapter" : "no adapter")}", perStep, new()
+                {
+                    ["benchmark"] = "qlora-decode-profile", ["shape"] = small ? "small" : shape, ["batch"] = 1, ["adapter"] = lora, ["weight_bytes"] = weightBytes,
+                    ["copy_bandwidth"] = report.CopyBandwidth,
+                });
             }
         }
 

@@ -13,7 +13,8 @@ namespace QLoRA.Bench.Gpu;
 /// QLoRA training speed and memory at llama-1b/8b shapes (random NF4 + DQ weights, LoRA r16 alpha 32 on every linear
 /// layer, dropout 0, paged AdamW, gradient checkpointing): tokens/s over timed steps after a warmup step, and the peak
 /// of the device allocator. bench/gpu/peft_train.py measures HF transformers + PEFT bf16 LoRA on the same shapes.
-///   dotnet QLoRA.Bench.Gpu.dll train [--shape 1b|8b] [--batch 1|4] [--seq 2048] [--steps 5] [--no-checkpointing] [--small]
+///   dotnet QLoRA.Bench.Gpu.dll train [--shape 1b|8b] [--batch 1|4] [--seq 2048] [--steps 5] [--no-checkpointing] [--profile] [--small]
+/// --profile adds the device time of each kernel (and of cuBLAS) in one more step.
 /// </summary>
 internal static class TrainBenchmark
 {
@@ -31,7 +32,7 @@ internal static class TrainBenchmark
         using LlamaForCausalLM owned = model;
         double loadSeconds = load.Elapsed.TotalSeconds;
         var lora = LoraConfig.Parse("""{"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}""");
-        var options = new TrainerOptions { MaxSteps = steps + 1, LearningRate = 2e-4, WarmupRatio = 0, GradientAccumulation = 1, Optimizer = OptimizerKind.PagedAdamW32Bit };
+        var options = new TrainerOptions { MaxSteps = steps + 2, LearningRate = 2e-4, WarmupRatio = 0, GradientAccumulation = 1, Optimizer = OptimizerKind.PagedAdamW32Bit };
         using var trainer = new LoraTrainer(device, engineModel, lora, options, new EngineOptions(batch * seq, checkpointing, MaxMicroBatches: 1));
         var rng = new Random(7);
         PackedBatch micro = PackedBatch.ForNextToken([.. Enumerable.Range(0, batch).Select(_ => Enumerable.Range(0, seq).Select(_ => rng.Next(config.VocabSize)).ToArray())]);
@@ -60,6 +61,15 @@ internal static class TrainBenchmark
             ["checkpointing"] = checkpointing, ["step_s"] = seconds, ["tokens_per_s"] = tokensPerSecond, ["peak_bytes"] = peak,
             ["estimate_bytes"] = trainer.Estimate.TotalBytes, ["loss"] = loss,
         }));
+        if (args.Contains("--profile"))
+        {
+            List<QLoRA.Runtime.Devices.KernelTime> perStep = KernelProfile.PerStep(device, () => trainer.TrainStep([micro]), null, 1);
+            KernelProfile.Print($"training step profile, batch {batch} × seq {seq}", perStep, new()
+            {
+                ["benchmark"] = "qlora-train-profile", ["shape"] = small ? "small" : shape, ["batch"] = batch, ["seq"] = seq, ["checkpointing"] = checkpointing,
+            });
+        }
+
         return double.IsFinite(loss) ? 0 : 1;
     }
 }

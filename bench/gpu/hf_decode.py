@@ -32,7 +32,9 @@ def main():
     p.add_argument("--no-compile", action="store_true")
     a = p.parse_args()
     model = random_llama(a.shape).eval()
+    compiled = dict(forward=None)  # the eager forward while the compiled one is in use
     if not a.no_compile:
+        compiled["forward"] = model.forward
         model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
     rows = []
     print(f"device: {torch.cuda.get_device_name()}; HF transformers bf16, static cache, torch.compile {'off' if a.no_compile else 'on'}")
@@ -45,7 +47,14 @@ def main():
             with torch.no_grad():
                 model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, cache_implementation="static", pad_token_id=0)
 
-        run(a.tokens)  # warm: compile and capture
+        try:
+            run(a.tokens)  # warm: compile and capture
+        except Exception as e:  # a torch/transformers pairing whose compiled generate fails: measure eager, say so
+            if compiled["forward"] is None:
+                raise
+            print(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); measuring the eager forward")
+            model.forward, compiled["forward"] = compiled["forward"], None
+            run(a.tokens)
         run(a.tokens)
         one = timed(lambda: run(1))
         full = timed(lambda: run(a.tokens))
@@ -53,13 +62,13 @@ def main():
         rows.append(dict(batch=batch, tokens_per_s=batch / step, step_s=step))
         print(f"| decode | {batch} | {batch / step:.0f} | {step * 1000:.2f} ms |")
         # A record per row as it is measured: a run cut short by its time limit still leaves the rows it finished.
-        print(json.dumps(dict(benchmark="hf-decode-row", shape=a.shape, compiled=not a.no_compile, **rows[-1])))
+        print(json.dumps(dict(benchmark="hf-decode-row", shape=a.shape, compiled=compiled["forward"] is not None, **rows[-1])))
     prompt = torch.randint(0, model.config.vocab_size, (1, a.prefill), device="cuda")
     with torch.no_grad():
         model(prompt)
         seconds = timed(lambda: model(prompt))
     print(f"| prefill | 1 x {a.prefill} | {a.prefill / seconds:.0f} | |")
-    print(json.dumps(dict(benchmark="hf-decode", device=torch.cuda.get_device_name(), shape=a.shape, compiled=not a.no_compile,
+    print(json.dumps(dict(benchmark="hf-decode", device=torch.cuda.get_device_name(), shape=a.shape, compiled=compiled["forward"] is not None,
                           decode=rows, prefill_tokens=a.prefill, prefill_tokens_per_s=a.prefill / seconds)))
 
 

@@ -32,6 +32,14 @@ export PATH="$DOTNET_ROOT:$PATH" DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 for lib in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13.0/targets/x86_64-linux/lib /usr/local/cuda/lib64; do
   if [ -d "$lib" ]; then export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break; fi
 done
+# cuBLAS: the toolkit's, else the one PyTorch's pip packages bring (nvidia-cublas), so GEMMs do not fall back silently.
+cublas_found=0
+for d in ${LD_LIBRARY_PATH//:/ }; do ls "$d"/libcublas.so.1[23] >/dev/null 2>&1 && cublas_found=1; done
+ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.1[23]' && cublas_found=1
+if [ "$cublas_found" = 0 ]; then
+  d=$(python3 -c 'import os, nvidia.cublas as c; print(os.path.join(list(c.__path__)[0], "lib"))' 2>/dev/null)
+  if [ -n "$d" ] && [ -d "$d" ]; then export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no NVIDIA GPU visible"
 ENV
 

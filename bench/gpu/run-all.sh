@@ -107,16 +107,16 @@ fi
 # training >= 2x HF+PEFT tokens/s with <= 40% of their peak memory.
 shape8=(--shape 8b) shape1=(--shape 1b) batches=(--batch 1,8,64)
 [ "$dry" = 1 ] && shape8=() shape1=() batches=()
-step decode_8b 150 "${bench[@]}" decode "${shape8[@]}" "${batches[@]}" "${small[@]}"
-step train_1b_b1 90 "${bench[@]}" train "${shape1[@]}" --batch 1 "${small[@]}"
+step decode_8b 150 "${bench[@]}" decode "${shape8[@]}" "${batches[@]}" --profile "${small[@]}"
+step train_1b_b1 90 "${bench[@]}" train "${shape1[@]}" --batch 1 --profile "${small[@]}"
 step_py peft_parity 90 "transformers, peft" tests/interop/peft_parity.py
 step_py hf_decode_8b 180 "transformers" bench/gpu/hf_decode.py --shape 8b --batch 1,8,64
 step_py peft_1b_b1 90 "transformers, peft" bench/gpu/peft_train.py --shape 1b --batch 1
-step train_8b_b1 150 "${bench[@]}" train "${shape8[@]}" --batch 1 "${small[@]}"
+step train_8b_b1 150 "${bench[@]}" train "${shape8[@]}" --batch 1 --profile "${small[@]}"
 step_py peft_8b_b1 150 "transformers, peft" bench/gpu/peft_train.py --shape 8b --batch 1
 step train_1b_b4 90 "${bench[@]}" train "${shape1[@]}" --batch 4 "${small[@]}"
 step_py peft_1b_b4 90 "transformers, peft" bench/gpu/peft_train.py --shape 1b --batch 4
-step decode_1b 120 "${bench[@]}" decode "${shape1[@]}" "${batches[@]}" "${small[@]}"
+step decode_1b 120 "${bench[@]}" decode "${shape1[@]}" "${batches[@]}" --profile "${small[@]}"
 step_py hf_decode_1b 150 "transformers" bench/gpu/hf_decode.py --shape 1b --batch 1,8,64
 step kernels 180 "${bench[@]}" "${small[@]}"
 QLORA_COMPUTE_DTYPE=f32 step_py llama_parity 60 "transformers" tests/interop/llama_parity.py

@@ -223,16 +223,17 @@ public sealed class Device : IDisposable
     {
         Interlocked.Increment(ref _launches); // every lookup is followed by exactly one launch
         MethodInfo site = load.Method;
-        if (_kernels.TryGetValue(site, out Delegate? kernel))
+        if (!_kernels.TryGetValue(site, out Delegate? kernel))
         {
-            return (T)kernel;
+            lock (_kernelLoads)
+            {
+                // Compile once even when two threads miss together.
+                kernel = _kernels.GetOrAdd(site, _ => load(Accelerator));
+            }
         }
 
-        lock (_kernelLoads)
-        {
-            // Compile once even when two threads miss together.
-            return (T)_kernels.GetOrAdd(site, _ => load(Accelerator));
-        }
+        _profile?.MarkKernel(site, kernel, Stream); // after any compilation: the mark times the launch that follows
+        return (T)kernel;
     }
 
     private long _launches;
@@ -244,7 +245,34 @@ public sealed class Device : IDisposable
     public long LaunchCount => Interlocked.Read(ref _launches);
 
     /// <summary>Counts a launch made outside <see cref="Kernel{T}"/> (a cuBLAS call).</summary>
-    internal void CountLaunch() => Interlocked.Increment(ref _launches);
+    internal void CountLaunch()
+    {
+        Interlocked.Increment(ref _launches);
+        _profile?.MarkCublas(Stream);
+    }
+
+    private volatile LaunchProfile? _profile;
+
+    /// <summary>
+    /// Starts charging device time to each launching site (<see cref="LaunchProfile"/>) until the profile is stopped;
+    /// CUDA graphs are neither captured nor replayed meanwhile. One profile at a time per device.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A profile is already running on this device.</exception>
+    public LaunchProfile Profile()
+    {
+        var profile = new LaunchProfile(this);
+        if (Interlocked.CompareExchange(ref _profile, profile, null) is not null)
+        {
+            throw new InvalidOperationException("A launch profile is already running on this device; stop it first.");
+        }
+
+        return profile;
+    }
+
+    /// <summary>Whether a <see cref="LaunchProfile"/> is running.</summary>
+    public bool IsProfiling => _profile is not null;
+
+    internal void EndProfile(LaunchProfile profile) => Interlocked.CompareExchange(ref _profile, null, profile);
 
     private readonly AsyncLocal<AcceleratorStream?> _stream = new();
 

@@ -214,7 +214,7 @@ internal sealed class StepRunner : IDisposable
     // A decode step (one row per sequence, at most 8) on CUDA with no attached adapter and no serving adapter off the
     // fused path: its launches read only fixed buffers.
     private bool Graphable(Step step) =>
-        UseGraphs && Native.CudaGraph.IsAvailable && _device.Kind == Devices.DeviceKind.Cuda && step.Rows == step.Pieces && step.Rows <= 8
+        UseGraphs && Native.CudaGraph.IsAvailable && _device.Kind == Devices.DeviceKind.Cuda && !_device.IsProfiling && step.Rows == step.Pieces && step.Rows <= 8
         && (step.Ranges is null || step.FusedLora) && !step.AttachedAdapters;
 
     // The adapters' fused launches (no adapter attached to the model itself, checked by the caller): the fused path
