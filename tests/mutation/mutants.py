@@ -96,4 +96,9 @@ MUTANTS = [
     ("mts-embed-backward", "src/QLoRA.Runtime/Engine/TrainingEngine.cs", "_model.Embed.Backward(batch.Ids, Rows(_scratch.DResidual, t), _embedGradient);", "_ = batch;", RT, "*TrainingEngineTestsOnCpu"),
     ("mts-refresh", "src/QLoRA.Runtime/Engine/LoraParameters.cs", "            Elementwise.Convert(entry.Of(Values), entry.Target);", "            _ = entry;", RT, "*TrainerTestsOnCpu"),
     ("mts-norm-kernel-accumulate", K + "RmsNormKernels.cs", "dw[j] = accumulate != 0 ? dw[j] + sum : sum;", "dw[j] = sum;", RT, "*OpsTestsOnCpuWarp32"),
+    # GPU-run hardening: the driver-library fallback and the launch profile
+    ("drv-names", "src/QLoRA.Runtime/Native/CudaDriverLibrary.cs", 'name is "cuda" or "libcuda"', 'name is "libcuda"', RT, "*CudaDriverLibraryTests"),
+    ("drv-first-loadable", "src/QLoRA.Runtime/Native/CudaDriverLibrary.cs", "            if (NativeLibrary.TryLoad(candidate, out handle))\n            {\n                return true;", "            if (NativeLibrary.TryLoad(candidate, out handle) && candidate.StartsWith(\"lib\"))\n            {\n                return true;", RT, "*CudaDriverLibraryTests"),
+    ("profile-charge-next", "src/QLoRA.Runtime/Devices/LaunchProfile.cs", "(int launches, double total) = totals.GetValueOrDefault(ordered[i].Site);\n                totals[ordered[i].Site]", "(int launches, double total) = totals.GetValueOrDefault(ordered[i + 1].Site);\n                totals[ordered[i + 1].Site]", RT, "*LaunchProfileTests"),
+    ("profile-mark-cublas-only", "src/QLoRA.Runtime/Devices/Device.cs", "_profile?.MarkKernel(site, kernel, Stream);", "_ = site;", RT, "*LaunchProfileTests"),
 ]
