@@ -236,6 +236,9 @@ public sealed class Device : IDisposable
         return (T)kernel;
     }
 
+    /// <summary>Every kernel loaded on this device so far (what <see cref="Kernel{T}"/> compiled), in no order.</summary>
+    internal IReadOnlyCollection<Delegate> LoadedKernels => [.. _kernels.Values];
+
     private long _launches;
 
     /// <summary>
