@@ -11,7 +11,7 @@ namespace QLoRA.Runtime.Cpu;
 /// decoded two per byte through a 256-entry pair table, each batch row's dot product with them is taken with SIMD and
 /// scaled by the block's absmax once. Sums run block by block in order: results repeat bit for bit.
 /// </summary>
-internal static unsafe class CpuGemv
+internal static unsafe partial class CpuGemv
 {
     // Rows [first, end) of W against every row of x: sums[(o − first)·batch + r].
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
@@ -163,9 +163,33 @@ internal static unsafe class CpuGemv
         return Vector256.Sum((s0 + s1) + (s2 + s3));
     }
 
-    /// <summary>y = x·Wᵀ with x [batch, in] and y [batch, out] in host memory.</summary>
-    public static void Multiply(byte* packed, float[] table, float[] absmax, int blockSize, int outFeatures, int inFeatures, void* x, void* y, CpuElement element, int batch)
+    /// <summary>
+    /// Widest vector path in bits (512, 256, or 0 for scalar) this CPU runs. Fixed for the process: the paths round
+    /// differently, and a sequence must get the same bits at every decode step (tests pass a width instead).
+    /// </summary>
+    internal static int VectorWidth { get; } = Avx512F.IsSupported ? 512 : Avx2.IsSupported && Fma.IsSupported ? 256 : 0;
+
+    /// <summary>y = x·Wᵀ with x [batch, in] (batch 1…8, in a multiple of 32) and y [batch, out] in host memory.</summary>
+    /// <param name="packed">The packed codes, two per byte (the even-indexed element in the high nibble).</param>
+    /// <param name="table">The 16 code values (NF4 or FP4).</param>
+    /// <param name="absmax">One scale per block (double quantization already decoded).</param>
+    /// <param name="blockSize">Elements per absmax block (a power of two, 32…4096).</param>
+    /// <param name="outFeatures">Rows of W.</param>
+    /// <param name="inFeatures">Columns of W and of x.</param>
+    /// <param name="x">[batch, in] in <paramref name="element"/>.</param>
+    /// <param name="y">[batch, out] in <paramref name="element"/>.</param>
+    /// <param name="element">The element type of x and y.</param>
+    /// <param name="batch">Rows of x.</param>
+    /// <param name="width">The vector path (512, 256, 0); default <see cref="VectorWidth"/>; a wider one than the CPU has is refused.</param>
+    /// <exception cref="NotSupportedException"><paramref name="width"/> names a path this CPU lacks.</exception>
+    public static void Multiply(byte* packed, float[] table, float[] absmax, int blockSize, int outFeatures, int inFeatures, void* x, void* y, CpuElement element, int batch, int? width = null)
     {
+        int path = width ?? VectorWidth;
+        if ((path >= 512 && !Avx512F.IsSupported) || (path >= 256 && !(Avx2.IsSupported && Fma.IsSupported)))
+        {
+            throw new NotSupportedException($"This CPU has no {path}-bit GEMV path.");
+        }
+
         var xs = new float[batch * inFeatures];
         for (int r = 0; r < batch; r++)
         {
@@ -174,8 +198,9 @@ internal static unsafe class CpuGemv
 
         // For the AVX2 path: x regrouped per 16 elements as [the 8 even-indexed, the 8 odd-indexed], matching the high and
         // low nibbles of 8 packed bytes (in is a multiple of 32, so groups never straddle a row).
-        bool simd = CpuGemm.VectorWidth >= 256 && Avx2.IsSupported && Fma.IsSupported;
-        float[] permuted = simd ? Permute(xs, batch * inFeatures) : xs;
+        bool wide = path >= 512;
+        bool simd = path >= 256;
+        float[] permuted = wide ? PermuteBy32(xs, batch * inFeatures) : simd ? Permute(xs, batch * inFeatures) : xs;
 
         // For the scalar path, a pair table: byte b decodes to (table[b >> 4], table[b & 15]), the first value in the high nibble.
         float[] pairs = simd ? [] : new float[512];
@@ -201,7 +226,11 @@ internal static unsafe class CpuGemv
                 fixed (float* sumBase = sums)
                 fixed (float* codeTable = table)
                 {
-                    if (simd)
+                    if (wide)
+                    {
+                        RowsAvx512((byte*)packedBase, codeTable, absmax, blockSize, inFeatures, xPermuted, batch, first, end, sumBase);
+                    }
+                    else if (simd)
                     {
                         RowsAvx2((byte*)packedBase, codeTable, absmax, blockSize, inFeatures, xPermuted, batch, first, end, sumBase);
                     }
