@@ -97,4 +97,24 @@ public class PackedSdkTests(PackedSdkFixture sdk) : IClassFixture<PackedSdkFixtu
         Assert.Contains("QLoRA: quantizing 'llama'", log);
         Assert.True(File.Exists(Path.Combine(dir, "bin", "Debug", "net10.0", "llama", "config.json")));
     }
+
+    // An app's loops start fully optimized (the CPU schedules would run tier-0 code for their first seconds); a project
+    // that sets the property itself keeps its choice.
+    [Theory]
+    [InlineData("Exe", "", "false")]
+    [InlineData("Exe", "<TieredCompilationQuickJitForLoops>true</TieredCompilationQuickJitForLoops>", "true")]
+    public void AppsCompileLoopsFullyOptimizedAtFirstCall(string outputType, string property, string expected)
+    {
+        string dir = WriteProject($"""
+            <Project Sdk="Microsoft.NET.Sdk">
+              <PropertyGroup><TargetFramework>net10.0</TargetFramework><OutputType>{outputType}</OutputType>{property}</PropertyGroup>
+              <ItemGroup><PackageReference Include="QLoRA.Sdk" Version="{sdk.Version}" /></ItemGroup>
+            </Project>
+            """);
+        File.WriteAllText(Path.Combine(dir, "Program.cs"), "return 0;");
+        (int code, string log) = DotnetBuild.Run(dir, ["-p:RestorePackagesPath=" + sdk.Packages], ("NUGET_PACKAGES", sdk.Packages));
+        Assert.True(code == 0, log);
+        string config = File.ReadAllText(Path.Combine(dir, "bin", "Debug", "net10.0", "App.runtimeconfig.json"));
+        Assert.Contains($"\"System.Runtime.TieredCompilation.QuickJitForLoops\": {expected}", config);
+    }
 }
