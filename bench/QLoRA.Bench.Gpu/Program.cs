@@ -8,7 +8,7 @@ using Device = QLoRA.Runtime.Devices.Device;
 //   . .gpu/env.sh && dotnet .gpu/QLoRA.Bench.Gpu/QLoRA.Bench.Gpu.dll           (CUDA, full shapes)
 //   dotnet run -c Release --project bench/QLoRA.Bench.Gpu -- --small            (any machine, small shapes)
 //   dotnet QLoRA.Bench.Gpu.dll train [--shape 1b|8b] [--batch 1|4] [--seq 2048] [--small]  (QLoRA training tokens/s and peak memory)
-//   dotnet QLoRA.Bench.Gpu.dll decode [--shape 1b|8b] [--batch 1,8,64] [--tokens 128] [--small]  (generation tokens/s, graphs on/off, ± LoRA)
+//   dotnet QLoRA.Bench.Gpu.dll decode [--shape 1b|8b] [--batch 1,8,64] [--tokens 128] [--small] [--full-on-cpu]  (generation tokens/s, graphs on/off, ± LoRA; --full-on-cpu: full shapes on the CPU accelerator, minutes)
 //   dotnet QLoRA.Bench.Gpu.dll preflight [--small]   (device capabilities and quick end-to-end checks; exit 3 without CUDA, 4 on a failed check)
 //   dotnet QLoRA.Bench.Gpu.dll logits <hf-folder> <out.f32> [--dense] [--adapter DIR] <id> <id> ...   (our logits for tests/interop/*_parity.py)
 //   dotnet QLoRA.Bench.Gpu.dll train-adapter <hf-folder> <out-dir> [--dense] [--steps N] [--rank R]  (our PEFT adapter for tests/interop/peft_parity.py)
@@ -45,10 +45,10 @@ if (args.Length > 0 && args[0] == "preflight")
     return QLoRA.Bench.Gpu.Preflight.Run(args, device);
 }
 
-if (device.Kind != QLoRA.Runtime.Devices.DeviceKind.Cuda && !small)
+if (device.Kind != QLoRA.Runtime.Devices.DeviceKind.Cuda && !small && !args.Contains("--full-on-cpu"))
 {
     // Full llama shapes on the CPU accelerator would run for many minutes: say so instead.
-    Console.Error.WriteLine($"No CUDA device ({device.Description}): the full shapes need a GPU. Run with --small for small shapes on this machine.");
+    Console.Error.WriteLine($"No CUDA device ({device.Description}): the full shapes need a GPU. Run with --small for small shapes on this machine (or --full-on-cpu to wait for the full ones).");
     return 2;
 }
 

@@ -79,7 +79,47 @@ public class CpuGemmTests(CpuDeviceFixture fixture) : IClassFixture<CpuDeviceFix
         data.Add(49, 33, 70, true, false, DType.BF16, DType.F32);
         data.Add(13, 97, 31, false, false, DType.F16, DType.F16);
         data.Add(13, 97, 31, true, true, DType.F16, DType.F32);
+        // A few rows against Bᵀ (decode's lm_head, LoRA's x·Aᵀ): the small-M path, full and partial tiles of 12 B rows.
+        data.Add(8, 130, 257, false, true, DType.F32, DType.F32);
+        data.Add(8, 130, 257, true, true, DType.F32, DType.F32);
+        data.Add(16, 25, 40, false, true, DType.BF16, DType.BF16);
+        data.Add(3, 50, 64, true, true, DType.F16, DType.F32);
+        data.Add(12, 12, 5, false, true, DType.F32, DType.F32);
         return data;
+    }
+
+    // The small-M path (B's rows read in place, the tile transposed) against the panel path: the same bits, on every
+    // vector path, for each M up to a vector's lanes.
+    [Theory]
+    [MemberData(nameof(Widths))]
+    public void TheSmallMPathGivesThePanelPathsBits(int width)
+    {
+        const int n = 77, k = 129;
+        foreach (int m in new[] { 1, 2, 5, 8, 11, 16 })
+        {
+            foreach (DType dtype in new[] { DType.F32, DType.BF16 })
+            {
+                float[] a = Stored(Random(m * k, m), dtype, m, k), b = Stored(Random(n * k, m + 1), dtype, n, k), c0 = Stored(Random(m * n, 5), dtype, m, n);
+                float[] Run(bool smallM) => WithWidth(width, () =>
+                {
+                    bool saved = CpuGemm.SmallMEnabled;
+                    CpuGemm.SmallMEnabled = smallM;
+                    try
+                    {
+                        using DeviceTensor ta = DeviceTensor.FromSingle(fixture.Device, a, dtype, m, k);
+                        using DeviceTensor tb = DeviceTensor.FromSingle(fixture.Device, b, dtype, n, k);
+                        using DeviceTensor tc = DeviceTensor.FromSingle(fixture.Device, c0, dtype, m, n);
+                        Gemm.Multiply(ta, tb, tc, transposeB: true, alpha: 0.75f, beta: -1.5f, path: GemmPath.Cpu);
+                        return tc.ToSingle();
+                    }
+                    finally
+                    {
+                        CpuGemm.SmallMEnabled = saved;
+                    }
+                });
+                Assert.Equal(Run(false).Select(BitConverter.SingleToInt32Bits), Run(true).Select(BitConverter.SingleToInt32Bits));
+            }
+        }
     }
 
     [Theory]

@@ -26,7 +26,7 @@ internal readonly unsafe struct CpuOutput(void* data, CpuElement element, int ld
 /// then α·sum + β·C rounded once to C's dtype: the result does not depend on the thread count or the vector path, and
 /// repeats bit for bit. β = 0 never reads C.
 /// </remarks>
-internal static unsafe class CpuGemm
+internal static unsafe partial class CpuGemm
 {
     // Rows of C per task: eight register tiles, whose packed A (8·6 × K floats) stays in L2 while the panels stream by.
     private const int BlockRows = GemmMicroKernels.MR * 8;

@@ -19,7 +19,10 @@ internal static unsafe class CpuOps
         var left = new CpuMatrix((void*)a.NativePointer, CpuMatrix.ElementOf(a.Dtype), checked((int)a.Shape[1]), transposeA);
         var right = new CpuMatrix((void*)b.NativePointer, CpuMatrix.ElementOf(b.Dtype), checked((int)b.Shape[1]), transposeB);
         var output = new CpuOutput((void*)c.NativePointer, CpuMatrix.ElementOf(c.Dtype), n);
-        CpuGemm.Multiply(left, new DensePanelSource(right), output, m, n, k, alpha, beta);
+        if (!CpuGemm.TryMultiplySmallM(left, right, output, m, n, k, alpha, beta))
+        {
+            CpuGemm.Multiply(left, new DensePanelSource(right), output, m, n, k, alpha, beta);
+        }
     }
 
     /// <summary>y[t] = table[ids[t]] (ids already checked): row copies, the dtype unchanged.</summary>
