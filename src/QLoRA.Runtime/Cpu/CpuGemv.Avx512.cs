@@ -17,20 +17,6 @@ namespace QLoRA.Runtime.Cpu;
 /// </summary>
 internal static unsafe partial class CpuGemv
 {
-    /// <summary>Rows handled together (a compile-time constant per instantiation: the JIT drops the unused ones).</summary>
-    private interface IRowCount
-    {
-        static abstract int Count { get; }
-    }
-
-    private struct Rows1 : IRowCount { public static int Count => 1; }
-
-    private struct Rows2 : IRowCount { public static int Count => 2; }
-
-    private struct Rows3 : IRowCount { public static int Count => 3; }
-
-    private struct Rows4 : IRowCount { public static int Count => 4; }
-
     // x regrouped per 32 elements as [the 16 even-indexed, the 16 odd-indexed]: 16 packed bytes hold 32 codes, the
     // even-indexed element of each pair in the high nibble (bitsandbytes' order).
     private static float[] PermuteBy32(float[] xs, int count)
@@ -57,47 +43,18 @@ internal static unsafe partial class CpuGemv
             var rows = new RowGroup(xs + ((long)r0 * inFeatures), sums + r0, batch);
             switch (Math.Min(4, batch - r0))
             {
-                case 1: WeightRows<Rows1>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
-                case 2: WeightRows<Rows2>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
-                case 3: WeightRows<Rows3>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
-                default: WeightRows<Rows4>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
+                case 1: WeightRows<Avx512Path, Rows1>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
+                case 2: WeightRows<Avx512Path, Rows2>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
+                case 3: WeightRows<Avx512Path, Rows3>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
+                default: WeightRows<Avx512Path, Rows4>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
             }
-        }
-    }
-
-    /// <param name="x">The group's first row of the permuted x (rows in_features apart).</param>
-    /// <param name="sums">Where the group's first row's sum for weight row <c>first</c> goes.</param>
-    /// <param name="stride">Floats between the sums of consecutive weight rows (the whole batch).</param>
-    private readonly struct RowGroup(float* x, float* sums, int stride)
-    {
-        public readonly float* X = x;
-        public readonly float* Sums = sums;
-        public readonly int Stride = stride;
-    }
-
-    private static void WeightRows<TRows>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, RowGroup rows, int first, int end)
-        where TRows : struct, IRowCount
-    {
-        int o = first;
-        if (inFeatures % blockSize == 0)
-        {
-            // Blocks start at the same column in every weight row: four rows share one block loop.
-            for (; o + 4 <= end; o += 4)
-            {
-                Block<Rows4, TRows>(packed, table, absmax, blockSize, inFeatures, rows, first, o);
-            }
-        }
-
-        for (; o < end; o++)
-        {
-            Block<Rows1, TRows>(packed, table, absmax, blockSize, inFeatures, rows, first, o);
         }
     }
 
     // Weight rows [o, o + TWeights.Count) against TRows.Count batch rows. With one weight row the blocks may begin
     // anywhere in it; with four they must begin at the same columns (in_features a multiple of the block size).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Block<TWeights, TRows>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, RowGroup rows, int first, int o)
+    private static void BlockAvx512<TWeights, TRows>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, RowGroup rows, int first, int o)
         where TWeights : struct, IRowCount
         where TRows : struct, IRowCount
     {

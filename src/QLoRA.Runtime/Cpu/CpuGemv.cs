@@ -7,9 +7,10 @@ namespace QLoRA.Runtime.Cpu;
 
 /// <summary>
 /// The 4-bit GEMV of the decode step on the CPU: y[b, o] = Σᵢ W[o, i]·x[b, i] for 1…8 rows of x against a packed
-/// NF4/FP4 weight, reading each packed byte once. Rows of W are split across tasks; per absmax block the codes are
-/// decoded two per byte through a 256-entry pair table, each batch row's dot product with them is taken with SIMD and
-/// scaled by the block's absmax once. Sums run block by block in order: results repeat bit for bit.
+/// NF4/FP4 weight, reading each packed byte once. Rows of W are split across tasks. Three paths (CpuGemv.Avx512.cs,
+/// CpuGemv.Avx2.cs, and here the scalar one: per absmax block the codes decoded two per byte through a 256-entry pair
+/// table, each batch row's dot product with them scaled by the block's absmax once). Each path sums in a fixed order
+/// whatever the thread count or batch: results repeat bit for bit, and a row of x gets the same bits alone and batched.
 /// </summary>
 internal static unsafe partial class CpuGemv
 {
@@ -60,82 +61,6 @@ internal static unsafe partial class CpuGemv
         }
 
         return permuted;
-    }
-
-    // The AVX2 path: 8 packed bytes at a time decode to 16 weights in two vectors (high nibbles = even elements, low
-    // nibbles = odd ones) by a 16-entry table lookup in registers, multiplied straight into one accumulator per batch row;
-    // each block's accumulators are reduced in a fixed order and scaled by its absmax once.
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
-    private static void RowsAvx2(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, float* xs, int batch, int first, int end, float* sums)
-    {
-        Vector256<float> low = Vector256.Load(table), high = Vector256.Load(table + 8);
-        Vector256<int> fifteen = Vector256.Create(15);
-        for (int o = first; o < end; o++)
-        {
-            float* rowSums = sums + ((o - first) * batch);
-            for (int r = 0; r < batch; r++)
-            {
-                rowSums[r] = 0f;
-            }
-
-            long e0 = (long)o * inFeatures;
-            long block = e0 / blockSize;
-            long blockEnd = (block + 1) * blockSize;
-            for (int i = 0; i < inFeatures;)
-            {
-                int length = (int)Math.Min(inFeatures - i, blockEnd - (e0 + i));
-                float scale = absmax[block];
-                // Batch rows four at a time, their accumulators in registers (the decode is redone per group: it is cheap).
-                for (int r0 = 0; r0 < batch; r0 += 4)
-                {
-                    int rows = Math.Min(4, batch - r0);
-                    Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                    byte* bytes = packed + ((e0 + i) >> 1);
-                    float* x = xs + ((long)r0 * inFeatures) + i;
-                    for (int j = 0; j < length; j += 16, bytes += 8, x += 16)
-                    {
-                        Vector256<int> codes = Avx2.ConvertToVector256Int32(bytes);
-                        Vector256<float> even = Lookup16(low, high, codes >>> 4);
-                        Vector256<float> odd = Lookup16(low, high, codes & fifteen);
-                        a0 = Fma.MultiplyAdd(odd, Vector256.Load(x + 8), Fma.MultiplyAdd(even, Vector256.Load(x), a0));
-                        if (rows > 1)
-                        {
-                            a1 = Fma.MultiplyAdd(odd, Vector256.Load(x + inFeatures + 8), Fma.MultiplyAdd(even, Vector256.Load(x + inFeatures), a1));
-                        }
-
-                        if (rows > 2)
-                        {
-                            a2 = Fma.MultiplyAdd(odd, Vector256.Load(x + (2 * inFeatures) + 8), Fma.MultiplyAdd(even, Vector256.Load(x + (2 * inFeatures)), a2));
-                        }
-
-                        if (rows > 3)
-                        {
-                            a3 = Fma.MultiplyAdd(odd, Vector256.Load(x + (3 * inFeatures) + 8), Fma.MultiplyAdd(even, Vector256.Load(x + (3 * inFeatures)), a3));
-                        }
-                    }
-
-                    rowSums[r0] += scale * Vector256.Sum(a0);
-                    if (rows > 1)
-                    {
-                        rowSums[r0 + 1] += scale * Vector256.Sum(a1);
-                    }
-
-                    if (rows > 2)
-                    {
-                        rowSums[r0 + 2] += scale * Vector256.Sum(a2);
-                    }
-
-                    if (rows > 3)
-                    {
-                        rowSums[r0 + 3] += scale * Vector256.Sum(a3);
-                    }
-                }
-
-                i += length;
-                block++;
-                blockEnd += blockSize;
-            }
-        }
     }
 
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
