@@ -14,22 +14,9 @@ namespace QLoRA.Runtime.Cpu;
 /// </summary>
 internal static unsafe partial class CpuGemv
 {
-    private static void RowsAvx2(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, float* xs, int batch, int first, int end, float* sums)
-    {
-        // Batch rows in groups of at most two: sixteen registers hold the tables, the accumulators and the decode.
-        for (int r0 = 0; r0 < batch; r0 += 2)
-        {
-            var rows = new RowGroup(xs + ((long)r0 * inFeatures), sums + r0, batch);
-            if (batch - r0 == 1)
-            {
-                WeightRows<Avx2Path, Rows1>(packed, table, absmax, blockSize, inFeatures, rows, first, end);
-            }
-            else
-            {
-                WeightRows<Avx2Path, Rows2>(packed, table, absmax, blockSize, inFeatures, rows, first, end);
-            }
-        }
-    }
+    // Batch rows in groups of at most two: sixteen registers hold the tables, the accumulators and the decode.
+    private static void RowsAvx2(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, float* xs, int batch, int first, int end, float* sums) =>
+        WeightRows<Avx2Path>(packed, table, absmax, blockSize, inFeatures, xs, sums, batch, first, end);
 
     // Weight rows [o, o + TWeights.Count) against TRows.Count batch rows (see BlockAvx512 for the twin).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -34,22 +34,9 @@ internal static unsafe partial class CpuGemv
         return permuted;
     }
 
-    private static void RowsAvx512(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, float* xs, int batch, int first, int end, float* sums)
-    {
-        // Batch rows in groups of at most four (their accumulators stay in registers); each group's result bits do not
-        // depend on the grouping.
-        for (int r0 = 0; r0 < batch; r0 += 4)
-        {
-            var rows = new RowGroup(xs + ((long)r0 * inFeatures), sums + r0, batch);
-            switch (Math.Min(4, batch - r0))
-            {
-                case 1: WeightRows<Avx512Path, Rows1>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
-                case 2: WeightRows<Avx512Path, Rows2>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
-                case 3: WeightRows<Avx512Path, Rows3>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
-                default: WeightRows<Avx512Path, Rows4>(packed, table, absmax, blockSize, inFeatures, rows, first, end); break;
-            }
-        }
-    }
+    // Batch rows in groups of at most four: their accumulators stay in registers.
+    private static void RowsAvx512(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, float* xs, int batch, int first, int end, float* sums) =>
+        WeightRows<Avx512Path>(packed, table, absmax, blockSize, inFeatures, xs, sums, batch, first, end);
 
     // Weight rows [o, o + TWeights.Count) against TRows.Count batch rows. With one weight row the blocks may begin
     // anywhere in it; with four they must begin at the same columns (in_features a multiple of the block size).

@@ -33,6 +33,9 @@ internal static unsafe partial class CpuGemv
     /// <summary>A vector path's kernel for a group of weight rows (four sharing block boundaries, or one).</summary>
     private interface IGemvPath
     {
+        /// <summary>Batch rows one Block call takes at most (1…4: what the path's registers hold).</summary>
+        static abstract int GroupRows { get; }
+
         static abstract void Block<TWeights, TRows>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, RowGroup rows, int first, int o)
             where TWeights : struct, IRowCount
             where TRows : struct, IRowCount;
@@ -40,6 +43,8 @@ internal static unsafe partial class CpuGemv
 
     private struct Avx512Path : IGemvPath
     {
+        public static int GroupRows => 4;
+
         public static void Block<TWeights, TRows>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, RowGroup rows, int first, int o)
             where TWeights : struct, IRowCount
             where TRows : struct, IRowCount => BlockAvx512<TWeights, TRows>(packed, table, absmax, blockSize, inFeatures, rows, first, o);
@@ -47,14 +52,18 @@ internal static unsafe partial class CpuGemv
 
     private struct Avx2Path : IGemvPath
     {
+        public static int GroupRows => 2;
+
         public static void Block<TWeights, TRows>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, RowGroup rows, int first, int o)
             where TWeights : struct, IRowCount
             where TRows : struct, IRowCount => BlockAvx2<TWeights, TRows>(packed, table, absmax, blockSize, inFeatures, rows, first, o);
     }
 
-    private static void WeightRows<TPath, TRows>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, RowGroup rows, int first, int end)
+    // Rows [first, end) of W against every row of x. Weight rows go by four (or one) and, within each, batch rows by
+    // groups of at most TPath.GroupRows (the path's register budget): a weight row's packed bytes are read from memory once,
+    // the later batch groups finding them in L1. Each (weight row, batch row) sum is the same whatever the grouping.
+    private static void WeightRows<TPath>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, float* xs, float* sums, int batch, int first, int end)
         where TPath : struct, IGemvPath
-        where TRows : struct, IRowCount
     {
         int o = first;
         if (inFeatures % blockSize == 0)
@@ -62,13 +71,31 @@ internal static unsafe partial class CpuGemv
             // Blocks start at the same column in every weight row: four rows share one block loop.
             for (; o + 4 <= end; o += 4)
             {
-                TPath.Block<Rows4, TRows>(packed, table, absmax, blockSize, inFeatures, rows, first, o);
+                BatchGroups<TPath, Rows4>(packed, table, absmax, blockSize, inFeatures, xs, sums, batch, first, o);
             }
         }
 
         for (; o < end; o++)
         {
-            TPath.Block<Rows1, TRows>(packed, table, absmax, blockSize, inFeatures, rows, first, o);
+            BatchGroups<TPath, Rows1>(packed, table, absmax, blockSize, inFeatures, xs, sums, batch, first, o);
+        }
+    }
+
+    private static void BatchGroups<TPath, TWeights>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, float* xs, float* sums, int batch, int first, int o)
+        where TPath : struct, IGemvPath
+        where TWeights : struct, IRowCount
+    {
+        int groupRows = TPath.GroupRows;
+        for (int r0 = 0; r0 < batch; r0 += groupRows)
+        {
+            var rows = new RowGroup(xs + ((long)r0 * inFeatures), sums + r0, batch);
+            switch (Math.Min(groupRows, batch - r0))
+            {
+                case 1: TPath.Block<TWeights, Rows1>(packed, table, absmax, blockSize, inFeatures, rows, first, o); break;
+                case 2: TPath.Block<TWeights, Rows2>(packed, table, absmax, blockSize, inFeatures, rows, first, o); break;
+                case 3: TPath.Block<TWeights, Rows3>(packed, table, absmax, blockSize, inFeatures, rows, first, o); break;
+                default: TPath.Block<TWeights, Rows4>(packed, table, absmax, blockSize, inFeatures, rows, first, o); break;
+            }
         }
     }
 }
