@@ -13,21 +13,7 @@ public class TensorCoreGemmTests(WarpDeviceFixture fixture) : IClassFixture<Warp
 {
     private static double[] Reference(float[] a, float[] b, int m, int n, int k, out double[] magnitude)
     {
-        var c = new double[m * n];
-        magnitude = new double[m * n];
-        for (int i = 0; i < m; i++)
-        {
-            for (int j = 0; j < n; j++)
-            {
-                for (int p = 0; p < k; p++)
-                {
-                    double term = (double)a[(i * k) + p] * b[(j * k) + p];
-                    c[(i * n) + j] += term;
-                    magnitude[(i * n) + j] += Math.Abs(term);
-                }
-            }
-        }
-
+        (double[] c, magnitude) = Float64Product.TimesTransposed(a, b, m, n, k);
         return c;
     }
 

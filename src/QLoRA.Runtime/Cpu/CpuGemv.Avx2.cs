@@ -14,10 +14,6 @@ namespace QLoRA.Runtime.Cpu;
 /// </summary>
 internal static unsafe partial class CpuGemv
 {
-    // Batch rows in groups of at most two: sixteen registers hold the tables, the accumulators and the decode.
-    private static void RowsAvx2(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, float* xs, int batch, int first, int end, float* sums) =>
-        WeightRows<Avx2Path>(packed, table, absmax, blockSize, inFeatures, xs, sums, batch, first, end);
-
     // Weight rows [o, o + TWeights.Count) against TRows.Count batch rows (see BlockAvx512 for the twin).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void BlockAvx2<TWeights, TRows>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, RowGroup rows, int first, int o)

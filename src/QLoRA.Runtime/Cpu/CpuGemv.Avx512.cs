@@ -17,27 +17,6 @@ namespace QLoRA.Runtime.Cpu;
 /// </summary>
 internal static unsafe partial class CpuGemv
 {
-    // x regrouped per 32 elements as [the 16 even-indexed, the 16 odd-indexed]: 16 packed bytes hold 32 codes, the
-    // even-indexed element of each pair in the high nibble (bitsandbytes' order).
-    private static float[] PermuteBy32(float[] xs, int count)
-    {
-        var permuted = new float[count];
-        for (int g = 0; g < count; g += 32)
-        {
-            for (int t = 0; t < 16; t++)
-            {
-                permuted[g + t] = xs[g + (2 * t)];
-                permuted[g + 16 + t] = xs[g + (2 * t) + 1];
-            }
-        }
-
-        return permuted;
-    }
-
-    // Batch rows in groups of at most four: their accumulators stay in registers.
-    private static void RowsAvx512(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, float* xs, int batch, int first, int end, float* sums) =>
-        WeightRows<Avx512Path>(packed, table, absmax, blockSize, inFeatures, xs, sums, batch, first, end);
-
     // Weight rows [o, o + TWeights.Count) against TRows.Count batch rows. With one weight row the blocks may begin
     // anywhere in it; with four they must begin at the same columns (in_features a multiple of the block size).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

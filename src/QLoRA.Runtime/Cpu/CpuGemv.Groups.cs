@@ -43,7 +43,7 @@ internal static unsafe partial class CpuGemv
 
     private struct Avx512Path : IGemvPath
     {
-        public static int GroupRows => 4;
+        public static int GroupRows => 4; // 16 accumulators (4 weight × 4 batch rows) of 32 registers
 
         public static void Block<TWeights, TRows>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, RowGroup rows, int first, int o)
             where TWeights : struct, IRowCount
@@ -52,7 +52,7 @@ internal static unsafe partial class CpuGemv
 
     private struct Avx2Path : IGemvPath
     {
-        public static int GroupRows => 2;
+        public static int GroupRows => 2; // 16 registers: the tables, 8 accumulators and the decode
 
         public static void Block<TWeights, TRows>(byte* packed, float* table, float[] absmax, int blockSize, int inFeatures, RowGroup rows, int first, int o)
             where TWeights : struct, IRowCount

@@ -48,15 +48,18 @@ internal static unsafe partial class CpuGemv
         }
     }
 
-    private static float[] Permute(float[] xs, int count)
+    // x regrouped per 2·half elements as [the half even-indexed, the half odd-indexed]: half packed bytes hold 2·half codes,
+    // the even-indexed element of each pair in the high nibble (bitsandbytes' order), which the vector paths decode into
+    // one register of even and one of odd elements.
+    private static float[] Permute(float[] xs, int count, int half)
     {
         var permuted = new float[count];
-        for (int g = 0; g < count; g += 16)
+        for (int g = 0; g < count; g += 2 * half)
         {
-            for (int t = 0; t < 8; t++)
+            for (int t = 0; t < half; t++)
             {
                 permuted[g + t] = xs[g + (2 * t)];
-                permuted[g + 8 + t] = xs[g + (2 * t) + 1];
+                permuted[g + half + t] = xs[g + (2 * t) + 1];
             }
         }
 
@@ -121,11 +124,11 @@ internal static unsafe partial class CpuGemv
             CpuElements.Load(x, element, (long)r * inFeatures, inFeatures, xs.AsSpan(r * inFeatures, inFeatures));
         }
 
-        // For the AVX2 path: x regrouped per 16 elements as [the 8 even-indexed, the 8 odd-indexed], matching the high and
-        // low nibbles of 8 packed bytes (in is a multiple of 32, so groups never straddle a row).
+        // For the vector paths: x regrouped per vector pair, 16 + 16 (AVX-512) or 8 + 8 (AVX2) elements (in is a multiple
+        // of 32, so groups never straddle a row).
         bool wide = path >= 512;
         bool simd = path >= 256;
-        float[] permuted = wide ? PermuteBy32(xs, batch * inFeatures) : simd ? Permute(xs, batch * inFeatures) : xs;
+        float[] permuted = wide ? Permute(xs, batch * inFeatures, 16) : simd ? Permute(xs, batch * inFeatures, 8) : xs;
 
         // For the scalar path, a pair table: byte b decodes to (table[b >> 4], table[b & 15]), the first value in the high nibble.
         float[] pairs = simd ? [] : new float[512];
@@ -153,11 +156,11 @@ internal static unsafe partial class CpuGemv
                 {
                     if (wide)
                     {
-                        RowsAvx512((byte*)packedBase, codeTable, absmax, blockSize, inFeatures, xPermuted, batch, first, end, sumBase);
+                        WeightRows<Avx512Path>((byte*)packedBase, codeTable, absmax, blockSize, inFeatures, xPermuted, sumBase, batch, first, end);
                     }
                     else if (simd)
                     {
-                        RowsAvx2((byte*)packedBase, codeTable, absmax, blockSize, inFeatures, xPermuted, batch, first, end, sumBase);
+                        WeightRows<Avx2Path>((byte*)packedBase, codeTable, absmax, blockSize, inFeatures, xPermuted, sumBase, batch, first, end);
                     }
                     else
                     {
