@@ -31,11 +31,80 @@ namespace QLoRA.Runtime.Tests;
 /// </summary>
 public class CudaCompileCoverageTests
 {
+    /// <summary>One loaded kernel instantiation and its PTX for sm_90 (null with the reason when it did not compile).</summary>
+    internal sealed record CompiledKernelPtx(string Name, string? Ptx, string? Error);
+
+    // The engine runs once per dtype and process; the compile test and the ptxas test share its kernels.
+    private static readonly Dictionary<DType, Lazy<IReadOnlyList<CompiledKernelPtx>>> Compiled = new[] { DType.F32, DType.BF16, DType.F16 }
+        .ToDictionary(d => d, d => new Lazy<IReadOnlyList<CompiledKernelPtx>>(() => CompileWhatTheEngineLoads(d)));
+
     [Theory]
     [InlineData(DType.F32)]
     [InlineData(DType.BF16)]
     [InlineData(DType.F16)]
     public void EveryKernelTheEngineLoadsCompilesForCuda(DType compute)
+    {
+        IReadOnlyList<CompiledKernelPtx> kernels = Compiled[compute].Value;
+        var failures = kernels.Where(k => k.Error is not null || !k.Ptx!.Contains(".entry", StringComparison.Ordinal)).Select(k => $"{k.Name}: {k.Error ?? "no .entry in the PTX"}").ToList();
+        Assert.True(failures.Count == 0, $"{failures.Count} of {kernels.Count} kernels do not compile for CUDA:\n{string.Join("\n", failures)}");
+
+        // 64-bit integer division has no instruction on the GPU: each div/rem.s64 is a call of an ~80-instruction
+        // subroutine. The kernels that do per-element or per-block work (4-bit decode, norms, attention, loss,
+        // sampling) index with shifts and 32-bit row loops instead; once-per-tile divisions elsewhere are harmless.
+        string[] perElement = ["Nf4GemvKernels.", "FusedDecodeKernels.Gemv", "FusedDecodeKernels.AddRmsNorm", "LoraDecodeKernels.", "MmaGemmKernels.", "DequantizeKernels.",
+            "RmsNormKernels.", "CrossEntropyKernels.", "AttentionKernels.", "PagedAttentionKernels.", "SamplingKernels."];
+        var divisions = kernels.Where(k => k.Ptx is not null && perElement.Any(p => k.Name.StartsWith(p, StringComparison.Ordinal)))
+            .Select(k => (k.Name, Count: System.Text.RegularExpressions.Regex.Matches(k.Ptx!, @"\b(div|rem)\.[su]64\b").Count))
+            .Where(k => k.Count > 0).Select(k => $"{k.Name}: {k.Count} 64-bit div/rem").ToList();
+        Assert.True(divisions.Count == 0, $"64-bit integer division in per-element kernels:\n{string.Join("\n", divisions)}");
+        Assert.Contains(kernels, k => k.Name.StartsWith("DequantizeKernels.ToBf16", StringComparison.Ordinal));
+    }
+
+    /// <summary>
+    /// The same PTX through NVIDIA's assembler for sm_90 (what the driver's JIT does on the GPU): each must assemble,
+    /// none may spill registers, and the GEMM, GEMV and decode kernels may not touch local memory at all (a stack
+    /// frame there means per-thread arrays or inline-PTX operands left in memory, on the hottest loops).
+    /// Skipped where ptxas is missing: tests/tools/fetch-ptxas.sh fetches it (CI does), or set QLORA_PTXAS.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.BF16)]
+    [InlineData(DType.F16)]
+    public void EveryKernelTheEngineLoadsAssemblesForSm90WithoutSpills(DType compute)
+    {
+        string? ptxas = Ptxas.Find();
+        if (ptxas is null)
+        {
+            Assert.Skip(Ptxas.Missing);
+        }
+
+        IReadOnlyList<CompiledKernelPtx> kernels = Compiled[compute].Value;
+        var failures = new List<string>();
+        foreach (CompiledKernelPtx kernel in kernels.Where(k => k.Ptx is not null))
+        {
+            Ptxas.Report report = Ptxas.Assemble(ptxas, kernel.Ptx!, "sm_90");
+            if (report.Error is not null)
+            {
+                failures.Add($"{kernel.Name}: ptxas: {report.Error}");
+                continue;
+            }
+
+            if (report.SpillBytes != 0)
+            {
+                failures.Add($"{kernel.Name}: {report.SpillBytes} bytes of register spills ({report.Registers} registers)");
+            }
+
+            bool hot = kernel.Name.Contains("Gemm", StringComparison.Ordinal) || kernel.Name.Contains("Gemv", StringComparison.Ordinal) || kernel.Name.StartsWith("FusedDecodeKernels", StringComparison.Ordinal);
+            if (hot && report.StackBytes != 0)
+            {
+                failures.Add($"{kernel.Name}: {report.StackBytes} bytes of stack frame (local memory)");
+            }
+        }
+
+        Assert.True(failures.Count == 0, $"{failures.Count} of {kernels.Count} kernels fail ptxas's checks:\n{string.Join("\n", failures)}");
+    }
+
+    private static IReadOnlyList<CompiledKernelPtx> CompileWhatTheEngineLoads(DType compute)
     {
         // The GPU schedules (not the CPU ones) on small emulated warps: the kernel instantiations a CUDA device loads.
         using Device device = Device.Cpu(4, 2, multiprocessors: 2, cpuSchedules: false);
@@ -59,9 +128,10 @@ public class CudaCompileCoverageTests
         Assert.Contains(kernels, k => k.Method.IsGenericMethod && k.Method.GetGenericArguments().Any(a => a.Name == codec));
         Assert.True(kernels.Count >= 25, $"only {kernels.Count} distinct kernels loaded");
 
-        using Context context = Context.Create(builder => builder.Default().EnableAlgorithms());
+        // Compiled as a CUDA device compiles them (the same context settings), for sm_90 with PTX ISA 8.0.
+        using Context context = Context.Create(builder => KernelCompilation.Configure(builder.Default()));
         var backend = new PTXBackend(context, CudaArchitecture.SM_90, CudaInstructionSet.ISA_80, null!);
-        var failures = new List<string>();
+        var compiled = new List<CompiledKernelPtx>();
         foreach ((MethodInfo method, IndexType index, KernelSpecialization specialization) in kernels)
         {
             try
@@ -70,18 +140,21 @@ public class CudaCompileCoverageTests
                     ? EntryPointDescription.FromExplicitlyGroupedKernel(method)
                     : EntryPointDescription.FromImplicitlyGroupedKernel(method);
                 string ptx = ((PTXCompiledKernel)backend.Compile(entry, specialization)).PTXAssembly;
-                if (!ptx.Contains(".entry", StringComparison.Ordinal))
+                compiled.Add(new(Name(method), ptx, null));
+                if (Environment.GetEnvironmentVariable("QLORA_PTX_DUMP") is { Length: > 0 } dump)
                 {
-                    failures.Add($"{Name(method)}: no .entry in the PTX");
+                    // For reading the PTX (and ptxas -v / cuobjdump -sass of it) by hand: one file per kernel.
+                    Directory.CreateDirectory(dump);
+                    File.WriteAllText(Path.Combine(dump, $"{compute}-{compiled.Count:D3}.ptx"), $"// {Name(method)}\n{ptx}");
                 }
             }
             catch (Exception e)
             {
-                failures.Add($"{Name(method)}: {e.GetType().Name}: {e.Message}");
+                compiled.Add(new(Name(method), null, $"{e.GetType().Name}: {e.Message}"));
             }
         }
 
-        Assert.True(failures.Count == 0, $"{failures.Count} of {kernels.Count} kernels do not compile for CUDA:\n{string.Join("\n", failures)}");
+        return compiled;
     }
 
     private static (MethodInfo Method, IndexType Index, KernelSpecialization Specialization) Source(Delegate loaded)
@@ -160,6 +233,16 @@ public class CudaCompileCoverageTests
             var weight = QuantizedTensor.Quantize(Narrow.Random(48 * 64, 3, DType.F32, 0.1), [48, 64]);
             using var packed = DeviceQuantizedTensor.Upload(device, weight);
             packed.Multiply(a, y, transposeWeight: true, path: GemmPath.TensorCore);
+        }
+
+        // With cuBLAS (not on this accelerator) the 4-bit base is dequantized to bf16 for each large GEMM.
+        foreach (var quantization in new[] { QuantizationOptions.Default, new QuantizationOptions(QuantType.Fp4, 64, DoubleQuant: false) })
+        {
+            var weight = QuantizedTensor.Quantize(Narrow.Random(48 * 64, 4, DType.F32, 0.1), [48, 64], quantization);
+            using var packed = DeviceQuantizedTensor.Upload(device, weight);
+            using DeviceTensor bf16 = DeviceTensor.Allocate(device, DType.BF16, 48, 64), f32 = DeviceTensor.Allocate(device, DType.F32, 48, 64);
+            packed.DequantizeToBf16(bf16.View<ushort>());
+            packed.DequantizeToF32(f32.View<float>());
         }
     }
 }

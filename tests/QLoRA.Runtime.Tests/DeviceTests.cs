@@ -50,6 +50,7 @@ public class DeviceTests
         Assert.Null(c.Architecture);
         Assert.Null(c.DriverVersion);
         Assert.Null(c.CublasLibrary); // no cuBLAS on the CPU accelerator, whatever is installed
+        Assert.Null(c.KernelOptimization);
         Assert.False(c.CudaGraphs);
         Assert.False(c.TensorCoreMma);
         Assert.Equal(cpu.ComputeDtype, c.ComputeDtype);
@@ -65,7 +66,24 @@ public class DeviceTests
             Assert.NotNull(g.DriverVersion);
             Assert.NotNull(g.CublasLibrary);
             Assert.True(g.CudaGraphs);
+            Assert.Equal(KernelCompilation.Level.ToString(), g.KernelOptimization);
         }
+    }
+
+    [Theory]
+    [InlineData(null, ILGPU.OptimizationLevel.O2)]
+    [InlineData("", ILGPU.OptimizationLevel.O2)]
+    [InlineData(" o1 ", ILGPU.OptimizationLevel.O1)]
+    [InlineData("O0", ILGPU.OptimizationLevel.O0)]
+    public void KernelOptimizationDefaultsToO2AndCanBeLowered(string? value, ILGPU.OptimizationLevel expected) =>
+        Assert.Equal(expected, KernelCompilation.Parse(value));
+
+    [Fact]
+    public void AMalformedKernelOptimizationIsRejectedByName()
+    {
+        var e = Assert.Throws<DeviceNotAvailableException>(() => KernelCompilation.Parse("O3"));
+        Assert.Contains(KernelCompilation.EnvironmentVariable, e.Message);
+        Assert.Contains("'O3'", e.Message);
     }
 
     [Theory]

@@ -116,7 +116,7 @@ public sealed class Device : IDisposable
             return Parse(requested.Trim());
         }
 
-        Context context = Context.Create(builder => builder.Default().EnableAlgorithms());
+        Context context = Context.Create(builder => KernelCompilation.Configure(builder.Default()));
         if (context.GetCudaDevices().Count > 0)
         {
             return Create(context, context.GetCudaDevice(0), DeviceKind.Cuda);
@@ -157,7 +157,7 @@ public sealed class Device : IDisposable
     /// <exception cref="DeviceNotAvailableException">No such CUDA device (or no CUDA driver).</exception>
     public static Device Cuda(int ordinal = 0)
     {
-        Context context = Context.Create(builder => builder.Cuda().EnableAlgorithms());
+        Context context = Context.Create(builder => KernelCompilation.Configure(builder.Cuda()));
         int count = context.GetCudaDevices().Count;
         if (ordinal < 0 || ordinal >= count)
         {
@@ -344,7 +344,7 @@ public sealed class Device : IDisposable
             var cuda = Accelerator as CudaAccelerator;
             return new DeviceCapabilities(
                 Kind, Accelerator.Name, cuda?.Architecture.ToString(), cuda is null ? null : $"{cuda.DriverVersion.Major}.{cuda.DriverVersion.Minor}",
-                cuda?.InstructionSet.ToString(), Blas?.Library, cuda is not null && Native.CudaGraph.IsAvailable, HasTensorCoreMma, ComputeDtype, MemoryBytes);
+                cuda?.InstructionSet.ToString(), cuda is null ? null : Accelerator.Context.Properties.OptimizationLevel.ToString(), Blas?.Library, cuda is not null && Native.CudaGraph.IsAvailable, HasTensorCoreMma, ComputeDtype, MemoryBytes);
         }
     }
 

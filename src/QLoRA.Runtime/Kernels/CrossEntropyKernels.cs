@@ -13,10 +13,8 @@ internal static class CrossEntropyKernels
     public static void LossAndGradient(ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> losses, int rows, int vocab, int ignoreIndex, float gradScale)
     {
         int lanes = Warp.WarpSize, lane = Warp.LaneIdx;
-        // Warps are aligned in the grid and the stride is a multiple of the warp size: a warp's lanes share a row.
-        for (long g = Grid.GlobalIndex.X; g / lanes < rows; g += (long)Grid.DimX * Group.DimX)
+        for (int r = WarpRows.First, stride = WarpRows.Stride; r < rows; r += stride)
         {
-            int r = (int)(g / lanes);
             long row = (long)r * vocab;
             int label = labels[r];
             if (label == ignoreIndex)

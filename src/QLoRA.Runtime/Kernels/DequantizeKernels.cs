@@ -11,16 +11,16 @@ namespace QLoRA.Runtime.Kernels;
 /// </summary>
 internal static class DequantizeKernels
 {
-    public static void ToBf16<TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, long count, int blockSize, ArrayView<UInt4> output, ArrayView<ushort> outputTail)
+    public static void ToBf16<TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, long count, int blockShift, ArrayView<UInt4> output, ArrayView<ushort> outputTail)
         where TAbsmax : struct, IAbsmaxSource
     {
         table = CodeTable.ToShared(table);
-        long chunks = (count + 31) / 32;
+        long chunks = (count + 31) >> 5;
         long stride = (long)Grid.DimX * Group.DimX;
         for (long chunk = Grid.GlobalIndex.X; chunk < chunks; chunk += stride)
         {
             long first = chunk * 32;
-            float scale = absmax.Get(first / blockSize);
+            float scale = absmax.Get(first >> blockShift);
             UInt4 bytes = packed[chunk];
             if (first + 32 <= count)
             {
@@ -39,16 +39,16 @@ internal static class DequantizeKernels
         }
     }
 
-    public static void ToF32<TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, long count, int blockSize, ArrayView<UInt4> output, ArrayView<float> outputTail)
+    public static void ToF32<TAbsmax>(ArrayView<UInt4> packed, TAbsmax absmax, ArrayView<float> table, long count, int blockShift, ArrayView<UInt4> output, ArrayView<float> outputTail)
         where TAbsmax : struct, IAbsmaxSource
     {
         table = CodeTable.ToShared(table);
-        long chunks = (count + 31) / 32;
+        long chunks = (count + 31) >> 5;
         long stride = (long)Grid.DimX * Group.DimX;
         for (long chunk = Grid.GlobalIndex.X; chunk < chunks; chunk += stride)
         {
             long first = chunk * 32;
-            float scale = absmax.Get(first / blockSize);
+            float scale = absmax.Get(first >> blockShift);
             UInt4 bytes = packed[chunk];
             if (first + 32 <= count)
             {

@@ -48,9 +48,11 @@ internal static class HalfWords
 }
 
 /// <summary>bfloat16 elements: the upper half of a float32.</summary>
-internal readonly struct Bf16Element : IElement<ushort>
+internal readonly struct Bf16Element : IElement<ushort>, IMmaHalf
 {
     public int PerVector => 8;
+
+    public bool IsF16 => false;
 
     public float FromVector(UInt4 vector, int index) => Load(HalfWords.Get(vector, index));
 
@@ -69,9 +71,11 @@ internal readonly struct Bf16Element : IElement<ushort>
 }
 
 /// <summary>IEEE binary16 elements, converted with integer operations (identical on every accelerator).</summary>
-internal readonly struct F16Element : IElement<ushort>
+internal readonly struct F16Element : IElement<ushort>, IMmaHalf
 {
     public int PerVector => 8;
+
+    public bool IsF16 => true;
 
     public float FromVector(UInt4 vector, int index) => Load(HalfWords.Get(vector, index));
 

@@ -16,7 +16,7 @@ internal readonly struct GemvSegment<T, TAbsmax>(ArrayView<UInt4> packed, TAbsma
 }
 
 /// <summary>Sizes shared by the fused decode kernels.</summary>
-internal readonly record struct FusedShape(int Batch, int In, int BlockSize);
+internal readonly record struct FusedShape(int Batch, int In, int BlockShift);
 
 /// <summary>
 /// The decode step's fused kernels: one launch where the plain path takes several, each giving bit for bit what the
@@ -39,10 +39,9 @@ internal static class FusedDecodeKernels
         where TAbsmax : struct, IAbsmaxSource
     {
         table = CodeTable.ToShared(table);
-        int lanes = Warp.WarpSize, total = a.Out + b.Out + c.Out;
-        for (long g = Grid.GlobalIndex.X; g / lanes < total; g += (long)Grid.DimX * Group.DimX)
+        int total = a.Out + b.Out + c.Out;
+        for (int row = WarpRows.First, stride = WarpRows.Stride; row < total; row += stride)
         {
-            int row = (int)(g / lanes);
             if (row < a.Out)
             {
                 Project<T, TE, TAbsmax>(x, table, a, f, row, bank, lora, 0);
@@ -63,7 +62,7 @@ internal static class FusedDecodeKernels
         where TE : struct, IElement<T>
         where TAbsmax : struct, IAbsmaxSource
     {
-        var s = new GemvShape(f.Batch, w.Out, f.In, f.BlockSize);
+        var s = new GemvShape(f.Batch, w.Out, f.In, f.BlockShift);
         RowSums sums = Nf4GemvKernels.Row<T, TE, TAbsmax>(w.Packed, w.Absmax, table, x, s, o).WarpSum(f.Batch);
         RowSums deltas = lora.Deltas<T, TE>(bank, segment, o, f.Batch, out int mask);
         if (Warp.LaneIdx == 0)
@@ -81,11 +80,9 @@ internal static class FusedDecodeKernels
     {
         TE e = default;
         table = CodeTable.ToShared(table);
-        int lanes = Warp.WarpSize;
-        var s = new GemvShape(f.Batch, gate.Out, f.In, f.BlockSize);
-        for (long g = Grid.GlobalIndex.X; g / lanes < gate.Out; g += (long)Grid.DimX * Group.DimX)
+        var s = new GemvShape(f.Batch, gate.Out, f.In, f.BlockShift);
+        for (int o = WarpRows.First, stride = WarpRows.Stride; o < gate.Out; o += stride)
         {
-            int o = (int)(g / lanes);
             RowSums gs = Nf4GemvKernels.Row<T, TE, TAbsmax>(gate.Packed, gate.Absmax, table, x, s, o).WarpSum(f.Batch);
             RowSums us = Nf4GemvKernels.Row<T, TE, TAbsmax>(up.Packed, up.Absmax, table, x, s, o).WarpSum(f.Batch);
             RowSums gd = lora.Deltas<T, TE>(bank, 0, o, f.Batch, out int gateMask);
@@ -112,9 +109,9 @@ internal static class FusedDecodeKernels
     {
         TE e = default;
         int lanes = Warp.WarpSize, lane = Warp.LaneIdx;
-        for (long g = Grid.GlobalIndex.X; g / lanes < rows; g += (long)Grid.DimX * Group.DimX)
+        for (int r = WarpRows.First, stride = WarpRows.Stride; r < rows; r += stride)
         {
-            long r = g / lanes, offset = r * dim;
+            long offset = (long)r * dim;
             for (int j = lane; j < dim && hasDelta != 0; j += lanes)
             {
                 x[offset + j] = e.Store(e.Load(x[offset + j]) + e.Load(delta[offset + j])); // each lane re-reads only its own columns below

@@ -170,14 +170,13 @@ internal static class LoraDecodeKernels
         TE e = default;
         table = CodeTable.ToShared(table);
         int lanes = Warp.WarpSize, lane = Warp.LaneIdx;
-        long total = w.Out + ((long)f.Batch * maxRank);
-        for (long g = Grid.GlobalIndex.X; g / lanes < total; g += (long)Grid.DimX * Group.DimX)
+        int total = w.Out + (f.Batch * maxRank);
+        for (int row = WarpRows.First, stride = WarpRows.Stride; row < total; row += stride)
         {
-            long row = g / lanes;
             if (row < w.Out)
             {
-                var s = new GemvShape(f.Batch, w.Out, f.In, f.BlockSize);
-                RowSums sums = Nf4GemvKernels.Row<T, TE, TAbsmax>(w.Packed, w.Absmax, table, x, s, (int)row).WarpSum(f.Batch);
+                var s = new GemvShape(f.Batch, w.Out, f.In, f.BlockShift);
+                RowSums sums = Nf4GemvKernels.Row<T, TE, TAbsmax>(w.Packed, w.Absmax, table, x, s, row).WarpSum(f.Batch);
                 if (lane == 0)
                 {
                     for (int batchRow = 0; batchRow < f.Batch; batchRow++)
@@ -192,7 +191,7 @@ internal static class LoraDecodeKernels
                 continue;
             }
 
-            int t = (int)(row - w.Out), b = t / maxRank, k = t - (b * maxRank);
+            int t = row - w.Out, b = t / maxRank, k = t - (b * maxRank);
             LoraRef<T> r = bank.Of(b, module);
             if (k < r.Rank)
             {

@@ -4,7 +4,18 @@ using ILGPU.Runtime.Cuda;
 namespace QLoRA.Runtime.Kernels;
 
 /// <summary>Sizes of a tensor-core GEMM C[M,N] = α·A·Bᵀ + β·C with operands A [M,K] and B [N,K].</summary>
-internal readonly record struct MmaGemmShape(int M, int N, int K, float Alpha, float Beta, int Half);
+internal readonly record struct MmaGemmShape(int M, int N, int K, float Alpha, float Beta);
+
+/// <summary>
+/// Which 16-bit type a tensor-core GEMM multiplies, as a type argument: each instantiation holds exactly one kind of
+/// mma.sync, with no branch between them. (A run-time flag put both behind a branch, and ptxas then kept every mma
+/// operand in local memory: 240 local loads and stores around the 16 mma of the inner loop.)
+/// </summary>
+internal interface IMmaHalf
+{
+    /// <summary>IEEE binary16 (true) or bfloat16 (false).</summary>
+    bool IsF16 { get; }
+}
 
 /// <summary>
 /// Block-tiled tensor-core GEMM for BF16/F16 operands (dense, or a 4-bit weight decoded while it is staged) with float32
@@ -25,11 +36,12 @@ internal static class MmaGemmKernels
     private const string Bf16Mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};";
     private const string F16Mma = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};";
 
-    public static void Gemm<TA, TB, TC, TCE>(TA a, TB b, ArrayView<TC> c, MmaGemmShape s)
+    public static void Gemm<TA, TB, TC, TCE, TH>(TA a, TB b, ArrayView<TC> c, MmaGemmShape s)
         where TA : struct, IMmaOperand
         where TB : struct, IMmaOperand
         where TC : unmanaged
         where TCE : struct, IElement<TC>
+        where TH : struct, IMmaHalf
     {
         ArrayView<uint> sA = SharedMemory.Allocate<uint>(BlockM * Stride);
         ArrayView<uint> sB = SharedMemory.Allocate<uint>(BlockN * Stride);
@@ -65,14 +77,14 @@ internal static class MmaGemmKernels
                     int bAt = ((warpCol + group) * Stride) + pair, n8 = 8 * Stride;
                     uint b00 = sB[bAt], b01 = sB[bAt + 4], b10 = sB[bAt + n8], b11 = sB[bAt + n8 + 4];
                     uint b20 = sB[bAt + (2 * n8)], b21 = sB[bAt + (2 * n8) + 4], b30 = sB[bAt + (3 * n8)], b31 = sB[bAt + (3 * n8) + 4];
-                    c00 = Step(c00, s, a0, b00, b01);
-                    c01 = Step(c01, s, a0, b10, b11);
-                    c02 = Step(c02, s, a0, b20, b21);
-                    c03 = Step(c03, s, a0, b30, b31);
-                    c10 = Step(c10, s, a1, b00, b01);
-                    c11 = Step(c11, s, a1, b10, b11);
-                    c12 = Step(c12, s, a1, b20, b21);
-                    c13 = Step(c13, s, a1, b30, b31);
+                    c00 = Step<TH>(c00, a0, b00, b01);
+                    c01 = Step<TH>(c01, a0, b10, b11);
+                    c02 = Step<TH>(c02, a0, b20, b21);
+                    c03 = Step<TH>(c03, a0, b30, b31);
+                    c10 = Step<TH>(c10, a1, b00, b01);
+                    c11 = Step<TH>(c11, a1, b10, b11);
+                    c12 = Step<TH>(c12, a1, b20, b21);
+                    c13 = Step<TH>(c13, a1, b30, b31);
                 }
 
                 Group.Barrier();
@@ -102,15 +114,17 @@ internal static class MmaGemmKernels
         public readonly uint R0 = r0, R1 = r1, R2 = r2, R3 = r3;
     }
 
-    private static Accumulator Step(Accumulator acc, MmaGemmShape s, Fragment a, uint b0, uint b1) =>
-        CudaAsm.IsSupported ? Mma(acc, s, a, b0, b1) : Emulate(acc, s, a, b0, b1);
+    private static Accumulator Step<TH>(Accumulator acc, Fragment a, uint b0, uint b1)
+        where TH : struct, IMmaHalf =>
+        CudaAsm.IsSupported ? Mma<TH>(acc, a, b0, b1) : Emulate<TH>(acc, a, b0, b1);
 
-    private static Accumulator Mma(Accumulator acc, MmaGemmShape s, Fragment a, uint b0, uint b1)
+    private static Accumulator Mma<TH>(Accumulator acc, Fragment a, uint b0, uint b1)
+        where TH : struct, IMmaHalf
     {
         Input<uint> ia0 = a.R0, ia1 = a.R1, ia2 = a.R2, ia3 = a.R3, ib0 = b0, ib1 = b1;
         Input<float> ic0 = acc.C0, ic1 = acc.C1, ic2 = acc.C2, ic3 = acc.C3;
         Output<float> d0 = default, d1 = default, d2 = default, d3 = default;
-        if (s.Half != 0)
+        if (default(TH).IsF16)
         {
             CudaAsm.EmitRef(F16Mma, ref d0, ref d1, ref d2, ref d3, ref ia0, ref ia1, ref ia2, ref ia3, ref ib0, ref ib1, ref ic0, ref ic1, ref ic2, ref ic3);
         }
@@ -130,8 +144,10 @@ internal static class MmaGemmKernels
     // mma.sync m16n8k16 from the warp's fragments (PTX ISA layout): for k pair p, row `group` of A is in register
     // R0 (p < 4) or R2 of lane 4·group + p mod 4, row group + 8 in R1 / R3; column n of B is in b0 (p < 4) or b1 of
     // lane 4·n + p mod 4. Every lane gathers what its four outputs need with shuffles.
-    private static Accumulator Emulate(Accumulator acc, MmaGemmShape s, Fragment a, uint b0, uint b1)
+    private static Accumulator Emulate<TH>(Accumulator acc, Fragment a, uint b0, uint b1)
+        where TH : struct, IMmaHalf
     {
+        bool f16 = default(TH).IsF16;
         int lane = Warp.LaneIdx, group = lane >> 2, t = lane & 3;
         for (int p = 0; p < 8; p++)
         {
@@ -140,18 +156,18 @@ internal static class MmaGemmKernels
             uint rowHi = Warp.Shuffle(p < 4 ? a.R1 : a.R3, (4 * group) + source);
             uint column0 = Warp.Shuffle(p < 4 ? b0 : b1, (4 * (2 * t)) + source);
             uint column1 = Warp.Shuffle(p < 4 ? b0 : b1, (4 * ((2 * t) + 1)) + source);
-            acc.C0 += Dot(rowLo, column0, s.Half);
-            acc.C1 += Dot(rowLo, column1, s.Half);
-            acc.C2 += Dot(rowHi, column0, s.Half);
-            acc.C3 += Dot(rowHi, column1, s.Half);
+            acc.C0 += Dot(rowLo, column0, f16);
+            acc.C1 += Dot(rowLo, column1, f16);
+            acc.C2 += Dot(rowHi, column0, f16);
+            acc.C3 += Dot(rowHi, column1, f16);
         }
 
         return acc;
     }
 
-    private static float Dot(uint x, uint y, int half) => (Half(x & 0xFFFF, half) * Half(y & 0xFFFF, half)) + (Half(x >> 16, half) * Half(y >> 16, half));
+    private static float Dot(uint x, uint y, bool f16) => (Half(x & 0xFFFF, f16) * Half(y & 0xFFFF, f16)) + (Half(x >> 16, f16) * Half(y >> 16, f16));
 
-    private static float Half(uint bits, int half) => half != 0 ? default(F16Element).Load((ushort)bits) : default(Bf16Element).Load((ushort)bits);
+    private static float Half(uint bits, bool f16) => f16 ? default(F16Element).Load((ushort)bits) : default(Bf16Element).Load((ushort)bits);
 
     private static void Store<TC, TCE>(ArrayView<TC> c, MmaGemmShape s, Accumulator acc, int rowLo, int column)
         where TC : unmanaged

@@ -42,7 +42,7 @@ internal readonly struct DenseOperand<TE>(ArrayView<ushort> values, ArrayView<ui
 
         if (_transposed == 0 && (_columns & 1) == 0)
         {
-            return _pairs[(((long)row * _columns) + k) / 2]; // k is even, so the pair is 4-byte aligned
+            return _pairs[(((long)row * _columns) + k) >> 1]; // k is even, so the pair is 4-byte aligned
         }
 
         uint high = k + 1 < _columns ? _values[Index(row, k + 1)] : 0u;
@@ -60,7 +60,7 @@ internal readonly struct DenseOperand<TE>(ArrayView<ushort> values, ArrayView<ui
 /// forward x·Wᵀ), or with <c>transposed</c> Wᵀ, i.e. W is stored [K, rows] (the input gradient dy·W). Untransposed,
 /// one byte holds the pair (k, k + 1) for even k, and a block (≥ 32 values) never splits it.
 /// </summary>
-internal readonly struct FourBitOperand<TE, TAbsmax>(ArrayView<byte> packed, TAbsmax absmax, ArrayView<float> table, int rows, int columns, int blockSize, int transposed) : IMmaOperand
+internal readonly struct FourBitOperand<TE, TAbsmax>(ArrayView<byte> packed, TAbsmax absmax, ArrayView<float> table, int rows, int columns, int blockShift, int transposed) : IMmaOperand
     where TE : struct, IElement<ushort>
     where TAbsmax : struct, IAbsmaxSource
 {
@@ -69,7 +69,7 @@ internal readonly struct FourBitOperand<TE, TAbsmax>(ArrayView<byte> packed, TAb
     private readonly ArrayView<float> _table = table;
     private readonly int _rows = rows;
     private readonly int _columns = columns;
-    private readonly int _blockSize = blockSize;
+    private readonly int _blockShift = blockShift;
     private readonly int _transposed = transposed;
 
     public bool Transposed => _transposed != 0;
@@ -85,8 +85,8 @@ internal readonly struct FourBitOperand<TE, TAbsmax>(ArrayView<byte> packed, TAb
         if (_transposed == 0 && (index & 1) == 0 && k + 1 < _columns)
         {
             TE e = default;
-            uint b = _packed[index / 2];
-            float scale = _absmax.Get(index / _blockSize);
+            uint b = _packed[index >> 1];
+            float scale = _absmax.Get(index >> _blockShift);
             return e.Store(_table[(int)(b >> 4)] * scale) | ((uint)e.Store(_table[(int)(b & 15)] * scale) << 16);
         }
 
@@ -100,8 +100,8 @@ internal readonly struct FourBitOperand<TE, TAbsmax>(ArrayView<byte> packed, TAb
 
     private ushort Decode(long index)
     {
-        byte b = _packed[index / 2];
+        byte b = _packed[index >> 1];
         int code = (index & 1) == 0 ? b >> 4 : b & 15;
-        return default(TE).Store(_table[code] * _absmax.Get(index / _blockSize));
+        return default(TE).Store(_table[code] * _absmax.Get(index >> _blockShift));
     }
 }

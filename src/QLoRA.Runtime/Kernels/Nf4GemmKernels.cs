@@ -2,8 +2,8 @@ using ILGPU;
 
 namespace QLoRA.Runtime.Kernels;
 
-/// <summary>Sizes of a GEMM against a packed 4-bit weight W [out, in].</summary>
-internal readonly record struct Nf4GemmShape(int M, int Out, int In, int BlockSize, int TransposeW, float Alpha, float Beta);
+/// <summary>Sizes of a GEMM against a packed 4-bit weight W [out, in] in blocks of 2^BlockShift.</summary>
+internal readonly record struct Nf4GemmShape(int M, int Out, int In, int BlockShift, int TransposeW, float Alpha, float Beta);
 
 /// <summary>
 /// C = α·X·op(W) + β·C with W [out, in] decoded on the fly from its packed codes (no dequantized copy of the weight):
@@ -62,9 +62,9 @@ internal static class Nf4GemmKernels
         }
 
         long index = s.TransposeW != 0 ? ((long)j * s.In) + k : ((long)k * s.In) + j;
-        byte b = packed[index / 2];
+        byte b = packed[index >> 1];
         int code = (index & 1) == 0 ? b >> 4 : b & 15;
-        return table[code] * absmax.Get(index / s.BlockSize);
+        return table[code] * absmax.Get(index >> s.BlockShift);
     }
 
     private static void Store<T, TE>(ArrayView<T> c, Nf4GemmShape s, int n, int i, int j, float v0, float v1, float v2, float v3)

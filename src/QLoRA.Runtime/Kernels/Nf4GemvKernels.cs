@@ -2,8 +2,8 @@ using ILGPU;
 
 namespace QLoRA.Runtime.Kernels;
 
-/// <summary>Sizes of a 4-bit GEMV: y[batch, out] = x[batch, in] · Wᵀ with W [out, in] packed.</summary>
-internal readonly record struct GemvShape(int Batch, int Out, int In, int BlockSize);
+/// <summary>Sizes of a 4-bit GEMV: y[batch, out] = x[batch, in] · Wᵀ with W [out, in] packed in blocks of 2^BlockShift.</summary>
+internal readonly record struct GemvShape(int Batch, int Out, int In, int BlockShift);
 
 /// <summary>
 /// Decode-time matrix-vector product straight from packed 4-bit weights (batch 1…8): each warp owns one output row;
@@ -21,12 +21,8 @@ internal static class Nf4GemvKernels
         where TAbsmax : struct, IAbsmaxSource
     {
         table = CodeTable.ToShared(table);
-        int lanes = Warp.WarpSize;
-        // Warps are aligned in the grid and the stride is a multiple of the warp size: a warp's lanes share a row and
-        // leave the loop together, as the shuffles need.
-        for (long g = Grid.GlobalIndex.X; g / lanes < s.Out; g += (long)Grid.DimX * Group.DimX)
+        for (int o = WarpRows.First, stride = WarpRows.Stride; o < s.Out; o += stride)
         {
-            int o = (int)(g / lanes);
             RowSums acc = Row<T, TE, TAbsmax>(packed, absmax, table, x, s, o).WarpSum(s.Batch);
             if (Warp.LaneIdx == 0)
             {
@@ -50,7 +46,7 @@ internal static class Nf4GemvKernels
         for (int c = lane; c < chunksPerRow; c += lanes)
         {
             long chunk = ((long)o * chunksPerRow) + c;
-            float scale = absmax.Get(chunk * 32 / s.BlockSize);
+            float scale = absmax.Get((chunk << 5) >> s.BlockShift);
             UInt4 bytes = packed[chunk];
             int column = c * 32;
             for (int word = 0; word < 4; word++)

@@ -15,11 +15,9 @@ internal static class RmsNormKernels
         where T : unmanaged
         where TE : struct, IElement<T>
     {
-        int lanes = Warp.WarpSize;
-        // Warps are aligned in the grid and the stride is a multiple of the warp size: a warp's lanes share a row.
-        for (long g = Grid.GlobalIndex.X; g / lanes < rows; g += (long)Grid.DimX * Group.DimX)
+        for (int r = WarpRows.First, stride = WarpRows.Stride; r < rows; r += stride)
         {
-            Row<T, TE>(x, weight, y, inverseRms, g / lanes, dim, eps);
+            Row<T, TE>(x, weight, y, inverseRms, r, dim, eps);
         }
     }
 
@@ -57,9 +55,9 @@ internal static class RmsNormKernels
     {
         TE e = default;
         int lanes = Warp.WarpSize, lane = Warp.LaneIdx;
-        for (long g = Grid.GlobalIndex.X; g / lanes < rows; g += (long)Grid.DimX * Group.DimX)
+        for (int r = WarpRows.First, stride = WarpRows.Stride; r < rows; r += stride)
         {
-            long r = g / lanes, offset = r * dim;
+            long offset = (long)r * dim;
             float inv = inverseRms[r];
             float dot = 0f;
             for (int j = lane; j < dim; j += lanes)

@@ -143,7 +143,7 @@ internal static class FusedDecode
             var b = Segment<T, TAbsmax>(Layers[1], Outputs[1], absmax(Layers[1]));
             // Two projections: the third segment is empty (no rows).
             var c = Layers.Count > 2 ? Segment<T, TAbsmax>(Layers[2], Outputs[2], absmax(Layers[2])) : new GemvSegment<T, TAbsmax>(b.Packed, b.Absmax, b.Y, b.Bias, 0, false);
-            var shape = new FusedShape(checked((int)X.Shape[0]), checked((int)X.Shape[1]), Layers[0].Weight!.State.BlockSize);
+            var shape = new FusedShape(checked((int)X.Shape[0]), checked((int)X.Shape[1]), Layers[0].Weight!.BlockShift);
             var kernel = device.Kernel(static acc => acc.LoadKernel<ArrayView<UInt4>, ArrayView<float>, GemvSegment<T, TAbsmax>, GemvSegment<T, TAbsmax>, GemvSegment<T, TAbsmax>, FusedShape, LoraBank<T>, LoraEpilogue>(FusedDecodeKernels.GemvThree<T, TE, TAbsmax>));
             kernel(device.Stream, device.GridStride, X.View<T>().Cast<UInt4>(), Layers[0].Weight!.TableView, a, b, c, shape, Lora.Bank<T>(), Lora.Epilogue(Module0));
         }
@@ -171,7 +171,7 @@ internal static class FusedDecode
             where TAbsmax : struct, IAbsmaxSource
         {
             Device device = X.Device;
-            var shape = new FusedShape(checked((int)X.Shape[0]), checked((int)X.Shape[1]), Gate.Weight!.State.BlockSize);
+            var shape = new FusedShape(checked((int)X.Shape[0]), checked((int)X.Shape[1]), Gate.Weight!.BlockShift);
             var kernel = device.Kernel(static acc => acc.LoadKernel<ArrayView<UInt4>, ArrayView<float>, GemvSegment<T, TAbsmax>, GemvSegment<T, TAbsmax>, ArrayView<T>, FusedShape, LoraBank<T>, LoraEpilogue>(FusedDecodeKernels.GemvGateUp<T, TE, TAbsmax>));
             kernel(device.Stream, device.GridStride, X.View<T>().Cast<UInt4>(), Gate.Weight.TableView, Segment<T, TAbsmax>(Gate, Act, gateAbsmax), Segment<T, TAbsmax>(Up, Act, upAbsmax), Act.View<T>(), shape, Lora.Bank<T>(), Lora.Epilogue(Module0));
         }
@@ -222,7 +222,7 @@ internal static class FusedDecode
             where TAbsmax : struct, IAbsmaxSource
         {
             Device device = X.Device;
-            var shape = new FusedShape(checked((int)X.Shape[0]), checked((int)X.Shape[1]), Layer.Weight!.State.BlockSize);
+            var shape = new FusedShape(checked((int)X.Shape[0]), checked((int)X.Shape[1]), Layer.Weight!.BlockShift);
             var kernel = device.Kernel(static acc => acc.LoadKernel<ArrayView<UInt4>, ArrayView<T>, ArrayView<float>, GemvSegment<T, TAbsmax>, LoraBank<T>, ArrayView<float>, int, int, FusedShape>(LoraDecodeKernels.GemvShrink<T, TE, TAbsmax>));
             kernel(device.Stream, device.GridStride, X.View<T>().Cast<UInt4>(), X.View<T>(), Layer.Weight.TableView, Segment<T, TAbsmax>(Layer, Y, absmax), Lora.Bank<T>(), Lora.XaOwn.View<float>(), Module, Lora.Enabled ? Lora.MaxRank : 0, shape);
         }

@@ -87,7 +87,7 @@ public static class Gemm
 
         if (path == GemmPath.TensorCore || (path == GemmPath.Auto && tensorCoreShape && a.Device.HasTensorCoreMma))
         {
-            var mma = new MmaGemmShape(m, n, k, alpha, beta, a.Dtype == DType.F16 ? 1 : 0);
+            var mma = new MmaGemmShape(m, n, k, alpha, beta);
             if (a.Dtype == DType.BF16)
             {
                 ComputeDispatch.Run(c, new TensorCoreLaunch<Bf16Element>(Dense<Bf16Element>(a, transposeA), Dense<Bf16Element>(b, !transposeB), c, mma), nameof(c));
@@ -106,14 +106,14 @@ public static class Gemm
 
     // The mma kernel's operands are A [M, K] and B [N, K]: a stored Aᵀ, or a stored B [K, N], is a transposed operand.
     private readonly record struct TensorCoreLaunch<TE>(DenseOperand<TE> A, DenseOperand<TE> B, DeviceTensor C, MmaGemmShape Shape) : IComputeLaunch
-        where TE : struct, IElement<ushort>
+        where TE : struct, IElement<ushort>, IMmaHalf
     {
         public void Run<TC, TCE>()
             where TC : unmanaged
             where TCE : struct, IElement<TC>
         {
             Device device = C.Device;
-            var kernel = device.Kernel(static acc => acc.LoadKernel<DenseOperand<TE>, DenseOperand<TE>, ArrayView<TC>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, DenseOperand<TE>, TC, TCE>));
+            var kernel = device.Kernel(static acc => acc.LoadKernel<DenseOperand<TE>, DenseOperand<TE>, ArrayView<TC>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, DenseOperand<TE>, TC, TCE, TE>));
             kernel(device.Stream, device.TensorCoreTiles(Shape.M, Shape.N), A, B, C.View<TC>(), Shape);
         }
     }

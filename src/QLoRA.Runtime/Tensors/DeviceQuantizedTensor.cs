@@ -104,7 +104,7 @@ public sealed partial class DeviceQuantizedTensor : IDisposable
         {
             Device device = Weight._device;
             var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<ushort>>(DequantizeKernels.ToBf16));
-            kernel(device.Stream, device.GridStride, Weight._packed.View, absmax, Weight._table.View, Weight.ElementCount, Weight.State.BlockSize, Vectors, Output);
+            kernel(device.Stream, device.GridStride, Weight._packed.View, absmax, Weight._table.View, Weight.ElementCount, Weight.BlockShift, Vectors, Output);
         }
     }
 
@@ -115,7 +115,7 @@ public sealed partial class DeviceQuantizedTensor : IDisposable
         {
             Device device = Weight._device;
             var kernel = device.Kernel(static a => a.LoadKernel<ArrayView<UInt4>, TAbsmax, ArrayView<float>, long, int, ArrayView<UInt4>, ArrayView<float>>(DequantizeKernels.ToF32));
-            kernel(device.Stream, device.GridStride, Weight._packed.View, absmax, Weight._table.View, Weight.ElementCount, Weight.State.BlockSize, Vectors, Output);
+            kernel(device.Stream, device.GridStride, Weight._packed.View, absmax, Weight._table.View, Weight.ElementCount, Weight.BlockShift, Vectors, Output);
         }
     }
 
@@ -156,7 +156,7 @@ public sealed partial class DeviceQuantizedTensor : IDisposable
             return;
         }
 
-        Ops.ComputeDispatch.Run(x, new GemvLaunch(this, x, y, new GemvShape(batch, outFeatures, inFeatures, State.BlockSize)), nameof(x));
+        Ops.ComputeDispatch.Run(x, new GemvLaunch(this, x, y, new GemvShape(batch, outFeatures, inFeatures, BlockShift)), nameof(x));
     }
 
     private readonly record struct GemvLaunch(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor Y, GemvShape Shape) : Ops.IComputeLaunch
@@ -250,7 +250,7 @@ public sealed partial class DeviceQuantizedTensor : IDisposable
 
         if (path == Ops.GemmPath.TensorCore || (path == Ops.GemmPath.Auto && tensorCoreShape && _device.HasTensorCoreMma))
         {
-            var mma = new MmaGemmShape(m, n, inner, alpha, beta, x.Dtype == DType.F16 ? 1 : 0);
+            var mma = new MmaGemmShape(m, n, inner, alpha, beta);
             if (x.Dtype == DType.BF16)
             {
                 WithAbsmax(new TensorCoreKernel<Bf16Element>(this, x, c, mma, transposeWeight));
@@ -263,7 +263,7 @@ public sealed partial class DeviceQuantizedTensor : IDisposable
             return;
         }
 
-        var shape = new Nf4GemmShape(m, outFeatures, inFeatures, State.BlockSize, transposeWeight ? 1 : 0, alpha, beta);
+        var shape = new Nf4GemmShape(m, outFeatures, inFeatures, BlockShift, transposeWeight ? 1 : 0, alpha, beta);
         Ops.ComputeDispatch.Run(x, new GemmLaunch(this, x, c, shape), nameof(x));
     }
 
@@ -303,22 +303,29 @@ public sealed partial class DeviceQuantizedTensor : IDisposable
 
     // The mma B operand is [N, K]: W itself for the forward (N = out, K = in), Wᵀ for the input gradient (N = in, K = out).
     private readonly record struct TensorCoreKernel<TE>(DeviceQuantizedTensor Weight, DeviceTensor X, DeviceTensor C, MmaGemmShape Shape, bool TransposeWeight) : IAbsmaxLaunch
-        where TE : struct, IElement<ushort>
+        where TE : struct, IElement<ushort>, IMmaHalf
     {
         public void Run<TAbsmax>(TAbsmax absmax)
             where TAbsmax : struct, IAbsmaxSource
         {
             Device device = Weight._device;
-            var weight = new FourBitOperand<TE, TAbsmax>(Weight._packed.View.Cast<byte>(), absmax, Weight._table.View, Shape.N, Shape.K, Weight.State.BlockSize, TransposeWeight ? 0 : 1);
-            var kernel = device.Kernel(static a => a.LoadKernel<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ArrayView<ushort>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ushort, TE>));
+            var weight = new FourBitOperand<TE, TAbsmax>(Weight._packed.View.Cast<byte>(), absmax, Weight._table.View, Shape.N, Shape.K, Weight.BlockShift, TransposeWeight ? 0 : 1);
+            var kernel = device.Kernel(static a => a.LoadKernel<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ArrayView<ushort>, MmaGemmShape>(MmaGemmKernels.Gemm<DenseOperand<TE>, FourBitOperand<TE, TAbsmax>, ushort, TE, TE>));
             kernel(device.Stream, device.TensorCoreTiles(Shape.M, Shape.N), Ops.Gemm.Dense<TE>(X), weight, C.View<ushort>(), Shape);
         }
     }
 
+    /// <summary>log2 of the block size: the kernels shift where they would divide (block sizes are powers of two).</summary>
+    internal int BlockShift => Log2OfPowerOfTwo(State.BlockSize, "block size");
+
+    private static int Log2OfPowerOfTwo(int size, string what) => size > 0 && (size & (size - 1)) == 0
+        ? System.Numerics.BitOperations.Log2((uint)size)
+        : throw new NotSupportedException($"The device kernels decode 4-bit weights whose {what} is a power of two, not {size}.");
+
     private NestedAbsmaxSource Nested()
     {
         var dq = (DoubleQuantizedAbsmax)State.Absmax;
-        return new NestedAbsmaxSource(_codes!.View, _nested!.View, _code8!.View, dq.Offset, dq.NestedBlockSize);
+        return new NestedAbsmaxSource(_codes!.View, _nested!.View, _code8!.View, dq.Offset, Log2OfPowerOfTwo(dq.NestedBlockSize, "nested block size"));
     }
 
     private void CheckOutput(long length)
