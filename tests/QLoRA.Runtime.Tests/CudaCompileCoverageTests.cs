@@ -104,6 +104,32 @@ public class CudaCompileCoverageTests
         Assert.True(failures.Count == 0, $"{failures.Count} of {kernels.Count} kernels fail ptxas's checks:\n{string.Join("\n", failures)}");
     }
 
+    /// <summary>The check can fail: ptxas refuses an mma.sync whose operand types disagree, and reads a clean kernel's resources.</summary>
+    [Fact]
+    public void PtxasRejectsBrokenInlinePtxAndReportsResources()
+    {
+        string? ptxas = Ptxas.Find();
+        if (ptxas is null)
+        {
+            Assert.Skip(Ptxas.Missing);
+        }
+
+        CompiledKernelPtx mma = Compiled[DType.BF16].Value.First(k => k.Name.StartsWith("MmaGemmKernels.Gemm<DenseOperand`1,FourBitOperand`2", StringComparison.Ordinal));
+        Ptxas.Report clean = Ptxas.Assemble(ptxas, mma.Ptx!, "sm_90");
+        Assert.Null(clean.Error);
+        Assert.InRange(clean.Registers, 16, 255);
+        Assert.Equal(0, clean.StackBytes);
+
+        const string Good = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
+        Assert.Contains(Good, mma.Ptx!);
+        Ptxas.Report broken = Ptxas.Assemble(ptxas, mma.Ptx!.Replace(Good, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.f16.f32", StringComparison.Ordinal), "sm_90");
+        Assert.NotNull(broken.Error);
+        Assert.Contains("mma", broken.Error, StringComparison.OrdinalIgnoreCase);
+
+        // sm_70 has no bf16 mma.sync: the same clean kernel is refused for it.
+        Assert.NotNull(Ptxas.Assemble(ptxas, mma.Ptx!.Replace(".target sm_90", ".target sm_70", StringComparison.Ordinal), "sm_70").Error);
+    }
+
     private static IReadOnlyList<CompiledKernelPtx> CompileWhatTheEngineLoads(DType compute)
     {
         // The GPU schedules (not the CPU ones) on small emulated warps: the kernel instantiations a CUDA device loads.

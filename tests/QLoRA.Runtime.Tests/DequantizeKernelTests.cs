@@ -30,6 +30,9 @@ public abstract class DequantizeKernelTests<TDevice>(TDevice fixture) : IClassFi
 
         data.Add(QuantType.Nf4, 64, true, 1);
         data.Add(QuantType.Nf4, 64, true, 33);
+        // More than one nested block of 256 absmax values (every case above has fewer than 256 blocks).
+        data.Add(QuantType.Nf4, 32, true, (32 * 256 * 2) + 77);
+        data.Add(QuantType.Fp4, 64, true, (64 * 600) + 5);
         return data;
     }
 

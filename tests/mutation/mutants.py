@@ -110,4 +110,10 @@ MUTANTS = [
     ("drv-first-loadable", "src/QLoRA.Runtime/Native/CudaDriverLibrary.cs", "            if (NativeLibrary.TryLoad(candidate, out handle))\n            {\n                return true;", "            if (NativeLibrary.TryLoad(candidate, out handle) && candidate.StartsWith(\"lib\"))\n            {\n                return true;", RT, "*CudaDriverLibraryTests"),
     ("profile-charge-next", "src/QLoRA.Runtime/Devices/LaunchProfile.cs", "(int launches, double total) = totals.GetValueOrDefault(ordered[i].Site);\n                totals[ordered[i].Site]", "(int launches, double total) = totals.GetValueOrDefault(ordered[i + 1].Site);\n                totals[ordered[i + 1].Site]", RT, "*LaunchProfileTests"),
     ("profile-mark-cublas-only", "src/QLoRA.Runtime/Devices/Device.cs", "_profile?.MarkKernel(site, kernel, Stream);", "_ = site;", RT, "*LaunchProfileTests"),
+    ("kernel-opt-default-o1", "src/QLoRA.Runtime/Devices/KernelCompilation.cs", 'null or "" or "O2" => OptimizationLevel.O2,', 'null or "" or "O2" => OptimizationLevel.O1,', RT, "*CudaCompileCoverageTests"),
+    ("gemv-block-division", K + "Nf4GemvKernels.cs", "absmax.Get((chunk << 5) >> s.BlockShift)", "absmax.Get(chunk * 32 / (1L << s.BlockShift))", RT, "*CudaCompileCoverageTests"),
+    ("gemv-block-shift", K + "Nf4GemvKernels.cs", "absmax.Get((chunk << 5) >> s.BlockShift)", "absmax.Get((chunk << 5) >> (s.BlockShift - 1))", RT, "*GemvTestsOnCpuWarp32"),
+    ("nested-absmax-shift", K + "AbsmaxSources.cs", "_nested[(int)(block >> _nestedBlockShift)]", "_nested[(int)(block >> (_nestedBlockShift + 1))]", RT, "*DequantizeKernelTestsOnCpuWarp32"),
+    ("mma-half-type", "src/QLoRA.Runtime/Ops/Gemm.cs", "MmaGemmKernels.Gemm<DenseOperand<TE>, DenseOperand<TE>, TC, TCE, TE>", "MmaGemmKernels.Gemm<DenseOperand<TE>, DenseOperand<TE>, TC, TCE, Bf16Element>", RT, "*TensorCoreGemmTests"),
+    ("warp-rows-stride", K + "WarpRows.cs", "Grid.DimX * (Group.DimX / Warp.WarpSize)", "Grid.DimX * (Group.DimX / Warp.WarpSize) + 1", RT, "*GemvTestsOnCpuWarp32"),
 ]

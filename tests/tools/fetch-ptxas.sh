@@ -29,5 +29,6 @@ deb=$(ls "$work"/nvidia-cuda-toolkit_*.deb)
 echo "$sha  $deb" | sha256sum -c --quiet - || { echo "sha256 mismatch for $deb" >&2; exit 1; }
 dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work" ./usr/bin/ptxas
 mv "$work/usr/bin/ptxas" "$cache/ptxas.tmp" && mv "$cache/ptxas.tmp" "$cache/ptxas"
-"$cache/ptxas" --version | grep -q "release 11.8" && touch "$cache/.ok"
+reported=$("$cache/ptxas" --version)
+case $reported in *"release 11.8"*) touch "$cache/.ok" ;; *) echo "ptxas reports an unexpected version: $reported" >&2; exit 1 ;; esac
 echo "$cache/ptxas"
