@@ -34,7 +34,8 @@ for lib in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13.0/targets
 done
 # cuBLAS: the toolkit's, else the one PyTorch's pip packages bring (nvidia-cublas), so GEMMs do not fall back silently.
 cublas_found=0
-for d in ${LD_LIBRARY_PATH//:/ }; do ls "$d"/libcublas.so.1[23] >/dev/null 2>&1 && cublas_found=1; done
+lib_path=${LD_LIBRARY_PATH:-}   # run-all.sh sources this under set -u, and the variable may be unset
+for d in ${lib_path//:/ }; do ls "$d"/libcublas.so.1[23] >/dev/null 2>&1 && cublas_found=1; done
 ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.1[23]' && cublas_found=1
 if [ "$cublas_found" = 0 ]; then
   d=$(python3 -c 'import os, nvidia.cublas as c; print(os.path.join(list(c.__path__)[0], "lib"))' 2>/dev/null)
