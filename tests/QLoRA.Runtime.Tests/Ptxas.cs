@@ -24,7 +24,7 @@ internal static partial class Ptxas
             return File.Exists(configured) ? configured : throw new FileNotFoundException($"QLORA_PTXAS names '{configured}', which does not exist.");
         }
 
-        string cache = Environment.GetEnvironmentVariable("QLORA_PTXAS_CACHE") ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "qlora-ptxas");
+        string cache = Environment.GetEnvironmentVariable("QLORA_PTXAS_CACHE") is { Length: > 0 } set ? set : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "qlora-ptxas");
         if (File.Exists(Path.Combine(cache, ".ok")) && File.Exists(Path.Combine(cache, "ptxas")))
         {
             return Path.Combine(cache, "ptxas");

@@ -42,31 +42,64 @@ internal static class Nf4GemvKernels
     {
         int chunksPerRow = s.In / 32;
         int lanes = Warp.WarpSize, lane = Warp.LaneIdx;
+        TE e = default;
+        // x as 16-byte vectors: a packed word's eight inputs are one vector (16-bit) or two (float32); batch rows are
+        // rowVectors apart. The four words are written out (constant word selection and offsets: no per-word selects
+        // or index arithmetic), and the batch guards nest, so batch 1 pays one branch per word, not seven.
+        int wordVectors = 8 / e.PerVector, rowVectors = s.In / e.PerVector;
         var acc = default(RowSums);
         for (int c = lane; c < chunksPerRow; c += lanes)
         {
             long chunk = ((long)o * chunksPerRow) + c;
             float scale = absmax.Get((chunk << 5) >> s.BlockShift);
             UInt4 bytes = packed[chunk];
-            int column = c * 32;
-            for (int word = 0; word < 4; word++)
+            long v = (long)c * 4 * wordVectors;
+            acc = Word<T, TE>(acc, x, table, s.Batch, rowVectors, v, bytes.X, scale);
+            acc = Word<T, TE>(acc, x, table, s.Batch, rowVectors, v + wordVectors, bytes.Y, scale);
+            acc = Word<T, TE>(acc, x, table, s.Batch, rowVectors, v + (2 * wordVectors), bytes.Z, scale);
+            acc = Word<T, TE>(acc, x, table, s.Batch, rowVectors, v + (3 * wordVectors), bytes.W, scale);
+        }
+
+        return acc;
+    }
+
+    // Four packed bytes: eight weights, high nibble first within each byte, times every batch row's eight inputs.
+    private static RowSums Word<T, TE>(RowSums acc, ArrayView<UInt4> x, ArrayView<float> table, int batch, int rowVectors, long v, uint w, float scale)
+        where T : unmanaged
+        where TE : struct, IElement<T>
+    {
+        var weights = new Eight(
+            table[(int)((w >> 4) & 15)] * scale, table[(int)(w & 15)] * scale,
+            table[(int)((w >> 12) & 15)] * scale, table[(int)((w >> 8) & 15)] * scale,
+            table[(int)((w >> 20) & 15)] * scale, table[(int)((w >> 16) & 15)] * scale,
+            table[(int)(w >> 28)] * scale, table[(int)((w >> 24) & 15)] * scale);
+        acc.Y0 += Dot<T, TE>(x, v, weights);
+        if (batch > 1)
+        {
+            acc.Y1 += Dot<T, TE>(x, v + rowVectors, weights);
+            if (batch > 2)
             {
-                // Four packed bytes: eight weights, high nibble first within each byte.
-                uint w = word == 0 ? bytes.X : word == 1 ? bytes.Y : word == 2 ? bytes.Z : bytes.W;
-                var weights = new Eight(
-                    table[(int)((w >> 4) & 15)] * scale, table[(int)(w & 15)] * scale,
-                    table[(int)((w >> 12) & 15)] * scale, table[(int)((w >> 8) & 15)] * scale,
-                    table[(int)((w >> 20) & 15)] * scale, table[(int)((w >> 16) & 15)] * scale,
-                    table[(int)(w >> 28)] * scale, table[(int)((w >> 24) & 15)] * scale);
-                long first = column + (word * 8);
-                acc.Y0 += Dot<T, TE>(x, s, 0, first, weights);
-                if (s.Batch > 1) { acc.Y1 += Dot<T, TE>(x, s, 1, first, weights); }
-                if (s.Batch > 2) { acc.Y2 += Dot<T, TE>(x, s, 2, first, weights); }
-                if (s.Batch > 3) { acc.Y3 += Dot<T, TE>(x, s, 3, first, weights); }
-                if (s.Batch > 4) { acc.Y4 += Dot<T, TE>(x, s, 4, first, weights); }
-                if (s.Batch > 5) { acc.Y5 += Dot<T, TE>(x, s, 5, first, weights); }
-                if (s.Batch > 6) { acc.Y6 += Dot<T, TE>(x, s, 6, first, weights); }
-                if (s.Batch > 7) { acc.Y7 += Dot<T, TE>(x, s, 7, first, weights); }
+                acc.Y2 += Dot<T, TE>(x, v + (2L * rowVectors), weights);
+                if (batch > 3)
+                {
+                    acc.Y3 += Dot<T, TE>(x, v + (3L * rowVectors), weights);
+                    if (batch > 4)
+                    {
+                        acc.Y4 += Dot<T, TE>(x, v + (4L * rowVectors), weights);
+                        if (batch > 5)
+                        {
+                            acc.Y5 += Dot<T, TE>(x, v + (5L * rowVectors), weights);
+                            if (batch > 6)
+                            {
+                                acc.Y6 += Dot<T, TE>(x, v + (6L * rowVectors), weights);
+                                if (batch > 7)
+                                {
+                                    acc.Y7 += Dot<T, TE>(x, v + (7L * rowVectors), weights);
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
 
@@ -79,15 +112,14 @@ internal static class Nf4GemvKernels
         public readonly float W0 = w0, W1 = w1, W2 = w2, W3 = w3, W4 = w4, W5 = w5, W6 = w6, W7 = w7;
     }
 
-    // Σ x[row, first + i] · w_i over eight inputs read as one (16-bit) or two (float32) 16-byte vectors, in a fixed order.
-    private static float Dot<T, TE>(ArrayView<UInt4> x, GemvShape s, int row, long first, Eight w)
+    // Σ x_i · w_i over the eight inputs at 16-byte vector v (and v + 1 for float32), in a fixed order.
+    private static float Dot<T, TE>(ArrayView<UInt4> x, long v, Eight w)
         where T : unmanaged
         where TE : struct, IElement<T>
     {
         TE e = default;
-        long element = ((long)row * s.In) + first;
-        UInt4 v0 = x[element / e.PerVector];
-        UInt4 v1 = e.PerVector == 8 ? v0 : x[(element / e.PerVector) + 1];
+        UInt4 v0 = x[v];
+        UInt4 v1 = e.PerVector == 8 ? v0 : x[v + 1];
         int half = e.PerVector == 8 ? 4 : 0; // where elements 4…7 sit: the same vector (16-bit) or the next (float32)
         UInt4 high = e.PerVector == 8 ? v0 : v1;
         float sum = (e.FromVector(v0, 0) * w.W0) + (e.FromVector(v0, 1) * w.W1);
