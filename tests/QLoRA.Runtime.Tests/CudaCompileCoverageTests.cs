@@ -50,7 +50,8 @@ public class CudaCompileCoverageTests
 
         // 64-bit integer division has no instruction on the GPU: each div/rem.s64 is a call of an ~80-instruction
         // subroutine. The kernels that do per-element or per-block work (4-bit decode, norms, attention, loss,
-        // sampling) index with shifts and 32-bit row loops instead; once-per-tile divisions elsewhere are harmless.
+        // sampling) index with shifts and 32-bit row loops instead. Elsewhere divisions are once per tile (the GEMMs) or in
+        // kernels that are a small share of a step (RoPE's per-pair index, the embedding gather and scatter).
         string[] perElement = ["Nf4GemvKernels.", "FusedDecodeKernels.Gemv", "FusedDecodeKernels.AddRmsNorm", "LoraDecodeKernels.", "MmaGemmKernels.", "DequantizeKernels.",
             "RmsNormKernels.", "CrossEntropyKernels.", "AttentionKernels.", "PagedAttentionKernels.", "SamplingKernels."];
         var divisions = kernels.Where(k => k.Ptx is not null && perElement.Any(p => k.Name.StartsWith(p, StringComparison.Ordinal)))
