@@ -66,7 +66,7 @@ public class DeviceTests
             Assert.NotNull(g.DriverVersion);
             Assert.NotNull(g.CublasLibrary);
             Assert.True(g.CudaGraphs);
-            Assert.Equal(KernelCompilation.Level.ToString(), g.KernelOptimization);
+            Assert.Equal(KernelCompilation.Name(KernelCompilation.Level), g.KernelOptimization);
         }
     }
 

@@ -344,7 +344,7 @@ public sealed class Device : IDisposable
             var cuda = Accelerator as CudaAccelerator;
             return new DeviceCapabilities(
                 Kind, Accelerator.Name, cuda?.Architecture.ToString(), cuda is null ? null : $"{cuda.DriverVersion.Major}.{cuda.DriverVersion.Minor}",
-                cuda?.InstructionSet.ToString(), cuda is null ? null : Accelerator.Context.Properties.OptimizationLevel.ToString(), Blas?.Library, cuda is not null && Native.CudaGraph.IsAvailable, HasTensorCoreMma, ComputeDtype, MemoryBytes);
+                cuda?.InstructionSet.ToString(), cuda is null ? null : KernelCompilation.Name(Accelerator.Context.Properties.OptimizationLevel), Blas?.Library, cuda is not null && Native.CudaGraph.IsAvailable, HasTensorCoreMma, ComputeDtype, MemoryBytes);
         }
     }
 

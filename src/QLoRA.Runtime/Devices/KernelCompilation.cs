@@ -27,6 +27,9 @@ internal static class KernelCompilation
         _ => throw new DeviceNotAvailableException($"{EnvironmentVariable}='{value}' is not 'O0', 'O1' or 'O2'."),
     };
 
+    /// <summary>"O0", "O1" or "O2" (the enum's own names alias O0/O1 as Debug/Release).</summary>
+    public static string Name(OptimizationLevel level) => level switch { OptimizationLevel.O2 => "O2", OptimizationLevel.O1 => "O1", _ => "O0" };
+
     /// <summary>The context settings every CUDA device (and the PTX tests) compiles with.</summary>
     public static Context.Builder Configure(Context.Builder builder) => builder.EnableAlgorithms().Optimize(Level);
 }

@@ -9,7 +9,7 @@ internal readonly record struct MmaGemmShape(int M, int N, int K, float Alpha, f
 /// <summary>
 /// Which 16-bit type a tensor-core GEMM multiplies, as a type argument: each instantiation holds exactly one kind of
 /// mma.sync, with no branch between them. (A run-time flag put both behind a branch, and ptxas then kept every mma
-/// operand in local memory: 240 local loads and stores around the 16 mma of the inner loop.)
+/// operand in local memory: 184 local loads and stores in the machine code, around every mma of the inner loop.)
 /// </summary>
 internal interface IMmaHalf
 {

@@ -45,7 +45,7 @@ internal static class Nf4GemvKernels
         TE e = default;
         // x as 16-byte vectors: a packed word's eight inputs are one vector (16-bit) or two (float32); batch rows are
         // rowVectors apart. The four words are written out (constant word selection and offsets: no per-word selects
-        // or index arithmetic), and the batch guards nest, so batch 1 pays one branch per word, not seven.
+        // or index arithmetic), and each word returns once its batch rows are done, so batch 1 pays one branch per word, not seven.
         int wordVectors = 8 / e.PerVector, rowVectors = s.In / e.PerVector;
         var acc = default(RowSums);
         for (int c = lane; c < chunksPerRow; c += lanes)
@@ -73,36 +73,22 @@ internal static class Nf4GemvKernels
             table[(int)((w >> 12) & 15)] * scale, table[(int)((w >> 8) & 15)] * scale,
             table[(int)((w >> 20) & 15)] * scale, table[(int)((w >> 16) & 15)] * scale,
             table[(int)(w >> 28)] * scale, table[(int)((w >> 24) & 15)] * scale);
+        // One branch per batch row actually present: batch 1 leaves after the first.
         acc.Y0 += Dot<T, TE>(x, v, weights);
-        if (batch > 1)
-        {
-            acc.Y1 += Dot<T, TE>(x, v + rowVectors, weights);
-            if (batch > 2)
-            {
-                acc.Y2 += Dot<T, TE>(x, v + (2L * rowVectors), weights);
-                if (batch > 3)
-                {
-                    acc.Y3 += Dot<T, TE>(x, v + (3L * rowVectors), weights);
-                    if (batch > 4)
-                    {
-                        acc.Y4 += Dot<T, TE>(x, v + (4L * rowVectors), weights);
-                        if (batch > 5)
-                        {
-                            acc.Y5 += Dot<T, TE>(x, v + (5L * rowVectors), weights);
-                            if (batch > 6)
-                            {
-                                acc.Y6 += Dot<T, TE>(x, v + (6L * rowVectors), weights);
-                                if (batch > 7)
-                                {
-                                    acc.Y7 += Dot<T, TE>(x, v + (7L * rowVectors), weights);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
+        if (batch < 2) { return acc; }
+        acc.Y1 += Dot<T, TE>(x, v + rowVectors, weights);
+        if (batch < 3) { return acc; }
+        acc.Y2 += Dot<T, TE>(x, v + (2L * rowVectors), weights);
+        if (batch < 4) { return acc; }
+        acc.Y3 += Dot<T, TE>(x, v + (3L * rowVectors), weights);
+        if (batch < 5) { return acc; }
+        acc.Y4 += Dot<T, TE>(x, v + (4L * rowVectors), weights);
+        if (batch < 6) { return acc; }
+        acc.Y5 += Dot<T, TE>(x, v + (5L * rowVectors), weights);
+        if (batch < 7) { return acc; }
+        acc.Y6 += Dot<T, TE>(x, v + (6L * rowVectors), weights);
+        if (batch < 8) { return acc; }
+        acc.Y7 += Dot<T, TE>(x, v + (7L * rowVectors), weights);
         return acc;
     }
 

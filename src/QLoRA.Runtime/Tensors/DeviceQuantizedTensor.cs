@@ -318,8 +318,8 @@ public sealed partial class DeviceQuantizedTensor : IDisposable
     /// <summary>log2 of the block size: the kernels shift where they would divide (block sizes are powers of two).</summary>
     internal int BlockShift => Log2OfPowerOfTwo(State.BlockSize, "block size");
 
-    private static int Log2OfPowerOfTwo(int size, string what) => size > 0 && (size & (size - 1)) == 0
-        ? System.Numerics.BitOperations.Log2((uint)size)
+    private static int Log2OfPowerOfTwo(int size, string what) => int.IsPow2(size)
+        ? int.Log2(size)
         : throw new NotSupportedException($"The device kernels decode 4-bit weights whose {what} is a power of two, not {size}.");
 
     private NestedAbsmaxSource Nested()
